@@ -1,0 +1,1 @@
+"""The ``gpufleet`` command: thin commands over the parts, no logic of their own."""

@@ -1,0 +1,17 @@
+"""Shipped helpers for testing gpufleet and code built on it: real processes on loopback.
+
+``run_worker()`` and ``run_router()`` start a real ``gpufleet`` process bound to port 0 on
+127.0.0.1, learn its port from ``--port-file``, wait for ``GET /health`` to answer 200, and
+stop it (SIGTERM, then SIGKILL) on exit.
+"""
+
+from gpufleet.testing._process import (
+    ServerProcess,
+    free_port,
+    run_router,
+    run_server,
+    run_worker,
+    wait_healthy,
+)
+
+__all__ = ["ServerProcess", "free_port", "run_router", "run_server", "run_worker", "wait_healthy"]

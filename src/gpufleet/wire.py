@@ -1,0 +1,134 @@
+"""What crosses a process boundary: header names, error payloads, the shape of /stats.
+
+The router and the worker never import each other; this module is their contract, and
+the client's. Everything here is plain JSON-able data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Final, TypedDict
+
+from gpufleet.errors import GpufleetError
+
+# Headers -------------------------------------------------------------------------------
+
+REQUEST_ID_HEADER: Final = "X-Request-Id"
+#: Seconds the caller is still willing to wait (relative, so clocks need not agree).
+TIMEOUT_HEADER: Final = "X-Request-Timeout"
+#: Absolute deadline as Unix epoch seconds (used when both ends share a clock).
+DEADLINE_HEADER: Final = "X-Request-Deadline"
+#: Set by a gpufleet worker on every answer, so a router knows who it talks to.
+SERVER_HEADER: Final = "X-Gpufleet-Worker"
+#: The upstream that served a proxied request (set by the router on the answer).
+UPSTREAM_HEADER: Final = "X-Gpufleet-Upstream"
+#: Session key for the sticky policy (default; configurable).
+SESSION_HEADER: Final = "X-Session-Id"
+
+JSON_CONTENT_TYPE: Final = "application/json"
+
+#: ``server`` field of a gpufleet worker's /stats.
+WORKER_SERVER_NAME: Final = "gpufleet-worker"
+
+
+# Error payloads ------------------------------------------------------------------------
+
+
+class ErrorPayload(TypedDict, total=False):
+    """``{"error": "WorkerOverloaded", "message": "...", "retry_after_s": 1.0}``."""
+
+    error: str
+    message: str
+    retry_after_s: float
+    request_id: str
+
+
+def error_payload(error: str, message: str, *, retry_after_s: float | None = None) -> ErrorPayload:
+    """Build the JSON body every gpufleet process answers an error with."""
+    body: ErrorPayload = {"error": error, "message": message}
+    if retry_after_s is not None:
+        body["retry_after_s"] = retry_after_s
+    return body
+
+
+def payload_from_exception(exc: GpufleetError) -> ErrorPayload:
+    """Turn one of our exceptions into its wire payload."""
+    return error_payload(
+        type(exc).__name__, exc.message or str(exc), retry_after_s=exc.retry_after_s
+    )
+
+
+def retry_after_header(seconds: float) -> str:
+    """Format a ``Retry-After`` header value (whole seconds, at least 1)."""
+    return str(max(1, math.ceil(seconds)))
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Read a ``Retry-After`` header given in seconds; HTTP dates are ignored."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 and math.isfinite(seconds) else None
+
+
+def is_overloaded_body(body: bytes) -> bool:
+    """True when a 503 body says the worker's queue was full (the request never ran)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("error") in {"WorkerOverloaded", "WorkerUnavailable"}
+
+
+# /stats of a worker --------------------------------------------------------------------
+
+
+class LatencyMs(TypedDict):
+    p50: float
+    p99: float
+
+
+class WorkerStats(TypedDict, total=False):
+    """The JSON a worker answers on ``GET /stats`` (fields the router and tools rely on)."""
+
+    server: str  # always WORKER_SERVER_NAME
+    model: str
+    kind: str
+    device: str
+    pid: int
+    state: str  # "loading" | "ready" | "draining" | "failed"
+    queue_depth: int
+    in_flight: int
+    served: int
+    errors: int
+    batches: int
+    avg_batch_size: float
+    max_batch_size: int
+    max_queue: int
+    latency_ms: LatencyMs
+    uptime_s: float
+    gpu: dict[str, Any]
+
+
+__all__ = [
+    "DEADLINE_HEADER",
+    "JSON_CONTENT_TYPE",
+    "REQUEST_ID_HEADER",
+    "SERVER_HEADER",
+    "SESSION_HEADER",
+    "TIMEOUT_HEADER",
+    "UPSTREAM_HEADER",
+    "WORKER_SERVER_NAME",
+    "ErrorPayload",
+    "LatencyMs",
+    "WorkerStats",
+    "error_payload",
+    "is_overloaded_body",
+    "parse_retry_after",
+    "payload_from_exception",
+    "retry_after_header",
+]
