@@ -31,6 +31,7 @@ integration: $(STAMP)
 	$(BIN)/pytest tests/integration -q
 
 test: lint typecheck
+	./scripts/system-deps
 	$(BIN)/pytest -q
 
 clean:
