@@ -18,8 +18,8 @@ run: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/gpufleet up
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
