@@ -44,8 +44,20 @@ class Model:
         raise NotImplementedError(f"{type(self).__name__} does not implement predict()")
 
     def decode(self, request: Any) -> Any:
-        """Turn one request input (JSON value) into what ``predict`` takes."""
+        """Turn one per-item request body into what ``predict`` takes.
+
+        The worker calls it with ``{"input": x, "seed"?: ..., "parameters"?: ...}`` for each
+        input of a request; the default returns ``x`` (a body without ``"input"`` is
+        returned as it is). Override it to read ``seed`` or ``parameters``.
+        """
+        if isinstance(request, dict) and "input" in request:
+            return request["input"]
         return request
+
+    @classmethod
+    def overrides_decode(cls) -> bool:
+        """True when the class reads the whole per-item body itself."""
+        return cls.decode is not Model.decode
 
     def encode(self, output: Any) -> Any:
         """Turn one ``predict`` output into a JSON value or ``bytes`` (sent as base64)."""

@@ -1,0 +1,199 @@
+"""The worker's HTTP endpoints (aiohttp): thin handlers over ``WorkerService``.
+
+``/health``, ``/stats`` and ``/metrics`` only read counters, so they answer at once even
+while the device thread is busy: the event loop never runs model code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from gpufleet import wire
+from gpufleet.errors import BadRequest, GpufleetError, PayloadTooLarge
+from gpufleet.worker import codec
+from gpufleet.worker.service import DeadlineExceeded, WorkerService
+
+log = logging.getLogger("gpufleet.worker")
+
+SERVICE: web.AppKey[WorkerService] = web.AppKey("service", WorkerService)
+#: Key on a response naming the error it answers (for the error counters).
+ERROR_KEY = "gpufleet_error"
+#: Routes whose answers count as served/errors in /stats.
+_INFERENCE_PREFIXES = ("/predict", "/v1/")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A JSON answer (compact separators: embeddings are long lists of floats)."""
+    return web.Response(
+        body=json.dumps(data, separators=(",", ":")).encode(),
+        status=status,
+        content_type=wire.JSON_CONTENT_TYPE,
+        headers=headers,
+    )
+
+
+def error_response(exc: GpufleetError, status: int | None = None) -> web.Response:
+    """The wire error payload of ``exc``, with ``Retry-After`` when it has one."""
+    headers = {}
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = wire.retry_after_header(exc.retry_after_s)
+    response = json_response(
+        wire.payload_from_exception(exc), status=status or exc.http_status, headers=headers
+    )
+    response[ERROR_KEY] = type(exc).__name__
+    return response
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer our exceptions as JSON, and count every inference request in /stats."""
+    service = request.app[SERVICE]
+    started = time.monotonic()
+    counted = request.path.startswith(_INFERENCE_PREFIXES)
+    try:
+        response = await handler(request)
+    except GpufleetError as exc:
+        response = error_response(exc)
+    except DeadlineExceeded as exc:
+        response = json_response(wire.error_payload("DeadlineExceeded", str(exc)), status=504)
+        response[ERROR_KEY] = "DeadlineExceeded"
+    except web.HTTPRequestEntityTooLarge as exc:
+        response = error_response(PayloadTooLarge(exc.text or "request body too large"))
+    except web.HTTPException as exc:
+        name = exc.reason.replace(" ", "")
+        response = json_response(wire.error_payload(name, exc.text or exc.reason), exc.status)
+    if counted:
+        _count(service, request.path, response, time.monotonic() - started)
+    return response
+
+
+def _count(service: WorkerService, path: str, response: web.StreamResponse, took: float) -> None:
+    status = response.status
+    route = path if path in ("/predict", "/v1/embeddings", "/v1/images/generations") else "other"
+    service.metrics.requests.labels(route=route, status=str(status)).inc()
+    c = service.counters
+    if status < 400:
+        c.served += 1
+        c.record_latency(took)
+        service.metrics.request_time.observe(took)
+        return
+    error = str(response.get(ERROR_KEY, status))
+    if status == 503 and error == "WorkerOverloaded":
+        c.rejected += 1
+    else:
+        c.errors += 1
+    service.metrics.errors.labels(error=error).inc()
+
+
+async def _mark(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers[wire.SERVER_HEADER] = "1"
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request's JSON body, refusing an oversized one before reading it.
+
+    Raises:
+        PayloadTooLarge: ``Content-Length`` (or the bytes read so far) is over the limit.
+        BadRequest: the body is not JSON.
+    """
+    limit = request.app[SERVICE].cfg.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(
+            f"the body is {request.content_length} bytes; the limit is {limit} (--max-body-mb)"
+        )
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(
+            f"the body is over the limit of {limit} bytes (--max-body-mb)"
+        ) from None
+    return codec.parse_json(raw)
+
+
+def deadline_of(request: web.Request) -> float:
+    """The monotonic deadline from ``X-Request-Timeout``/``X-Request-Deadline`` or the default."""
+    service = request.app[SERVICE]
+    return codec.deadline_from_headers(
+        request.headers.get(wire.TIMEOUT_HEADER),
+        request.headers.get(wire.DEADLINE_HEADER),
+        now=service.clock(),
+        default_s=service.cfg.request_timeout_s,
+    )
+
+
+def decode_items(service: WorkerService, items: list[dict[str, Any]], *, custom: bool) -> list[Any]:
+    """Run the model's ``decode`` on each per-item body; its errors become 400s."""
+    model = service.runner.model
+    if model is None or not custom:
+        return [item["input"] for item in items]
+    try:
+        return [model.decode(item) for item in items]
+    except BadRequest:
+        raise
+    except Exception as exc:
+        raise codec.Unprocessable(f"the model could not decode the input: {exc}") from exc
+
+
+def encode_outputs(service: WorkerService, outputs: list[Any]) -> list[Any]:
+    """Run the model's ``encode`` on each output."""
+    model = service.runner.model
+    if model is None:
+        return outputs
+    return [model.encode(o) for o in outputs]
+
+
+async def health(request: web.Request) -> web.Response:
+    """200 when loaded and not draining, else 503 (with the state)."""
+    service = request.app[SERVICE]
+    if service.is_ready:
+        return json_response({"status": "ready"})
+    body: dict[str, Any] = {"status": service.state}
+    if service.load_error is not None:
+        body["message"] = str(service.load_error)
+    return json_response(body, status=503, headers={"Retry-After": "1"})
+
+
+async def stats(request: web.Request) -> web.Response:
+    """The counters of ``wire.WorkerStats``."""
+    return json_response(request.app[SERVICE].stats())
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition text."""
+    service = request.app[SERVICE]
+    if service.batcher is not None:
+        service.metrics.queue_depth.set(service.batcher.depth)
+    return web.Response(
+        body=service.metrics.render(), headers={"Content-Type": service.metrics.content_type}
+    )
+
+
+def build_app(service: WorkerService) -> web.Application:
+    """The aiohttp application of one worker."""
+    from gpufleet.worker import openai_routes, predict
+
+    app = web.Application(
+        middlewares=[errors_middleware], client_max_size=service.cfg.max_body_bytes
+    )
+    app[SERVICE] = service
+    app.on_response_prepare.append(_mark)
+    app.router.add_get("/health", health)
+    app.router.add_get("/stats", stats)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/predict", predict.handle)
+    app.router.add_post("/v1/embeddings", openai_routes.embeddings)
+    app.router.add_post("/v1/images/generations", openai_routes.images)
+    return app
+
+
+__all__ = ["SERVICE", "build_app", "error_response", "json_response"]

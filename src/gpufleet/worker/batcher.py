@@ -1,0 +1,156 @@
+"""Dynamic batching: fill a batch to ``max_batch_size`` or ``max_wait_ms``, drop dead items.
+
+The decision is a pure function of the queue and a time (``Batcher.poll(now)``), so it is
+tested on a fake clock; ``Batcher.next_batch()`` is the thin async wrapper the worker's
+batch loop awaits. ``max_wait`` counts from the oldest queued item: when the device was
+busy and the head already waited that long, a batch leaves at once with what is there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpufleet.config.worker import BatchConfig
+from gpufleet.errors import WorkerOverloaded
+
+Clock = Callable[[], float]
+
+
+@dataclass(eq=False, slots=True)
+class Item:
+    """One input waiting for the model, and the future its caller awaits."""
+
+    payload: Any
+    enqueued_at: float
+    #: Monotonic-clock time after which the caller no longer wants the answer.
+    deadline: float | None = None
+    #: Set by the caller when it went away; the item then never reaches the model.
+    cancelled: bool = False
+    future: asyncio.Future[Any] | None = field(default=None, repr=False)
+
+    def is_dead(self, now: float) -> bool:
+        """True when nobody will read this item's answer any more."""
+        if self.cancelled or (self.future is not None and self.future.done()):
+            return True
+        return self.deadline is not None and now >= self.deadline
+
+
+class Batcher:
+    """A bounded FIFO of items that hands out batches; one consumer, many producers."""
+
+    def __init__(
+        self,
+        cfg: BatchConfig,
+        *,
+        clock: Clock = time.monotonic,
+        on_drop: Callable[[Item, float], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        #: Effective largest batch; the runner lowers it after an out-of-memory error.
+        self.max_batch_size = cfg.max_batch_size
+        self._max_wait_s = cfg.max_wait_ms / 1000.0
+        self._clock = clock
+        self._on_drop = on_drop
+        self._queue: deque[Item] = deque()
+        self._changed: asyncio.Event | None = None
+
+    @property
+    def depth(self) -> int:
+        """Items queued (dead ones included until the next poll removes them)."""
+        return len(self._queue)
+
+    def free_slots(self) -> int:
+        """How many more items the queue takes before it answers ``WorkerOverloaded``."""
+        return self.cfg.max_queue - len(self._queue)
+
+    def put(self, items: Sequence[Item]) -> None:
+        """Queue all of ``items`` or none of them.
+
+        Raises:
+            WorkerOverloaded: the queue has no room for all of them.
+        """
+        if len(items) > self.free_slots():
+            raise WorkerOverloaded(
+                f"queue full ({len(self._queue)}/{self.cfg.max_queue} items queued)"
+            )
+        self._queue.extend(items)
+        if self._changed is not None:
+            self._changed.set()
+
+    def drop_dead(self, now: float) -> int:
+        """Remove cancelled and expired items anywhere in the queue; return how many."""
+        if not any(item.is_dead(now) for item in self._queue):
+            return 0
+        alive: deque[Item] = deque()
+        dropped = 0
+        for item in self._queue:
+            if item.is_dead(now):
+                dropped += 1
+                if self._on_drop is not None:
+                    self._on_drop(item, now)
+            else:
+                alive.append(item)
+        self._queue = alive
+        return dropped
+
+    def poll(self, now: float) -> list[Item] | None:
+        """The next batch if one is due at ``now``, else None.
+
+        A batch is due when ``max_batch_size`` live items wait, or when the oldest has
+        waited ``max_wait``. Dead items are removed first and never handed out.
+        """
+        self.drop_dead(now)
+        if not self._queue:
+            return None
+        size = max(1, self.max_batch_size)
+        if len(self._queue) < size and now < self._queue[0].enqueued_at + self._max_wait_s:
+            return None
+        return [self._queue.popleft() for _ in range(min(size, len(self._queue)))]
+
+    def due_at(self) -> float | None:
+        """When the forming batch will be due at the latest (None when the queue is empty)."""
+        if not self._queue:
+            return None
+        return self._queue[0].enqueued_at + self._max_wait_s
+
+    def next_wakeup(self) -> float | None:
+        """The earliest time ``poll`` may answer differently without new items arriving."""
+        times = [t for t in (self.due_at(),) if t is not None]
+        times += [i.deadline for i in self._queue if i.deadline is not None]
+        return min(times) if times else None
+
+    async def next_batch(self) -> list[Item]:
+        """Wait for the next due batch (only one task may call this at a time)."""
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        while True:
+            self._changed.clear()
+            now = self._clock()
+            batch = self.poll(now)
+            if batch:
+                return batch
+            wake = self.next_wakeup()
+            if wake is None:
+                await self._changed.wait()
+                continue
+            try:
+                async with asyncio.timeout(max(0.0, wake - now)):
+                    await self._changed.wait()
+            except TimeoutError:
+                pass
+
+    def notify(self) -> None:
+        """Wake ``next_batch`` (after a caller cancelled an item, say)."""
+        if self._changed is not None:
+            self._changed.set()
+
+    def drain_all(self) -> list[Item]:
+        """Remove and return every queued item (used when the worker stops hard)."""
+        items = list(self._queue)
+        self._queue.clear()
+        return items

@@ -1,0 +1,80 @@
+"""The Prometheus metrics a worker exports on ``GET /metrics`` (one registry per process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class WorkerMetrics:
+    """Counters and histograms of one worker process, in a registry of its own."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, model: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "gpufleet_worker_requests",
+            "HTTP requests answered, by route and status code.",
+            ["route", "status"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "gpufleet_worker_errors",
+            "Requests that failed, by error name.",
+            ["error"],
+            registry=r,
+        )
+        self.dropped = Counter(
+            "gpufleet_worker_dropped_items",
+            "Items removed before predict, by reason (cancelled or expired).",
+            ["reason"],
+            registry=r,
+        )
+        self.oom = Counter(
+            "gpufleet_worker_oom_splits", "Batches split after an out-of-memory error.", registry=r
+        )
+        self.batch_size = Histogram(
+            "gpufleet_worker_batch_size",
+            "Items per predict call.",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.queue_time = Histogram(
+            "gpufleet_worker_queue_seconds",
+            "Time an item waited in the queue before its batch started.",
+            buckets=_TIME_BUCKETS,
+            registry=r,
+        )
+        self.compute_time = Histogram(
+            "gpufleet_worker_compute_seconds",
+            "Wall time of one predict call.",
+            buckets=_TIME_BUCKETS,
+            registry=r,
+        )
+        self.request_time = Histogram(
+            "gpufleet_worker_request_seconds",
+            "Time from a request's arrival to its answer (served requests).",
+            buckets=_TIME_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "gpufleet_worker_queue_depth", "Items waiting in the queue.", registry=r
+        )
+        self.in_flight = Gauge("gpufleet_worker_in_flight", "Requests being handled.", registry=r)
+        self.max_batch_size = Gauge(
+            "gpufleet_worker_max_batch_size", "Effective largest batch.", registry=r
+        )
+        self.ready = Gauge(
+            "gpufleet_worker_ready", "1 when the model is loaded and not draining.", registry=r
+        )
+        info = Gauge("gpufleet_worker_info", "The model this worker serves.", ["model"], registry=r)
+        info.labels(model=model).set(1)
+
+    def render(self) -> bytes:
+        """The exposition text of every metric."""
+        return generate_latest(self.registry)

@@ -1,0 +1,186 @@
+"""The device owner: loads the model and runs ``predict`` on one dedicated thread.
+
+CUDA state is per thread in practice, so everything that touches the model (import,
+``__init__``, ``setup``, ``predict``, ``predict_stream``) runs on the same single-thread
+executor, never on the event loop. Out-of-memory errors split the batch and lower the
+effective batch size instead of failing the callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from gpufleet.errors import ConfigError, ModelError
+from gpufleet.models import resolve_model_class
+from gpufleet.models.base import Model
+
+log = logging.getLogger("gpufleet.worker")
+_DONE = object()
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for torch's CUDA OOM error, or a RuntimeError saying "out of memory"."""
+    if type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def resolve_device(requested: str) -> str:
+    """Turn ``auto`` into ``cuda`` or ``cpu``; any other name is kept as given."""
+    if requested != "auto":
+        return requested
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    # The model did not import torch: look for a device node rather than import it.
+    return "cuda" if os.path.exists("/dev/nvidia0") else "cpu"
+
+
+def _free_cuda_cache() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What the worker learns about the model once it has loaded."""
+
+    name: str
+    kind: str
+    device: str
+    max_batch_size: int | None
+    streaming: bool
+    custom_decode: bool
+    binary_content_type: str
+
+
+class Runner:
+    """Owns the model and its one device thread."""
+
+    def __init__(self, spec: str, model_args: dict[str, str], device: str) -> None:
+        self._spec = spec
+        self._model_args = dict(model_args)
+        self._requested_device = device
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpufleet-device")
+        self.model: Model | None = None
+        #: Called with the new effective max batch size after an OOM split.
+        self.on_oom: Callable[[int], None] | None = None
+        self.busy = False
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._on_thread, fn, *args)
+
+    def _on_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        # Set on the device thread itself, so a cancelled await cannot clear it early.
+        self.busy = True
+        try:
+            return fn(*args)
+        finally:
+            self.busy = False
+
+    def _load(self) -> ModelInfo:
+        cls = resolve_model_class(self._spec)
+        try:
+            model = cls(**self._model_args)
+        except TypeError as exc:
+            raise ConfigError(f"model {self._spec}: bad --model-arg: {exc}") from exc
+        device = resolve_device(self._requested_device)
+        model.setup(device)
+        self.model = model
+        mbs = getattr(model, "max_batch_size", None)
+        return ModelInfo(
+            name=str(getattr(model, "name", None) or self._spec),
+            kind=str(getattr(model, "kind", "generic")),
+            device=device,
+            max_batch_size=int(mbs) if mbs else None,
+            streaming=bool(getattr(type(model), "supports_streaming", lambda: False)()),
+            custom_decode=isinstance(model, Model) and type(model).overrides_decode(),
+            binary_content_type=str(
+                getattr(model, "binary_content_type", "application/octet-stream")
+            ),
+        )
+
+    async def load(self) -> ModelInfo:
+        """Import, create and ``setup`` the model on the device thread."""
+        info: ModelInfo = await self._call(self._load)
+        return info
+
+    def _loaded(self) -> Model:
+        if self.model is None:
+            raise ModelError("the model is not loaded")
+        return self.model
+
+    def _predict_split(self, batch: list[Any]) -> list[Any]:
+        try:
+            outputs = self._loaded().predict(batch)
+        except Exception as exc:
+            if not is_out_of_memory(exc) or len(batch) < 2:
+                raise
+            half = len(batch) // 2
+            log.warning(
+                "out of memory on a batch of %d; retrying as %d + %d",
+                len(batch),
+                half,
+                len(batch) - half,
+            )
+            _free_cuda_cache()
+            if self.on_oom is not None:
+                self.on_oom(half)
+            return self._predict_split(batch[:half]) + self._predict_split(batch[half:])
+        if not isinstance(outputs, (list, tuple)) or len(outputs) != len(batch):
+            got = len(outputs) if isinstance(outputs, (list, tuple)) else type(outputs).__name__
+            raise ModelError(f"predict() returned {got} outputs for a batch of {len(batch)}")
+        return list(outputs)
+
+    async def predict(self, batch: list[Any]) -> list[Any]:
+        """Run ``predict`` on the device thread.
+
+        Raises:
+            ModelError: predict raised (the message says what), or answered the wrong count.
+        """
+        try:
+            result: list[Any] = await self._call(self._predict_split, batch)
+        except ModelError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"{type(exc).__name__}: {exc}") from exc
+        return result
+
+    async def stream(self, item: Any) -> AsyncIterator[Any]:
+        """Yield the pieces of ``predict_stream(item)``; each step runs on the device thread.
+
+        Stepping piece by piece lets batches run between the pieces of a long stream.
+
+        Raises:
+            ModelError: the model raised while streaming.
+        """
+        model = self._loaded()
+        try:
+            it: Iterator[Any] = await self._call(lambda: iter(model.predict_stream(item)))
+            while True:
+                piece = await self._call(next, it, _DONE)
+                if piece is _DONE:
+                    return
+                yield piece
+        except ModelError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"{type(exc).__name__}: {exc}") from exc
+
+    def shutdown(self, *, wait: bool) -> None:
+        """Stop the device thread (``wait=False`` when a predict may hang forever)."""
+        self._executor.shutdown(wait=wait, cancel_futures=True)
+
+    @property
+    def thread_alive(self) -> bool:
+        """True while the device thread exists (a hung predict keeps it alive)."""
+        return any(t.is_alive() for t in getattr(self._executor, "_threads", ()))

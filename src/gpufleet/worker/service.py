@@ -1,0 +1,259 @@
+"""The worker's core, below HTTP: state, the bounded queue, the batch loop, the counters.
+
+``WorkerService.submit`` is what every route calls: it queues one item per input, waits
+for their answers (each caller gets exactly its own, in order) and takes them out of the
+queue when the caller goes away or its deadline passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Literal
+
+from gpufleet import wire
+from gpufleet.config.worker import WorkerConfig
+from gpufleet.errors import ModelError, WorkerOverloaded, WorkerUnavailable
+from gpufleet.worker.batcher import Batcher, Item
+from gpufleet.worker.metrics import WorkerMetrics
+from gpufleet.worker.runner import ModelInfo, Runner
+from gpufleet.worker.stats import WorkerCounters
+
+log = logging.getLogger("gpufleet.worker")
+
+State = Literal["loading", "ready", "draining", "failed"]
+
+
+class DeadlineExceeded(Exception):
+    """The caller's deadline passed before its answer was ready (answered 504)."""
+
+
+class WorkerService:
+    """One model on one device: load it, batch requests into it, count what happens."""
+
+    def __init__(self, cfg: WorkerConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.state: State = "loading"
+        self.runner = Runner(cfg.model, cfg.model_args, cfg.device)
+        self.runner.on_oom = self._on_oom_from_thread
+        self.counters = WorkerCounters()
+        self.metrics = WorkerMetrics(cfg.model)
+        self.info: ModelInfo | None = None
+        self.batcher: Batcher | None = None
+        self.started_at = clock()
+        self.load_error: BaseException | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # lifecycle ---------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Load the model off the loop; on success start the batch loop and turn ready."""
+        self._loop = asyncio.get_running_loop()
+        try:
+            info = await self.runner.load()
+        except Exception as exc:
+            self.state = "failed"
+            self.load_error = exc
+            raise
+        self.info = info
+        batch_cfg = self.cfg.batch(info.max_batch_size)
+        self.batcher = Batcher(batch_cfg, clock=self.clock, on_drop=self._on_drop)
+        self.metrics.max_batch_size.set(batch_cfg.max_batch_size)
+        self._task = asyncio.create_task(self._batch_loop(self.batcher), name="batch-loop")
+        if self.state == "loading":
+            self.state = "ready"
+            self.metrics.ready.set(1)
+        log.info(
+            "model %s (%s) ready on %s, max batch %d",
+            info.name,
+            info.kind,
+            info.device,
+            batch_cfg.max_batch_size,
+        )
+
+    async def drain(self, limit_s: float) -> bool:
+        """Stop taking work and wait for in-flight requests; True when they all finished."""
+        self.state = "draining"
+        self.metrics.ready.set(0)
+        try:
+            async with asyncio.timeout(limit_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        """Stop the batch loop and fail whatever is still queued."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.batcher is not None:
+            for item in self.batcher.drain_all():
+                if item.future is not None and not item.future.done():
+                    item.future.set_exception(WorkerUnavailable("the worker is stopping"))
+
+    # requests ----------------------------------------------------------------------------
+
+    @property
+    def is_ready(self) -> bool:
+        """Loaded and not draining."""
+        return self.state == "ready"
+
+    def check_ready(self) -> None:
+        """Raises WorkerUnavailable unless the worker takes new work."""
+        if self.state != "ready":
+            raise WorkerUnavailable(f"the worker is {self.state}")
+
+    @contextlib.contextmanager
+    def request(self) -> Any:
+        """Count one request in flight for its whole life (drain waits for these)."""
+        self.counters.in_flight += 1
+        self.metrics.in_flight.inc()
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.counters.in_flight -= 1
+            self.metrics.in_flight.dec()
+            if self.counters.in_flight == 0:
+                self._idle.set()
+
+    async def submit(self, payloads: Sequence[Any], deadline: float | None) -> list[Any]:
+        """Queue ``payloads`` as items and return their outputs in order.
+
+        Raises:
+            WorkerOverloaded: the queue has no room for all of them (nothing was queued).
+            WorkerUnavailable: loading, draining, or stopped while waiting.
+            ModelError: predict raised for a batch holding one of them.
+            DeadlineExceeded: ``deadline`` (monotonic clock) passed first.
+        """
+        self.check_ready()
+        batcher = self.batcher
+        if batcher is None:
+            raise WorkerUnavailable("the worker is loading")
+        loop = asyncio.get_running_loop()
+        now = self.clock()
+        items = [Item(p, now, deadline, future=loop.create_future()) for p in payloads]
+        try:
+            batcher.put(items)
+        except WorkerOverloaded as exc:
+            exc.retry_after_s = self.retry_after_s()
+            raise
+        self.metrics.queue_depth.set(batcher.depth)
+        futures = [i.future for i in items if i.future is not None]
+        try:
+            if deadline is None:
+                return list(await asyncio.gather(*futures))
+            async with asyncio.timeout(max(0.0, deadline - now)):
+                return list(await asyncio.gather(*futures))
+        except TimeoutError:
+            raise DeadlineExceeded(f"deadline passed after {self.clock() - now:.3f}s") from None
+        finally:
+            # Caller gone, deadline passed, or a sibling failed: leave the queue now.
+            for item in items:
+                if item.future is not None and not item.future.done():
+                    item.cancelled = True
+                    item.future.cancel()
+            batcher.notify()
+
+    async def stream(self, payload: Any) -> AsyncIterator[Any]:
+        """The pieces of the model's streaming answer for one input."""
+        self.check_ready()
+        async for piece in self.runner.stream(payload):
+            yield piece
+
+    def retry_after_s(self) -> float:
+        """A guess at when the queue will have room: its depth at the recent batch rate."""
+        if self.batcher is None or not self.counters.batches:
+            return 1.0
+        elapsed = max(self.clock() - self.started_at, 1e-3)
+        items_per_s = self.counters.batched_items / elapsed
+        return min(30.0, max(1.0, self.batcher.depth / max(items_per_s, 1e-3)))
+
+    # the batch loop ----------------------------------------------------------------------
+
+    async def _batch_loop(self, batcher: Batcher) -> None:
+        while True:
+            batch = await batcher.next_batch()
+            self.metrics.queue_depth.set(batcher.depth)
+            await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[Item]) -> None:
+        started = self.clock()
+        for item in batch:
+            self.metrics.queue_time.observe(started - item.enqueued_at)
+        self.counters.record_batch(len(batch))
+        self.metrics.batch_size.observe(len(batch))
+        try:
+            outputs = await self.runner.predict([i.payload for i in batch])
+        except ModelError as exc:
+            log.error("predict failed for a batch of %d: %s", len(batch), exc.message)
+            self.counters.failed_items += len(batch)
+            for item in batch:
+                if item.future is not None and not item.future.done():
+                    item.future.set_exception(ModelError(exc.message))
+            return
+        finally:
+            self.metrics.compute_time.observe(self.clock() - started)
+        for item, out in zip(batch, outputs, strict=True):
+            if item.future is not None and not item.future.done():
+                item.future.set_result(out)
+
+    def _on_drop(self, item: Item, now: float) -> None:
+        reason = "cancelled" if item.cancelled else "expired"
+        self.counters.dropped += 1
+        self.metrics.dropped.labels(reason=reason).inc()
+        if item.future is not None and not item.future.done():
+            item.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+
+    def _on_oom_from_thread(self, new_max: int) -> None:
+        # Called on the device thread: hop to the loop before touching shared state.
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._lower_max_batch, new_max)
+
+    def _lower_max_batch(self, new_max: int) -> None:
+        self.counters.oom_splits += 1
+        self.metrics.oom.inc()
+        if self.batcher is not None and new_max < self.batcher.max_batch_size:
+            self.batcher.max_batch_size = max(1, new_max)
+            self.metrics.max_batch_size.set(self.batcher.max_batch_size)
+            log.warning("effective max batch size lowered to %d", self.batcher.max_batch_size)
+
+    # /stats ------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """The /stats answer (``wire.WorkerStats`` plus a few worker-only counters)."""
+        c = self.counters
+        info = self.info
+        return {
+            "server": wire.WORKER_SERVER_NAME,
+            "model": info.name if info else self.cfg.model,
+            "kind": info.kind if info else "unknown",
+            "device": info.device if info else self.cfg.device,
+            "pid": os.getpid(),
+            "state": self.state,
+            "queue_depth": self.batcher.depth if self.batcher else 0,
+            "in_flight": c.in_flight,
+            "served": c.served,
+            "errors": c.errors,
+            "rejected": c.rejected,
+            "dropped": c.dropped,
+            "failed_items": c.failed_items,
+            "batches": c.batches,
+            "avg_batch_size": round(c.avg_batch_size, 3),
+            "max_batch_size": self.batcher.max_batch_size if self.batcher else 0,
+            "configured_max_batch_size": self.batcher.cfg.max_batch_size if self.batcher else 0,
+            "oom_splits": c.oom_splits,
+            "max_queue": self.cfg.max_queue,
+            "latency_ms": c.latency_ms(),
+            "uptime_s": round(self.clock() - self.started_at, 3),
+        }

@@ -1,0 +1,151 @@
+"""The worker's HTTP contract against a real ``gpufleet worker --model synthetic`` process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gpufleet import wire
+from gpufleet.testing import ServerProcess, run_worker
+
+
+@pytest.fixture(scope="module")
+def worker() -> Iterator[ServerProcess]:
+    with run_worker(
+        "synthetic",
+        "--model-arg",
+        "base_ms=5",
+        "--model-arg",
+        "per_item_ms=1",
+        "--max-batch-size",
+        "8",
+        "--max-body-mb",
+        "0.01",
+    ) as w:
+        yield w
+
+
+async def _post(url: str, body: Any, **kw: Any) -> tuple[int, dict[str, Any], Any]:
+    async with aiohttp.ClientSession() as s, s.post(url, json=body, **kw) as r:
+        return r.status, dict(r.headers), await r.json()
+
+
+async def test_single_and_many_inputs(worker: ServerProcess) -> None:
+    status, headers, body = await _post(worker.url + "/predict", {"input": "hi"})
+    assert status == 200
+    assert headers[wire.SERVER_HEADER] == "1"
+    assert body["output"]["echo"] == "hi"
+    assert body["output"]["pid"] == worker.pid
+    status, _, body = await _post(worker.url + "/predict", {"inputs": [1, "two", {"x": 3}]})
+    assert status == 200
+    assert [o["echo"] for o in body["outputs"]] == [1, "two", {"x": 3}]
+
+
+async def test_many_inputs_span_batches_in_order(worker: ServerProcess) -> None:
+    inputs = list(range(30))  # max batch 8: at least 4 batches
+    status, _, body = await _post(worker.url + "/predict", {"inputs": inputs})
+    assert status == 200
+    assert [o["echo"] for o in body["outputs"]] == inputs
+    assert max(o["batch_size"] for o in body["outputs"]) <= 8
+
+
+async def test_health_and_stats_fields(worker: ServerProcess) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(worker.url + "/health") as r:
+            assert r.status == 200
+            assert await r.json() == {"status": "ready"}
+            assert r.headers[wire.SERVER_HEADER] == "1"
+        async with s.get(worker.url + "/stats") as r:
+            stats = await r.json()
+    for key in wire.WorkerStats.__annotations__:
+        if key != "gpu":
+            assert key in stats, key
+    assert stats["server"] == wire.WORKER_SERVER_NAME
+    assert stats["model"] == "synthetic"
+    assert stats["state"] == "ready"
+    assert stats["pid"] == worker.pid
+    assert stats["max_batch_size"] == 8
+    assert set(stats["latency_ms"]) == {"p50", "p99"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "needle"),
+    [
+        (b"{not json", 400, "malformed JSON"),
+        (b"", 400, "empty"),
+        (b"[1, 2]", 422, "JSON object"),
+        (b'{"inputs": []}', 422, "empty"),
+        (b'{"inputs": "abc"}', 422, "must be a list"),
+        (b'{"input": 1, "inputs": [1]}', 422, "exactly one"),
+        (b'{"input": 1, "temperature": 2}', 422, "temperature"),
+        (b'{"input": 1, "seed": "x"}', 422, "seed"),
+    ],
+)
+async def test_bad_input_names_the_problem(
+    worker: ServerProcess, raw: bytes, status: int, needle: str
+) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.post(worker.url + "/predict", data=raw) as r:
+            assert r.status == status
+            body = await r.json()
+            assert needle in body["message"]
+            assert body["error"]
+        # The worker keeps serving.
+        async with s.post(worker.url + "/predict", json={"input": 1}) as r:
+            assert r.status == 200
+
+
+async def test_oversized_body_is_413_from_content_length(worker: ServerProcess) -> None:
+    big = b'{"input": "' + b"x" * 20_000 + b'"}'
+    status, _, body = await _post(worker.url + "/predict", None, data=big)
+    assert status == 413
+    assert body["error"] == "PayloadTooLarge"
+    assert "limit" in body["message"]
+
+
+async def test_unknown_route_and_wrong_kind_are_json_404(worker: ServerProcess) -> None:
+    status, headers, body = await _post(worker.url + "/v1/embeddings", {"input": "x"})
+    assert status == 404
+    assert "embeddings" in body["message"]
+    assert headers[wire.SERVER_HEADER] == "1"
+
+
+async def test_stream_is_server_sent_events(worker: ServerProcess) -> None:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(worker.url + "/predict", json={"input": "s", "stream": True}) as r,
+    ):
+        assert r.status == 200
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        text = await r.text()
+    events = [line for line in text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    assert len(events) == 5  # stream_chunks=4, then [DONE]
+
+
+async def test_deadline_already_passed_is_504(worker: ServerProcess) -> None:
+    headers = {wire.TIMEOUT_HEADER: "0"}
+    status, _, body = await _post(worker.url + "/predict", {"input": 1}, headers=headers)
+    assert status == 504
+    assert body["error"] == "DeadlineExceeded"
+    status, _, _ = await _post(
+        worker.url + "/predict", {"input": 1}, headers={wire.TIMEOUT_HEADER: "soon"}
+    )
+    assert status == 400
+
+
+async def test_concurrent_callers_get_their_own_outputs(worker: ServerProcess) -> None:
+    async with aiohttp.ClientSession() as s:
+
+        async def one(i: int) -> Any:
+            async with s.post(worker.url + "/predict", json={"input": f"item-{i}"}) as r:
+                assert r.status == 200
+                return (await r.json())["output"]
+
+        outs = await asyncio.gather(*(one(i) for i in range(40)))
+    assert [o["echo"] for o in outs] == [f"item-{i}" for i in range(40)]
+    assert max(o["batch_size"] for o in outs) > 1

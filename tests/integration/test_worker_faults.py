@@ -1,0 +1,170 @@
+"""Faults injected through the ``synthetic`` model: overload, disconnects, failures, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gpufleet.testing import ServerProcess, run_worker
+
+
+def _synthetic(*pairs: str) -> list[str]:
+    return [a for p in pairs for a in ("--model-arg", p)]
+
+
+async def _stats(s: aiohttp.ClientSession, w: ServerProcess) -> dict[str, Any]:
+    async with s.get(w.url + "/stats") as r:
+        data: dict[str, Any] = await r.json()
+        return data
+
+
+async def _until(s: aiohttp.ClientSession, w: ServerProcess, key: str, value: int) -> None:
+    """Poll /stats (the worker's own account) until ``key`` reaches ``value``."""
+    deadline = time.monotonic() + 10
+    while (await _stats(s, w))[key] < value:
+        assert time.monotonic() < deadline, f"{key} never reached {value}"
+        await asyncio.sleep(0.01)
+
+
+async def test_queue_overflow_is_503_with_retry_after() -> None:
+    args = [*_synthetic("base_ms=300"), "--max-batch-size", "1", "--max-queue", "2"]
+    with run_worker("synthetic", *args) as w:
+        async with aiohttp.ClientSession() as s:
+
+            async def one(i: int) -> tuple[int, str | None, Any]:
+                async with s.post(w.url + "/predict", json={"input": i}) as r:
+                    return r.status, r.headers.get("Retry-After"), await r.json()
+
+            results = await asyncio.gather(*(one(i) for i in range(8)))
+            stats = await _stats(s, w)
+    rejected = [r for r in results if r[0] == 503]
+    assert rejected, results
+    assert all(r[0] in (200, 503) for r in results)
+    for _, retry_after, body in rejected:
+        assert body["error"] == "WorkerOverloaded"
+        assert retry_after is not None
+        assert int(retry_after) >= 1
+    assert stats["rejected"] == len(rejected)
+
+
+async def test_disconnected_caller_never_reaches_predict() -> None:
+    # Any batch holding "victim" would raise; errors stay 0 only if it never ran.
+    args = [*_synthetic("base_ms=400", "fail_on=victim"), "--max-batch-size", "1"]
+    with run_worker("synthetic", *args) as w:
+        async with aiohttp.ClientSession() as s:
+            first = asyncio.create_task(s.post(w.url + "/predict", json={"input": "a"}))
+            await _until(s, w, "batches", 1)  # "a" is on the device now
+            short = aiohttp.ClientTimeout(total=0.1)
+            with pytest.raises(asyncio.TimeoutError):
+                await s.post(w.url + "/predict", json={"input": "victim"}, timeout=short)
+            async with await first as r:
+                assert r.status == 200
+            async with s.post(w.url + "/predict", json={"input": "c"}) as r:
+                assert r.status == 200
+            stats = await _stats(s, w)
+    assert stats["failed_items"] == 0
+    assert stats["batches"] == 2
+    assert stats["dropped"] == 1
+
+
+async def test_failing_predict_is_500_for_its_batch_then_serving_goes_on() -> None:
+    args = [*_synthetic("base_ms=5", "fail_on=bad"), "--max-batch-size", "1"]
+    with run_worker("synthetic", *args) as w:
+        async with aiohttp.ClientSession() as s:
+            async with s.post(w.url + "/predict", json={"input": "bad"}) as r:
+                assert r.status == 500
+                body = await r.json()
+                assert body["error"] == "ModelError"
+                assert "synthetic failure" in body["message"]
+            for i in range(3):
+                async with s.post(w.url + "/predict", json={"input": i}) as r:
+                    assert r.status == 200
+            stats = await _stats(s, w)
+    assert stats["errors"] == 1
+    assert stats["failed_items"] == 1
+    assert stats["served"] == 3
+
+
+async def test_slow_load_keeps_health_503_until_ready() -> None:
+    with run_worker("synthetic", *_synthetic("load_s=1.5"), ready=False) as w:
+        seen: list[int] = []
+        async with aiohttp.ClientSession() as s:
+            deadline = time.monotonic() + 20
+            while not seen or seen[-1] != 200:
+                assert time.monotonic() < deadline
+                async with s.get(w.url + "/health") as r:
+                    seen.append(r.status)
+                    if r.status == 503:
+                        assert (await r.json())["status"] == "loading"
+                        async with s.post(w.url + "/predict", json={"input": 1}) as p:
+                            assert p.status == 503
+                await asyncio.sleep(0.05)
+            async with s.post(w.url + "/predict", json={"input": 1}) as r:
+                assert r.status == 200
+    assert seen[0] == 503
+    assert set(seen) == {503, 200}
+
+
+async def test_out_of_memory_splits_the_batch_and_lowers_max_batch() -> None:
+    args = [*_synthetic("base_ms=1", "oom_above=4"), "--max-batch-size", "16"]
+    with run_worker("synthetic", *args) as w:
+        async with aiohttp.ClientSession() as s:
+            async with s.post(w.url + "/predict", json={"inputs": list(range(16))}) as r:
+                assert r.status == 200
+                outs = (await r.json())["outputs"]
+            stats = await _stats(s, w)
+    assert [o["echo"] for o in outs] == list(range(16))
+    assert max(o["batch_size"] for o in outs) <= 4
+    assert stats["max_batch_size"] == 4
+    assert stats["oom_splits"] >= 1
+
+
+async def test_sigterm_drains_in_flight_work_and_exits_0() -> None:
+    with run_worker("synthetic", *_synthetic("base_ms=800")) as w:
+        async with aiohttp.ClientSession() as s:
+            pending = asyncio.create_task(s.post(w.url + "/predict", json={"input": "x"}))
+            await _until(s, w, "in_flight", 1)
+            w.signal(signal.SIGTERM)
+            async with s.get(w.url + "/health") as r:
+                assert r.status == 503
+            async with s.post(w.url + "/predict", json={"input": "late"}) as r:
+                assert r.status == 503
+                assert (await r.json())["error"] == "WorkerUnavailable"
+            async with await pending as r:
+                assert r.status == 200
+                assert (await r.json())["output"]["echo"] == "x"
+        assert await asyncio.to_thread(w.proc.wait, 10) == 0
+
+
+async def test_drain_timeout_bounds_a_hung_predict_and_second_signal_exits_at_once() -> None:
+    args = [*_synthetic("hang_on=hang"), "--drain-timeout-s", "0.5"]
+    with run_worker("synthetic", *args) as w:
+        async with aiohttp.ClientSession() as s:
+            hung = asyncio.create_task(s.post(w.url + "/predict", json={"input": "hang"}))
+            await _until(s, w, "batches", 1)
+            started = time.monotonic()
+            w.signal(signal.SIGTERM)
+            assert await asyncio.to_thread(w.proc.wait, 10) == 0
+            assert time.monotonic() - started < 5
+            hung.cancel()
+    args = [*_synthetic("hang_on=hang"), "--drain-timeout-s", "60"]
+    with run_worker("synthetic", *args) as w:
+        async with aiohttp.ClientSession() as s:
+            hung = asyncio.create_task(s.post(w.url + "/predict", json={"input": "hang"}))
+            await _until(s, w, "batches", 1)
+            w.signal(signal.SIGTERM)
+            async with s.get(w.url + "/health") as r:
+                assert r.status == 503
+            w.signal(signal.SIGTERM)
+            try:
+                code = await asyncio.to_thread(w.proc.wait, 5)
+            except subprocess.TimeoutExpired:
+                pytest.fail("a second SIGTERM did not exit at once")
+            assert code != 0
+            hung.cancel()
