@@ -1,9 +1,146 @@
-"""`gpufleet` commands of the operate part."""
+"""`gpufleet` commands of the operate part: bench, monitor, export."""
 
 from __future__ import annotations
 
+import json
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
+
+from gpufleet.cli._common import config_errors_exit, run_async
+from gpufleet.errors import RequestFailed
+
+if TYPE_CHECKING:
+    from gpufleet.config.operate import MonitorConfig
+
+ConfigOpt = Annotated[
+    str | None, typer.Option("--config", help="YAML file with a section per part.")
+]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"gpufleet: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def bench(
+    url: Annotated[str, typer.Argument(help="The router or worker to load (http://host:port).")],
+    path: Annotated[str | None, typer.Option(help="Path the requests go to.")] = None,
+    payload: Annotated[
+        str | None, typer.Option(help="JSON (one body) or JSONL (bodies in turn) file.")
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Closed loop: requests in flight.")
+    ] = None,
+    requests: Annotated[int | None, typer.Option(help="Closed loop: requests to send.")] = None,
+    rate: Annotated[float | None, typer.Option(help="Open loop: requests per second.")] = None,
+    duration: Annotated[float | None, typer.Option(help="Open loop: seconds to send.")] = None,
+    arrival: Annotated[str | None, typer.Option(help="Open loop: poisson or uniform.")] = None,
+    max_in_flight: Annotated[
+        int | None, typer.Option(help="Open loop: arrivals past this many in flight are dropped.")
+    ] = None,
+    burst: Annotated[int | None, typer.Option(help="Send N requests at once, once.")] = None,
+    scaling: Annotated[
+        bool, typer.Option("--scaling", help="Same load with 1..N workers (drains).")
+    ] = False,
+    admin_token: Annotated[
+        str | None, typer.Option(help="Router admin token (or GPUFLEET_ADMIN_TOKEN).")
+    ] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds one request may take.")] = None,
+    max_duration: Annotated[
+        float | None, typer.Option(help="Seconds the whole run may take.")
+    ] = None,
+    warmup: Annotated[int | None, typer.Option(help="Unmeasured requests sent first.")] = None,
+    report: Annotated[str | None, typer.Option(help="Write a self-contained HTML report.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    seed: Annotated[int | None, typer.Option(help="Seed of the open loop's arrivals.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Measure a fleet: throughput, latency percentiles, errors, each worker's share."""
+    from gpufleet.config import load
+    from gpufleet.config.operate import BenchConfig
+    from gpufleet.operate.bench import run_bench
+
+    flags: dict[str, Any] = {
+        "url": url, "path": path, "payload_file": payload, "concurrency": concurrency,
+        "requests": requests, "rate": rate, "duration_s": duration, "arrival": arrival,
+        "max_in_flight": max_in_flight, "burst": burst, "scaling": scaling or None,
+        "admin_token": admin_token, "timeout_s": timeout, "max_duration_s": max_duration,
+        "warmup": warmup, "report": report, "json": json_out or None, "seed": seed,
+    }  # fmt: skip
+    with config_errors_exit():
+        cfg = load(BenchConfig, "bench", flags=flags, config_path=config)
+        if not cfg.json:
+            typer.echo(f"bench: {cfg.mode} run on {cfg.url}{cfg.path} …", err=True)
+        try:
+            result = run_async(run_bench(cfg))
+        except RequestFailed as exc:
+            raise _fail(exc.message) from None
+    if cfg.report:
+        from gpufleet.operate.report import write_report
+
+        write_report(result, cfg.report)
+    from gpufleet.operate import text
+
+    if cfg.json:
+        typer.echo(json.dumps(text.to_json(result), indent=2))
+    else:
+        from rich.console import Console
+
+        Console().print(text.render(result))
+        if cfg.report:
+            typer.echo(f"report: {cfg.report}")
+    if result.summary.ok == 0:
+        raise typer.Exit(1)
+
+
+def monitor(
+    url: Annotated[
+        str | None, typer.Argument(help="Router or worker URL (default http://127.0.0.1:8000).")
+    ] = None,
+    interval: Annotated[float | None, typer.Option(help="Seconds between polls.")] = None,
+    once: Annotated[bool, typer.Option("--once", help="Print one snapshot and exit.")] = False,
+    errors: Annotated[
+        bool, typer.Option("--errors", help="List the recent errors per worker.")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Watch every worker live: state, load, latency, batch size, GPU."""
+    from gpufleet.config import load
+    from gpufleet.config.operate import MonitorConfig
+
+    flags = {"url": url, "interval_s": interval, "once": once or None, "errors": errors or None}
+    with config_errors_exit():
+        cfg = load(MonitorConfig, "monitor", flags=flags, config_path=config)
+    try:
+        run_async(_monitor(cfg))
+    except RequestFailed as exc:
+        raise _fail(exc.message) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+async def _monitor(cfg: MonitorConfig) -> None:
+    import aiohttp
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    from gpufleet.operate import monitor as mon
+
+    console = Console()
+    if not console.is_terminal:
+        # Piped or captured output: keep every column readable rather than 80 wide.
+        console = Console(width=max(console.width, 160))
+    async with aiohttp.ClientSession() as session:
+        if cfg.once:
+            console.print(await mon.snapshot(cfg, session))
+            return
+        with Live(Text("connecting …"), console=console, refresh_per_second=4) as live:
+            await mon.watch(cfg, session, live)
 
 
 def register(app: typer.Typer) -> None:
     """Add this part's commands to ``app``."""
+    app.command()(bench)
+    app.command()(monitor)

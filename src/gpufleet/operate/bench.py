@@ -1,0 +1,254 @@
+"""``gpufleet bench URL``: drive a worker or a router with a bounded load and measure it.
+
+The run reads the target's /stats first (the model's kind picks the default payload; a
+router's per-worker counts are read before and after, giving each worker's share and
+batch size), sends the load, and returns a :class:`BenchResult` that the CLI prints,
+writes as JSON, or draws in an HTML report.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from gpufleet.config.operate import BenchConfig
+from gpufleet.errors import ConfigError, RequestFailed
+from gpufleet.operate import load
+from gpufleet.operate.fleetview import FleetView, read_fleet
+from gpufleet.operate.summary import LoadSummary, TimelinePoint, summarize, timeline
+
+#: Inputs of the default payload, by model kind (several, so no cache answers them all).
+DEFAULT_INPUTS: dict[str, list[str]] = {
+    "embeddings": [
+        f"Sentence {i}: the quick brown fox jumps over the lazy dog near the river bank."
+        for i in range(16)
+    ],
+    "images": [f"a watercolor lighthouse at dawn, variation {i}" for i in range(16)],
+    "chat": [f"In one sentence, what is a GPU? ({i})" for i in range(16)],
+    "generic": [f"bench-{i}" for i in range(16)],
+}
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerShare:
+    """How much of the run one worker served, and the batches it formed meanwhile."""
+
+    id: str
+    url: str
+    served: int
+    share: float
+    batches: int | None = None
+    avg_batch_size: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScalingStep:
+    """The same load with ``workers`` workers in the pool."""
+
+    workers: int
+    summary: LoadSummary
+    #: Throughput over ``workers`` × the one-worker throughput (1.0 = linear).
+    efficiency: float
+    worker_ids: tuple[str, ...] = ()
+
+
+@dataclass
+class BenchResult:
+    """Everything one ``gpufleet bench`` run measured."""
+
+    url: str
+    path: str
+    mode: str
+    settings: dict[str, Any]
+    summary: LoadSummary
+    samples: list[load.Sample]
+    kind: str | None = None
+    model: str | None = None
+    is_router: bool = False
+    shares: list[WorkerShare] = field(default_factory=list)
+    scaling: list[ScalingStep] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    started_at: str = ""
+
+    def timeline(self) -> list[TimelinePoint]:
+        """Throughput and latency over the run, in about 60 buckets."""
+        return timeline(self.samples)
+
+
+def read_bodies(path: str | Path) -> list[bytes]:
+    """Bodies from a JSON file (one body) or a JSONL file (one body per line).
+
+    Raises:
+        ConfigError: the file cannot be read or holds no valid JSON body.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read payload file {p}: {exc.strerror}") from exc
+    try:
+        return [json.dumps(json.loads(text)).encode()]
+    except ValueError:
+        pass
+    bodies = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            bodies.append(json.dumps(json.loads(line)).encode())
+        except ValueError as exc:
+            raise ConfigError(f"{p}:{n}: not a JSON body ({exc})") from exc
+    if not bodies:
+        raise ConfigError(f"payload file {p} holds no JSON body")
+    return bodies
+
+
+def default_bodies(kind: str | None) -> list[bytes]:
+    """``{"input": …}`` bodies that fit the model's kind."""
+    inputs = DEFAULT_INPUTS.get(kind or "generic", DEFAULT_INPUTS["generic"])
+    return [json.dumps({"input": x}).encode() for x in inputs]
+
+
+def shares_between(before: FleetView, after: FleetView) -> list[WorkerShare]:
+    """Each worker's part of what was served between two views of the fleet."""
+    old = before.by_id()
+    rows: list[tuple[str, str, int, int | None, int | None]] = []
+    for w in after.workers:
+        prev = old.get(w.id)
+        served = (w.served or 0) - (prev.served or 0 if prev else 0)
+        batches = items = None
+        if prev and w.batches is not None and prev.batches is not None:
+            batches = w.batches - prev.batches
+        if prev and w.items is not None and prev.items is not None:
+            items = w.items - prev.items
+        rows.append((w.id, w.url, max(0, served), batches, items))
+    total = sum(r[2] for r in rows)
+    return [
+        WorkerShare(
+            id=wid,
+            url=url,
+            served=served,
+            share=served / total if total else 0.0,
+            batches=batches,
+            avg_batch_size=(items / batches) if items is not None and batches else None,
+        )
+        for wid, url, served, batches, items in rows
+    ]
+
+
+def shares_from_headers(samples: list[load.Sample]) -> list[WorkerShare]:
+    """Shares counted from the router's upstream header on each answer."""
+    counts = Counter(s.upstream for s in samples if s.ok and s.upstream)
+    total = sum(counts.values())
+    return [WorkerShare(u, u, n, n / total) for u, n in sorted(counts.items())]
+
+
+async def run_load(
+    session: aiohttp.ClientSession, cfg: BenchConfig, target: load.Target, max_s: float
+) -> tuple[list[load.Sample], float]:
+    """One load run of the configured mode, bounded by ``max_s`` seconds."""
+    if cfg.mode == "burst":
+        return await load.burst(session, target, n=cfg.burst)
+    if cfg.mode == "open":
+        return await load.open_loop(
+            session,
+            target,
+            rate=cfg.rate,
+            duration_s=min(cfg.duration_s, max_s),
+            max_in_flight=cfg.max_in_flight,
+            arrival=cfg.arrival,
+            rng=random.Random(cfg.seed),
+        )
+    return await load.closed_loop(
+        session, target, concurrency=cfg.concurrency, requests=cfg.requests, max_duration_s=max_s
+    )
+
+
+def connector_limit(cfg: BenchConfig) -> int:
+    """Connections the client may open: as many as it can have requests in flight."""
+    if cfg.mode == "burst":
+        return cfg.burst
+    return cfg.max_in_flight if cfg.mode == "open" else cfg.concurrency
+
+
+async def run_bench(cfg: BenchConfig) -> BenchResult:
+    """Run the benchmark ``cfg`` describes against ``cfg.url``.
+
+    Raises:
+        RequestFailed: the target does not answer (or, for ``--scaling``, its admin API).
+    """
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    connector = aiohttp.TCPConnector(limit=connector_limit(cfg), limit_per_host=0)
+    timeout = aiohttp.ClientTimeout(total=None)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        notes: list[str] = []
+        before: FleetView | None
+        try:
+            before = await read_fleet(session, cfg.url)
+        except RequestFailed as exc:
+            if exc.status is None and "connect" in exc.message.lower():
+                raise RequestFailed(f"nothing answers at {cfg.url}: {exc.message}") from exc
+            before = None
+            notes.append(f"no gpufleet /stats at {cfg.url} ({exc.message}): no per-worker shares")
+        kind = before.kind if before else None
+        if cfg.payload_file:
+            bodies = read_bodies(cfg.payload_file)
+        else:
+            bodies = default_bodies(kind)
+            notes.append(f"payload: default for kind {kind or 'generic'!r}")
+        target = load.Target(cfg.url.rstrip("/") + cfg.path, bodies, cfg.timeout_s)
+        if cfg.warmup:
+            await load.closed_loop(
+                session,
+                target,
+                concurrency=min(cfg.concurrency, cfg.warmup),
+                requests=cfg.warmup,
+                max_duration_s=cfg.max_duration_s,
+            )
+            if before is not None:
+                before = await read_fleet(session, cfg.url)
+        result = BenchResult(
+            url=cfg.url,
+            path=cfg.path,
+            mode=cfg.mode,
+            settings=settings_of(cfg),
+            summary=summarize([], 0.0),
+            samples=[],
+            kind=kind,
+            model=before.model if before else None,
+            is_router=bool(before and before.is_router),
+            notes=notes,
+            started_at=started,
+        )
+        if cfg.scaling:
+            from gpufleet.operate.scaling import run_scaling
+
+            await run_scaling(session, cfg, target, result)
+            return result
+        samples, took = await run_load(session, cfg, target, cfg.max_duration_s)
+        result.samples, result.summary = samples, summarize(samples, took)
+        if before is not None:
+            after = await read_fleet(session, cfg.url)
+            result.shares = shares_between(before, after)
+        if not any(s.served for s in result.shares):
+            result.shares = shares_from_headers(samples) or result.shares
+        return result
+
+
+def settings_of(cfg: BenchConfig) -> dict[str, Any]:
+    """The settings that shaped the load, for the report and the JSON."""
+    keys = {
+        "closed": ("concurrency", "requests"),
+        "open": ("rate", "duration_s", "arrival", "max_in_flight"),
+        "burst": ("burst",),
+    }[cfg.mode]
+    out: dict[str, Any] = {k: getattr(cfg, k) for k in keys}
+    out.update(timeout_s=cfg.timeout_s, payload_file=cfg.payload_file, scaling=cfg.scaling)
+    return out

@@ -1,0 +1,170 @@
+"""Load generation: closed loop, open loop and burst, one ``Sample`` per request.
+
+Every run is bounded: a closed loop by its request count and a deadline, an open loop by
+its duration and a cap on requests in flight (arrivals past the cap are recorded as not
+sent rather than queued, so the client never hides the server's queueing in its own).
+Open-loop latencies count from the *scheduled* send time, so a stalled client cannot hide
+a stalled server (coordinated omission).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiohttp
+
+from gpufleet.wire import UPSTREAM_HEADER
+
+NOT_SENT = "not sent (client at --max-in-flight)"
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One request: when it was due (s from the start), how long it took, how it ended."""
+
+    start_s: float
+    latency_s: float
+    status: int | None
+    #: None when the request succeeded, else its kind ("503 WorkerOverloaded", "timeout", …).
+    error: str | None = None
+    upstream: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where the load goes and what it sends (bodies are used in turn)."""
+
+    url: str
+    bodies: Sequence[bytes]
+    timeout_s: float = 60.0
+    headers: tuple[tuple[str, str], ...] = (("Content-Type", "application/json"),)
+
+    def body(self, i: int) -> bytes:
+        return self.bodies[i % len(self.bodies)]
+
+
+def error_kind(status: int, body: bytes) -> str:
+    """Name a failed answer by its status and the ``error`` field of a gpufleet payload."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return f"{status} {data['error']}"
+    return f"HTTP {status}"
+
+
+async def send(
+    session: aiohttp.ClientSession, target: Target, i: int, t0: float, due: float
+) -> Sample:
+    """Send request ``i`` (due ``due`` s after ``t0``) and record how it went."""
+    status: int | None = None
+    upstream: str | None = None
+    error: str | None = None
+    try:
+        async with (
+            asyncio.timeout(target.timeout_s),
+            session.post(target.url, data=target.body(i), headers=list(target.headers)) as resp,
+        ):
+            status = resp.status
+            upstream = resp.headers.get(UPSTREAM_HEADER)
+            body = await resp.read()
+            if status >= 400:
+                error = error_kind(status, body)
+    except TimeoutError:
+        error = "timeout"
+    except aiohttp.ClientConnectorError:
+        error = "connection refused"
+    except aiohttp.ServerDisconnectedError:
+        error = "server disconnected"
+    except aiohttp.ClientError as exc:
+        error = type(exc).__name__
+    return Sample(due, time.monotonic() - t0 - due, status, error, upstream)
+
+
+async def closed_loop(
+    session: aiohttp.ClientSession,
+    target: Target,
+    *,
+    concurrency: int,
+    requests: int,
+    max_duration_s: float,
+) -> tuple[list[Sample], float]:
+    """Keep ``concurrency`` requests in flight until ``requests`` were sent or time is up.
+
+    Returns the samples and the wall time the run took.
+    """
+    samples: list[Sample] = []
+    next_i = 0
+    t0 = time.monotonic()
+    deadline = t0 + max_duration_s
+
+    async def user() -> None:
+        nonlocal next_i
+        while next_i < requests and time.monotonic() < deadline:
+            i = next_i
+            next_i += 1
+            samples.append(await send(session, target, i, t0, time.monotonic() - t0))
+
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(min(concurrency, requests)):
+            tg.create_task(user())
+    return samples, time.monotonic() - t0
+
+
+async def open_loop(
+    session: aiohttp.ClientSession,
+    target: Target,
+    *,
+    rate: float,
+    duration_s: float,
+    max_in_flight: int,
+    arrival: str = "poisson",
+    rng: random.Random | None = None,
+) -> tuple[list[Sample], float]:
+    """Send at ``rate`` per second for ``duration_s`` (Poisson or evenly spaced arrivals)."""
+    rng = rng or random.Random(0)
+    samples: list[Sample] = []
+    in_flight = 0
+    t0 = time.monotonic()
+
+    async def one(i: int, due: float) -> None:
+        nonlocal in_flight
+        try:
+            samples.append(await send(session, target, i, t0, due))
+        finally:
+            in_flight -= 1
+
+    async with asyncio.TaskGroup() as tg:
+        due = 0.0
+        i = 0
+        while due < duration_s:
+            delay = t0 + due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)  # pacing the arrivals is the point of an open loop
+            if in_flight >= max_in_flight:
+                samples.append(Sample(due, 0.0, None, NOT_SENT))
+            else:
+                in_flight += 1
+                tg.create_task(one(i, due))
+            i += 1
+            due += rng.expovariate(rate) if arrival == "poisson" else 1.0 / rate
+    return samples, time.monotonic() - t0
+
+
+async def burst(
+    session: aiohttp.ClientSession, target: Target, *, n: int
+) -> tuple[list[Sample], float]:
+    """Send ``n`` requests at the same moment and wait for all of them."""
+    t0 = time.monotonic()
+    samples = await asyncio.gather(*(send(session, target, i, t0, 0.0) for i in range(n)))
+    return list(samples), time.monotonic() - t0

@@ -1,0 +1,181 @@
+"""``gpufleet monitor [URL]``: a live terminal table of every worker behind a router.
+
+Each poll reads the router's /stats and every worker's own /stats (batch size, queue,
+GPU); requests per second come from the served counts of two polls, restarts from a
+worker's pid changing (or the count a fleet reports). ``--errors`` adds the recent
+errors: those the workers report, and what the monitor saw change (new errors, a worker
+leaving the serving state, a restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from rich.console import Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from gpufleet.config.operate import MonitorConfig
+from gpufleet.errors import RequestFailed
+from gpufleet.operate.fleetview import FleetView, WorkerView, rates, read_fleet
+
+GOOD_STATES = {"healthy", "ready", "up", "active"}
+
+
+def gpu_util(gpu: dict[str, Any]) -> float | None:
+    """GPU utilisation in percent from a worker's ``gpu`` stats (None: not reported)."""
+    for key in ("utilization_pct", "util_pct", "utilization", "util", "gpu_util"):
+        if isinstance(gpu.get(key), (int, float)):
+            return float(gpu[key])
+    return None
+
+
+def gpu_memory(gpu: dict[str, Any]) -> tuple[float, float] | None:
+    """(used, total) GPU memory in MiB from a worker's ``gpu`` stats."""
+    pairs = (
+        ("memory_used_mb", "memory_total_mb"),
+        ("mem_used_mb", "mem_total_mb"),
+        ("memory_used_mib", "memory_total_mib"),
+    )
+    for used, total in pairs:
+        if isinstance(gpu.get(used), (int, float)) and isinstance(gpu.get(total), (int, float)):
+            return float(gpu[used]), float(gpu[total])
+    return None
+
+
+@dataclass
+class MonitorState:
+    """What the monitor remembers between polls: last view, restarts, recent events."""
+
+    last: FleetView | None = None
+    restarts: dict[str, int] = field(default_factory=dict)
+    events: dict[str, deque[str]] = field(default_factory=dict)
+
+    def observe(self, view: FleetView) -> dict[str, float]:
+        """Take a new view; return requests/s per worker since the previous one."""
+        rps = rates(self.last, view)
+        old = self.last.by_id() if self.last else {}
+        stamp = time.strftime("%H:%M:%S")
+        for w in view.workers:
+            prev = old.get(w.id)
+            log = self.events.setdefault(w.id, deque(maxlen=20))
+            if prev is None:
+                continue
+            if prev.pid and w.pid and prev.pid != w.pid:
+                self.restarts[w.id] = self.restarts.get(w.id, 0) + 1
+                log.append(f"{stamp} restarted (pid {prev.pid} → {w.pid})")
+            if w.errors is not None and prev.errors is not None and w.errors > prev.errors:
+                log.append(f"{stamp} +{w.errors - prev.errors} error(s), {w.errors} in all")
+            if prev.state != w.state:
+                log.append(f"{stamp} state {prev.state} → {w.state}")
+        self.last = view
+        return rps
+
+
+def _n(value: float | None, fmt: str = "{:,.0f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _state(state: str) -> Text:
+    style = "green" if state in GOOD_STATES else "yellow" if state == "draining" else "red"
+    return Text(state, style=style)
+
+
+def worker_table(view: FleetView, rps: dict[str, float], state: MonitorState) -> Table:
+    """One row per worker."""
+    title = f"{view.url} · {len(view.workers)} worker(s) · {time.strftime('%H:%M:%S')}"
+    t = Table(title=title, title_justify="left", expand=False)
+    cols = ("worker", "device", "state", "in-flight", "queue", "served", "errors", "req/s")
+    for col in (*cols, "p50 ms", "p99 ms", "batch", "restarts", "GPU %", "GPU mem"):
+        t.add_column(col, justify="left" if col in {"worker", "device", "state"} else "right")
+    for w in view.workers:
+        t.add_row(*row_cells(w, rps.get(w.id), state.restarts.get(w.id, 0)))
+    return t
+
+
+def short_id(w: WorkerView) -> str:
+    """A worker's name for a narrow column: its id (``host:port`` when the id is a URL)."""
+    name = w.id.split("://", 1)[-1].rstrip("/") if "://" in w.id else w.id
+    return name if w.pool == "default" else f"{w.pool}/{name}"
+
+
+def row_cells(w: WorkerView, rps: float | None, seen_restarts: int) -> list[str | Text]:
+    """The cells of one worker's row."""
+    mem = gpu_memory(w.gpu)
+    restarts = (w.restarts or 0) if w.restarts is not None else seen_restarts
+    name = short_id(w)
+    return [
+        name,
+        w.device or "-",
+        _state(w.state),
+        _n(w.in_flight),
+        _n(w.queue_depth),
+        _n(w.served),
+        Text(_n(w.errors), style="red" if w.errors else ""),
+        _n(rps, "{:,.1f}"),
+        _n(w.p50_ms, "{:,.1f}"),
+        _n(w.p99_ms, "{:,.1f}"),
+        _n(w.avg_batch_size, "{:.2f}"),
+        str(restarts),
+        _n(gpu_util(w.gpu), "{:.0f}"),
+        "-" if mem is None else f"{mem[0] / 1024:.1f}/{mem[1] / 1024:.0f} GiB",
+    ]
+
+
+def render(
+    view: FleetView, rps: dict[str, float], state: MonitorState, *, errors: bool
+) -> RenderableType:
+    """The table, the router's totals, and with ``errors`` the recent errors per worker."""
+    parts: list[RenderableType] = [worker_table(view, rps, state)]
+    totals = {k: v for k, v in view.totals.items() if isinstance(v, (int, float, str))}
+    if totals:
+        parts.append(Text("router: " + ", ".join(f"{k}={v}" for k, v in totals.items())))
+    if errors:
+        for w in view.workers:
+            lines = list(w.recent_errors) + list(state.events.get(w.id, ()))
+            if w.stats_error:
+                lines.append(f"stats unreadable: {w.stats_error}")
+            head = Text(f"{w.id} ({w.url}): ", style="bold")
+            body = "\n  ".join(lines[-10:]) if lines else "no recent errors"
+            parts.append(Text.assemble(head, "\n  " + body))
+    return Group(*parts)
+
+
+async def snapshot(cfg: MonitorConfig, session: aiohttp.ClientSession) -> RenderableType:
+    """Two polls ``interval_s`` apart (rates need two), rendered once."""
+    state = MonitorState()
+    state.observe(await read_fleet(session, cfg.url, timeout_s=cfg.timeout_s))
+    await asyncio.sleep(cfg.interval_s)  # the second poll of a rate measurement
+    view = await read_fleet(session, cfg.url, timeout_s=cfg.timeout_s)
+    return render(view, state.observe(view), state, errors=cfg.errors)
+
+
+async def watch(
+    cfg: MonitorConfig,
+    session: aiohttp.ClientSession,
+    live: Live,
+    *,
+    polls: int | None = None,
+    on_error: Callable[[str], None] | None = None,
+) -> None:
+    """Redraw ``live`` every ``interval_s`` until cancelled (or after ``polls`` polls)."""
+    state = MonitorState()
+    done = 0
+    while polls is None or done < polls:
+        try:
+            view = await read_fleet(session, cfg.url, timeout_s=cfg.timeout_s)
+        except RequestFailed as exc:
+            live.update(Text(f"{cfg.url}: {exc.message} (retrying)", style="red"))
+            if on_error:
+                on_error(exc.message)
+        else:
+            live.update(render(view, state.observe(view), state, errors=cfg.errors))
+        done += 1
+        await asyncio.sleep(cfg.interval_s)  # a monitor polls: that is its job
