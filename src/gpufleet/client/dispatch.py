@@ -1,0 +1,328 @@
+"""Pull-based dispatch: every endpoint slot takes the next item when it is free.
+
+One shared queue holds the items. Each endpoint runs ``slots`` tasks; a task takes the
+next ready item, sends it, and comes back for another, so a fast endpoint does more and a
+slow one never holds a backlog. A retryable failure puts the item back at the front of
+the queue with an exponential back-off, preferring another endpoint; an endpoint that
+fails ``failure_threshold`` times in a row is cooled down and must pass a ``GET /health``
+probe before it takes items again. Near the end of a job a slow endpoint declines an item
+that the faster ones would finish sooner (the straggler problem of static splits).
+
+``round-robin`` mode is the old ``itertools.cycle`` split, kept for comparison: item i
+belongs to endpoint ``i mod n`` and only moves on when it fails there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpufleet.client.endpoints import Endpoint
+from gpufleet.client.items import Item, Result
+from gpufleet.config.client import ClientConfig
+from gpufleet.errors import RequestFailed
+
+log = logging.getLogger("gpufleet.client")
+
+#: Sends one item to one endpoint within a timeout: ``(output, content_type)``.
+Attempt = Callable[[Endpoint, Item, float], Awaitable[tuple[Any, str]]]
+#: True when the endpoint answers its health check.
+Probe = Callable[[Endpoint], Awaitable[bool]]
+
+
+@dataclass(slots=True, eq=False)
+class _Work:
+    index: int
+    item: Item
+    assigned: int | None = None
+    attempts: int = 0
+    not_before: float = 0.0
+    avoid: Endpoint | None = None
+    avoid_until: float = 0.0
+    started: float | None = None
+    tried: list[str] = field(default_factory=list)
+
+
+class Dispatcher:
+    """Runs one job's items over ``endpoints``; single use."""
+
+    def __init__(
+        self,
+        endpoints: list[Endpoint],
+        cfg: ClientConfig,
+        attempt: Attempt,
+        probe: Probe,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._eps = endpoints
+        self._cfg = cfg
+        self._attempt = attempt
+        self._probe = probe
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._rr = cfg.dispatch == "round-robin"
+        self._cond = asyncio.Condition()
+        self._pending: deque[_Work] = deque()
+        self._results: asyncio.Queue[Result | BaseException] = asyncio.Queue()
+        self._left = 0
+        self._deadline: float | None = None
+        self._down_since: float | None = None
+
+    async def run(self, items: list[Item]) -> AsyncGenerator[Result, None]:
+        """Yield one ``Result`` per item, in the order they finish."""
+        if not items:
+            return
+        n = len(self._eps)
+        now = self._clock()
+        self._deadline = None if self._cfg.deadline is None else now + self._cfg.deadline
+        for i, item in enumerate(items):
+            self._pending.append(_Work(i, item, assigned=i % n if self._rr else None))
+        self._left = len(items)
+        for ep in self._eps:
+            ep.probing = False
+        tasks = [
+            asyncio.create_task(self._guard(self._slot(ep)), name=f"gpufleet-slot-{ep.url}")
+            for ep in self._eps
+            for _ in range(ep.slots)
+        ]
+        tasks.append(asyncio.create_task(self._guard(self._watchdog()), name="gpufleet-watch"))
+        emitted = 0
+        try:
+            while emitted < len(items):
+                result = await self._results.get()
+                if isinstance(result, BaseException):
+                    raise result
+                emitted += 1
+                yield result
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _guard(self, coro: Coroutine[Any, Any, None]) -> None:
+        # A bug in a slot must end the job loudly rather than leave it waiting forever.
+        try:
+            await coro
+        except Exception as exc:
+            log.exception("dispatcher task failed")
+            self._results.put_nowait(exc)
+
+    async def _wait(self, wait_s: float | None) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                await self._cond.wait()
+
+    async def _slot(self, ep: Endpoint) -> None:
+        while (work := await self._take(ep)) is not None:
+            try:
+                await self._send(ep, work)
+            finally:
+                ep.in_flight -= 1
+
+    async def _take(self, ep: Endpoint) -> _Work | None:
+        while True:
+            async with self._cond:
+                while True:
+                    if self._left == 0:
+                        return None
+                    now = self._clock()
+                    wait: float | None
+                    if ep.needs_probe:
+                        if not ep.probing and now >= ep.cooldown_until:
+                            ep.probing = True
+                            break
+                        wait = None if ep.probing else ep.cooldown_until - now
+                    else:
+                        work, wait = self._pick(ep, now)
+                        if work is not None:
+                            self._pending.remove(work)
+                            ep.in_flight += 1
+                            return work
+                    await self._wait(wait)
+            ok = await self._probe(ep)
+            async with self._cond:
+                cfg = self._cfg
+                ep.record_probe(
+                    ok, self._clock(), base_s=cfg.cooldown_base_s, max_s=cfg.cooldown_max_s
+                )
+                self._cond.notify_all()
+
+    def _pick(self, ep: Endpoint, now: float) -> tuple[_Work | None, float | None]:
+        """The next item ``ep`` should take now, else how long until that may change."""
+        if ep.paused_until > now:
+            return None, ep.paused_until - now
+        wake: float | None = None
+        others_up = any(o is not ep and o.is_usable(now) for o in self._eps)
+        for work in self._pending:
+            if self._rr and work.assigned != ep.index:
+                continue
+            ready_at = work.not_before
+            if not self._rr and work.avoid is ep and others_up:
+                ready_at = max(ready_at, work.avoid_until)
+            if ready_at > now:
+                wake = ready_at - now if wake is None else min(wake, ready_at - now)
+                continue
+            if self._rr or self._should_take(ep, now):
+                return work, None
+            # Declined as a straggler: look again when a latency changes (a completion).
+            return None, wake
+        return None, wake
+
+    def _should_take(self, ep: Endpoint, now: float) -> bool:
+        """False when the faster endpoints would finish the ready items before ``ep`` did."""
+        mine = ep.latency_s
+        if mine is None:
+            return True
+        others = [o for o in self._eps if o is not ep and o.is_usable(now) and o.rate]
+        if not others:
+            return True
+        best = min(o.latency_s or 0.0 for o in others)
+        if mine <= best:
+            return True
+        ready = sum(1 for w in self._pending if w.not_before <= now)
+        return mine <= ready / sum(o.rate or 0.0 for o in others) + best
+
+    async def _send(self, ep: Endpoint, work: _Work) -> None:
+        start = self._clock()
+        work.attempts += 1
+        work.tried.append(ep.url)
+        if work.started is None:
+            work.started = start
+        timeout = self._cfg.timeout
+        if self._deadline is not None:
+            timeout = max(0.001, min(timeout, self._deadline - start))
+        log.info("item %s → %s (attempt %d)", work.item.id, ep.url, work.attempts)
+        try:
+            output, content_type = await self._attempt(ep, work.item, timeout)
+        except RequestFailed as exc:
+            async with self._cond:
+                self._on_failure(ep, work, exc)
+                self._cond.notify_all()
+            return
+        end = self._clock()
+        log.info("item %s [%s] completed in %.2fs", work.item.id, ep.url, end - start)
+        async with self._cond:
+            ep.record_success(end - start)
+            self._finish(work, "ok", ep.url, end, output=output, content_type=content_type)
+            self._cond.notify_all()
+
+    def _on_failure(self, ep: Endpoint, work: _Work, exc: RequestFailed) -> None:
+        cfg, now = self._cfg, self._clock()
+        busy = exc.status == 429 or (exc.status == 503 and exc.retry_after_s is not None)
+        if busy:
+            # The endpoint is up but full: it said when to come back.
+            ep.failed_attempts += 1
+            ep.paused_until = max(ep.paused_until, now + (exc.retry_after_s or cfg.retry_base_s))
+        elif exc.retryable:
+            cooled = ep.record_failure(
+                exc.message,
+                now,
+                threshold=cfg.failure_threshold,
+                base_s=cfg.cooldown_base_s,
+                max_s=cfg.cooldown_max_s,
+            )
+            if cooled and self._rr:
+                self._reassign_from(ep)
+        past_deadline = self._deadline is not None and now >= self._deadline
+        if not exc.retryable or work.attempts >= cfg.max_attempts or past_deadline:
+            error = exc.message
+            if exc.retryable:
+                error = f"{error} (gave up after {work.attempts} attempt(s))"
+            log.warning("item %s failed: %s", work.item.id, error)
+            self._finish(work, "failed", ep.url, now, error=error)
+            return
+        backoff = min(cfg.retry_base_s * 2 ** (work.attempts - 1), cfg.retry_max_s)
+        backoff *= 0.5 + self._rng.random() / 2
+        work.not_before = now + backoff
+        work.avoid = ep
+        work.avoid_until = now + 2 * backoff + (ep.latency_s or 0.0)
+        if self._rr:
+            work.assigned = self._next_reachable(ep.index)
+        self._pending.appendleft(work)
+        log.info(
+            "item %s failed on %s (%s); retry %d/%d in %.2fs",
+            work.item.id,
+            ep.url,
+            exc.message,
+            work.attempts + 1,
+            cfg.max_attempts,
+            backoff,
+        )
+
+    def _next_reachable(self, index: int) -> int:
+        n = len(self._eps)
+        for step in range(1, n + 1):
+            if self._eps[(index + step) % n].is_reachable():
+                return (index + step) % n
+        return (index + 1) % n
+
+    def _reassign_from(self, ep: Endpoint) -> None:
+        for work in self._pending:
+            if work.assigned == ep.index:
+                work.assigned = self._next_reachable(ep.index)
+
+    def _finish(
+        self,
+        work: _Work,
+        status: str,
+        endpoint: str | None,
+        now: float,
+        *,
+        output: Any = None,
+        content_type: str = "application/json",
+        error: str | None = None,
+    ) -> None:
+        self._left -= 1
+        self._results.put_nowait(
+            Result(
+                id=str(work.item.id),
+                index=work.index,
+                status="ok" if status == "ok" else "failed",
+                output=output,
+                content_type=content_type,
+                endpoint=endpoint,
+                attempts=work.attempts,
+                seconds=now - work.started if work.started is not None else 0.0,
+                error=error,
+                seed=work.item.seed,
+                tried=list(work.tried),
+            )
+        )
+
+    async def _watchdog(self) -> None:
+        """Fail what is left when the deadline passes or no endpoint is reachable too long."""
+        async with self._cond:
+            while self._left > 0:
+                now = self._clock()
+                if self._deadline is not None and now >= self._deadline:
+                    self._fail_pending(f"the job's deadline ({self._cfg.deadline:g}s) passed")
+                if any(ep.is_reachable() for ep in self._eps):
+                    self._down_since = None
+                elif self._down_since is None:
+                    self._down_since = now
+                elif now - self._down_since >= self._cfg.unavailable_timeout:
+                    last = "; ".join(f"{e.url}: {e.last_error}" for e in self._eps)
+                    self._fail_pending(
+                        f"no endpoint reachable for {self._cfg.unavailable_timeout:g}s ({last})"
+                    )
+                wakes = [self._deadline - now] if self._deadline is not None else []
+                if self._down_since is not None:
+                    wakes.append(self._down_since + self._cfg.unavailable_timeout - now)
+                await self._wait(max(0.0, min(wakes)) if wakes else None)
+
+    def _fail_pending(self, reason: str) -> None:
+        now = self._clock()
+        while self._pending:
+            work = self._pending.popleft()
+            last = work.tried[-1] if work.tried else None
+            self._finish(work, "failed", last, now, error=reason)
+        self._cond.notify_all()

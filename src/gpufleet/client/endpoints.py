@@ -1,0 +1,119 @@
+"""The client's view of one endpoint: slots, health, cool-down and measured speed."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+log = logging.getLogger("gpufleet.client")
+
+#: Weight of the newest latency sample in the moving average.
+_EWMA_ALPHA = 0.2
+
+
+def merge_endpoints(urls: list[str] | tuple[str, ...]) -> list[str]:
+    """Normalise URLs (no trailing ``/``) and drop duplicates, warning about each."""
+    seen: dict[str, None] = {}
+    for url in urls:
+        norm = url.strip().rstrip("/")
+        if not norm:
+            continue
+        if norm in seen:
+            log.warning("endpoint %s is listed more than once; using it once", norm)
+            continue
+        seen[norm] = None
+    return list(seen)
+
+
+@dataclass(slots=True)
+class Endpoint:
+    """State of one endpoint during a job (owned by the dispatcher, read by progress)."""
+
+    url: str
+    index: int
+    slots: int
+    served: int = 0
+    failed_attempts: int = 0
+    in_flight: int = 0
+    consecutive_failures: int = 0
+    #: How many cool-downs in a row (the next one lasts ``base * 2**cooldowns``).
+    cooldowns: int = 0
+    #: Cooling down until this time; then a /health probe must pass before new items.
+    cooldown_until: float = 0.0
+    needs_probe: bool = False
+    probing: bool = False
+    #: ``Retry-After`` from the endpoint: take nothing before this time.
+    paused_until: float = 0.0
+    #: Moving average of successful request durations (None until the first success).
+    latency_s: float | None = None
+    busy_s: float = 0.0
+    last_error: str | None = None
+
+    def is_usable(self, now: float) -> bool:
+        """True when the endpoint may take items now (not cooling, probing or paused)."""
+        return not self.needs_probe and not self.probing and self.paused_until <= now
+
+    def is_reachable(self) -> bool:
+        """False while cooling down or waiting for a probe (a pause is not being down)."""
+        return not self.needs_probe and not self.probing
+
+    @property
+    def state(self) -> str:
+        """``up``, ``cooling`` or ``probing``."""
+        if self.probing:
+            return "probing"
+        return "cooling" if self.needs_probe else "up"
+
+    @property
+    def rate(self) -> float | None:
+        """Items per second this endpoint delivers with every slot busy (measured)."""
+        if not self.latency_s:
+            return None
+        return self.slots / self.latency_s
+
+    def record_success(self, seconds: float) -> None:
+        """Count a served item and fold its duration into the moving average."""
+        self.served += 1
+        self.busy_s += seconds
+        self.consecutive_failures = 0
+        self.cooldowns = 0
+        self.last_error = None
+        if self.latency_s is None:
+            self.latency_s = seconds
+        else:
+            self.latency_s += _EWMA_ALPHA * (seconds - self.latency_s)
+
+    def record_failure(
+        self, error: str, now: float, *, threshold: int, base_s: float, max_s: float
+    ) -> bool:
+        """Count a failed attempt; cool down after ``threshold`` in a row (returns True then)."""
+        self.failed_attempts += 1
+        self.consecutive_failures += 1
+        self.last_error = error
+        if self.consecutive_failures < threshold or self.needs_probe:
+            return False
+        wait = min(base_s * (2**self.cooldowns), max_s)
+        self.cooldowns += 1
+        self.cooldown_until = now + wait
+        self.needs_probe = True
+        log.warning(
+            "endpoint %s failed %d times in a row (%s); cooling down for %.1fs",
+            self.url,
+            self.consecutive_failures,
+            error,
+            wait,
+        )
+        return True
+
+    def record_probe(self, ok: bool, now: float, *, base_s: float, max_s: float) -> None:
+        """Re-admit after a passing probe, else cool down again for twice as long."""
+        self.probing = False
+        if ok:
+            self.needs_probe = False
+            self.consecutive_failures = 0
+            log.warning("endpoint %s is back; it takes items again", self.url)
+            return
+        wait = min(base_s * (2**self.cooldowns), max_s)
+        self.cooldowns += 1
+        self.cooldown_until = now + wait
+        log.info("endpoint %s still down; next probe in %.1fs", self.url, wait)

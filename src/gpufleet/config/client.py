@@ -1,0 +1,81 @@
+"""Settings of a bulk job: ``gpufleet generate`` and ``gpufleet.Client``.
+
+Built at the edge by ``gpufleet.config.load(ClientConfig, "client", ...)``: a flag beats
+``GPUFLEET_<FIELD>`` (``GPUFLEET_ENDPOINTS`` is comma-separated), which beats the YAML
+file's ``client:`` section, which beats the default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from gpufleet.errors import ConfigError
+
+DispatchMode = Literal["pull", "round-robin"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """How a bulk job spreads its items over endpoints, retries, and writes its outputs."""
+
+    #: Base URLs of workers or routers (``http://host:port``); duplicates are merged.
+    endpoints: tuple[str, ...] = ()
+    #: Route each item is POSTed to: ``/predict`` or an OpenAI-shaped route.
+    path: str = "/predict"
+    #: Item i gets ``seed + i`` unless it carries its own; None sends no seed.
+    seed: int | None = None
+    #: Requests kept in flight per endpoint (a router URL gets this times its workers).
+    per_endpoint_concurrency: int = 2
+    #: Attempts per item before it is recorded as failed.
+    max_attempts: int = 5
+    #: Budget of one request, in seconds (also sent as ``X-Request-Timeout``).
+    timeout: float = 300.0
+    #: Budget of the whole job in seconds; items left when it passes fail. None: no limit.
+    deadline: float | None = None
+    #: ``pull``: every endpoint takes the next item when it has a free slot.
+    #: ``round-robin``: item i goes to endpoint i mod n (the old ``itertools.cycle``).
+    dispatch: DispatchMode = "pull"
+    #: First retry back-off of an item, doubled per attempt up to ``retry_max_s``.
+    retry_base_s: float = 0.2
+    retry_max_s: float = 30.0
+    #: Consecutive failures after which an endpoint is cooled down and re-probed.
+    failure_threshold: int = 3
+    #: First cool-down of an endpoint, doubled each time it fails again, up to the max.
+    cooldown_base_s: float = 1.0
+    cooldown_max_s: float = 60.0
+    #: When no endpoint has been usable for this long, the items left fail.
+    unavailable_timeout: float = 120.0
+    #: Folder of outputs, ``results.jsonl`` and ``summary.json`` (``gpufleet generate``).
+    output: str = "outputs"
+    #: Skip items already recorded done in ``results.jsonl`` whose file exists.
+    resume: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.path.startswith("/"):
+            raise ConfigError(f"path must start with '/', got {self.path!r}")
+        if self.per_endpoint_concurrency < 1:
+            raise ConfigError(
+                f"per_endpoint_concurrency must be >= 1, got {self.per_endpoint_concurrency}"
+            )
+        if self.max_attempts < 1:
+            raise ConfigError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.timeout <= 0:
+            raise ConfigError(f"timeout must be > 0 seconds, got {self.timeout}")
+        if self.deadline is not None and self.deadline <= 0:
+            raise ConfigError(f"deadline must be > 0 seconds, got {self.deadline}")
+        if self.dispatch not in ("pull", "round-robin"):
+            raise ConfigError(f"dispatch must be 'pull' or 'round-robin', got {self.dispatch!r}")
+        if self.retry_base_s < 0 or self.retry_max_s < self.retry_base_s:
+            raise ConfigError("retry_base_s must be >= 0 and retry_max_s >= retry_base_s")
+        if self.failure_threshold < 1:
+            raise ConfigError(f"failure_threshold must be >= 1, got {self.failure_threshold}")
+        if self.cooldown_base_s < 0 or self.cooldown_max_s < self.cooldown_base_s:
+            raise ConfigError("cooldown_base_s must be >= 0 and cooldown_max_s >= cooldown_base_s")
+        if self.unavailable_timeout <= 0:
+            raise ConfigError(
+                f"unavailable_timeout must be > 0 seconds, got {self.unavailable_timeout}"
+            )
+        for url in self.endpoints:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"endpoint {url!r} must start with http:// or https://")
