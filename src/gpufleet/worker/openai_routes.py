@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from gpufleet.errors import BadRequest
+from gpufleet.errors import BadRequest, ModelError
 from gpufleet.worker.app import (
     SERVICE,
     deadline_of,
@@ -130,6 +130,6 @@ async def images(request: web.Request) -> web.Response:
         data = []
         for out in outputs:
             if not isinstance(out, (bytes, bytearray)):
-                raise Unprocessable("the model did not answer image bytes")
+                raise ModelError("the model answered something other than image bytes")
             data.append({"b64_json": base64.b64encode(bytes(out)).decode("ascii")})
         return json_response({"created": int(time.time()), "data": data})
