@@ -1,9 +1,113 @@
-"""`gpufleet` commands of the client part."""
+"""`gpufleet generate`: a bulk job from a prompts file over one or many endpoints."""
 
 from __future__ import annotations
 
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from gpufleet.cli._common import config_errors_exit, run_async, setup_logging
+
+_PROGRESS_MODES = ("auto", "bar", "plain", "none")
+
+
+def generate(
+    prompts_file: Path = typer.Option(
+        ...,
+        "--prompts-file",
+        "-f",
+        help="text (one prompt or image URL per line) or JSONL (id, input, seed?, parameters?)",
+    ),
+    endpoint: list[str] | None = typer.Option(
+        None,
+        "--endpoint",
+        "-e",
+        help="worker or router URL (repeatable; else GPUFLEET_ENDPOINTS=a,b or endpoints: in YAML)",
+    ),
+    seed: int | None = typer.Option(None, help="item i gets seed+i unless it has its own"),
+    output: str | None = typer.Option(
+        None, "--output", "-o", help="folder for outputs, results.jsonl, summary.json"
+    ),
+    path: str | None = typer.Option(
+        None, help="route to POST to: /predict (default), /v1/images/generations, /v1/embeddings"
+    ),
+    per_endpoint_concurrency: int | None = typer.Option(
+        None, help="requests in flight per endpoint (default 2; a router gets 2 per worker)"
+    ),
+    max_attempts: int | None = typer.Option(None, help="attempts per item (default 5)"),
+    timeout: float | None = typer.Option(None, help="seconds per request (default 300)"),
+    deadline: float | None = typer.Option(None, help="seconds for the whole job (default none)"),
+    dispatch: str | None = typer.Option(None, help="pull (default) | round-robin"),
+    resume: bool | None = typer.Option(
+        None, "--resume/--no-resume", help="skip items already done in --output (default on)"
+    ),
+    progress: str = typer.Option("auto", help="auto | bar | plain | none (auto: bar on a TTY)"),
+    config: Path | None = typer.Option(None, "--config", help="YAML file; its client: section"),
+    verbose: int = typer.Option(
+        0, "--verbose", "-v", count=True, help="-v: per-item log lines; -vv: debug"
+    ),
+) -> None:
+    """Run every prompt through the endpoints; one output file per item; resumable."""
+    from gpufleet.client import Client, read_items, run_job
+    from gpufleet.config import load
+    from gpufleet.config.client import ClientConfig
+    from gpufleet.errors import ConfigError
+
+    with config_errors_exit():
+        if progress not in _PROGRESS_MODES:
+            raise ConfigError(f"--progress must be one of {', '.join(_PROGRESS_MODES)}")
+        flags: dict[str, Any] = {
+            "endpoints": tuple(endpoint) if endpoint else None,
+            "seed": seed,
+            "output": output,
+            "path": path,
+            "per_endpoint_concurrency": per_endpoint_concurrency,
+            "max_attempts": max_attempts,
+            "timeout": timeout,
+            "deadline": deadline,
+            "dispatch": dispatch,
+            "resume": resume,
+        }
+        cfg = load(ClientConfig, "client", flags=flags, config_path=config)
+        items = read_items(prompts_file)
+        if not items:
+            raise ConfigError(f"{prompts_file} holds no prompts")
+        reporter = _reporter(progress, verbose)
+        client = Client(config=cfg)
+
+    async def main() -> dict[str, Any]:
+        async with client:
+            return await run_job(client, items, cfg.output, resume=cfg.resume, progress=reporter)
+
+    try:
+        summary = run_async(main())
+    except KeyboardInterrupt:
+        typer.echo("gpufleet generate: interrupted; run it again to resume", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(json.dumps({k: summary[k] for k in ("success", "succeeded", "failed", "skipped")}))
+    raise typer.Exit(0 if summary["success"] else 1)
+
+
+def _reporter(mode: str, verbose: int) -> Any:
+    """The progress reporter for ``mode``, with logging set up to match it."""
+    from gpufleet.client.progress import NullProgress, PlainProgress, RichProgress
+
+    level = "warning" if verbose == 0 else "info" if verbose == 1 else "debug"
+    if mode == "bar" or (mode == "auto" and sys.stderr.isatty()):
+        from rich.logging import RichHandler
+
+        bar = RichProgress()
+        handler = RichHandler(console=bar.console, show_path=False, markup=False)
+        logging.basicConfig(level=level.upper(), format="%(message)s", handlers=[handler])
+        return bar
+    setup_logging(level, name="gpufleet-generate")
+    return NullProgress() if mode == "none" else PlainProgress()
 
 
 def register(app: typer.Typer) -> None:
     """Add this part's commands to ``app``."""
+    app.command("generate")(generate)

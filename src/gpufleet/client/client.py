@@ -16,7 +16,7 @@ import dataclasses
 import json
 import logging
 import uuid
-from collections.abc import AsyncGenerator, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -91,10 +91,15 @@ class Client:
         await self._transport.aclose()
 
     async def stream(self, items: Iterable[Item | Any]) -> AsyncGenerator[Result, None]:
-        """Yield one ``Result`` per item as each finishes (failures included, never raised)."""
+        """Yield one ``Result`` per item as each finishes (failures included, never raised).
+
+        To stop early, wrap it in ``contextlib.aclosing`` so in-flight requests end at once.
+        """
         if self._closed:
             raise ClientClosed("this Client was closed")
         work = as_items(items, seed=self.config.seed)
+        if not work:
+            return  # nothing to send: do not even look at the endpoints
         await self._size_slots()
         self._log_endpoints(len(work))
         dispatcher = Dispatcher(self.endpoints, self.config, self._attempt, self._probe)
@@ -123,14 +128,14 @@ class Client:
 
     def run_sync(self, items: Iterable[Item | Any]) -> list[Result]:
         """``run`` for plain scripts (no event loop running in this thread)."""
-        return _blocking(self._then_close_session(self.run(items)))
+        return _blocking(lambda: self._then_close_session(self.run(items)))
 
     def predict_sync(
         self, value: Any, *, seed: int | None = None, parameters: Mapping[str, Any] | None = None
     ) -> Any:
         """``predict`` for plain scripts (no event loop running in this thread)."""
         return _blocking(
-            self._then_close_session(self.predict(value, seed=seed, parameters=parameters))
+            lambda: self._then_close_session(self.predict(value, seed=seed, parameters=parameters))
         )
 
     async def _then_close_session(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -192,10 +197,9 @@ class Client:
             log.info("  %d. %s (%d in flight)", ep.index + 1, ep.url, ep.slots)
 
 
-def _blocking(coro: Coroutine[Any, Any, T]) -> T:
+def _blocking(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)
-    coro.close()
+        return asyncio.run(make())
     raise ClientError("the *_sync methods cannot run inside an event loop; await the async ones")
