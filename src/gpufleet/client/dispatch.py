@@ -88,7 +88,7 @@ class Dispatcher:
             self._pending.append(_Work(i, item, assigned=i % n if self._rr else None))
         self._left = len(items)
         for ep in self._eps:
-            ep.probing = False
+            ep.probing, ep.limit, ep.since_limit = False, None, 0
         tasks = [
             asyncio.create_task(self._guard(self._slot(ep)), name=f"gpufleet-slot-{ep.url}")
             for ep in self._eps
@@ -160,6 +160,8 @@ class Dispatcher:
         """The next item ``ep`` should take now, else how long until that may change."""
         if ep.paused_until > now:
             return None, ep.paused_until - now
+        if not ep.has_room():
+            return None, None  # a completion will wake this slot
         wake: float | None = None
         others_up = any(o is not ep and o.is_usable(now) for o in self._eps)
         for work in self._pending:
@@ -220,8 +222,7 @@ class Dispatcher:
         busy = exc.status == 429 or (exc.status == 503 and exc.retry_after_s is not None)
         if busy:
             # The endpoint is up but full: it said when to come back.
-            ep.failed_attempts += 1
-            ep.paused_until = max(ep.paused_until, now + (exc.retry_after_s or cfg.retry_base_s))
+            ep.record_busy(now, exc.retry_after_s or cfg.retry_base_s)
         elif exc.retryable:
             cooled = ep.record_failure(
                 exc.message,

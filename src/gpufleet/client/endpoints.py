@@ -11,6 +11,12 @@ log = logging.getLogger("gpufleet.client")
 _EWMA_ALPHA = 0.2
 
 
+def _grow_after(limit: int) -> int:
+    # Growing costs a "busy" answer and a Retry-After pause when the server is still
+    # full, so try it rarely: the cap is usually right for the rest of the job.
+    return max(50, 10 * limit)
+
+
 def merge_endpoints(urls: list[str] | tuple[str, ...]) -> list[str]:
     """Normalise URLs (no trailing ``/``) and drop duplicates, warning about each."""
     seen: dict[str, None] = {}
@@ -32,6 +38,10 @@ class Endpoint:
     url: str
     index: int
     slots: int
+    #: In-flight cap below ``slots`` learnt from "busy" answers (None: no cap).
+    limit: int | None = None
+    #: Successes since the cap last changed (it grows by one after ``_GROW_AFTER(limit)``).
+    since_limit: int = 0
     served: int = 0
     failed_attempts: int = 0
     in_flight: int = 0
@@ -52,6 +62,26 @@ class Endpoint:
     def is_usable(self, now: float) -> bool:
         """True when the endpoint may take items now (not cooling, probing or paused)."""
         return not self.needs_probe and not self.probing and self.paused_until <= now
+
+    def has_room(self) -> bool:
+        """True when another request may be sent (under ``slots`` and the learnt cap)."""
+        return self.in_flight < (self.limit or self.slots)
+
+    def record_busy(self, now: float, wait_s: float) -> None:
+        """The endpoint answered "full, come back in ``wait_s``": pause, and send less.
+
+        The requests it accepted are the ones still in flight, so the cap becomes that
+        many; it grows back one at a time after long runs of answers.
+        """
+        self.failed_attempts += 1
+        self.paused_until = max(self.paused_until, now + wait_s)
+        accepted = max(1, self.in_flight - 1)
+        if accepted < (self.limit or self.slots):
+            self.limit = accepted
+            self.since_limit = 0
+            log.info(
+                "endpoint %s is full at %d in flight; sending at most that", self.url, accepted
+            )
 
     def is_reachable(self) -> bool:
         """False while cooling down or waiting for a probe (a pause is not being down)."""
@@ -75,6 +105,11 @@ class Endpoint:
         """Count a served item and fold its duration into the moving average."""
         self.served += 1
         self.busy_s += seconds
+        if self.limit is not None:
+            self.since_limit += 1
+            if self.since_limit >= _grow_after(self.limit):
+                self.limit = None if self.limit + 1 >= self.slots else self.limit + 1
+                self.since_limit = 0
         self.consecutive_failures = 0
         self.cooldowns = 0
         self.last_error = None
