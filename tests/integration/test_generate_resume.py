@@ -41,8 +41,9 @@ def _settled_served(workers: list[ServerProcess]) -> int:
 
 
 def _records(out: Path) -> list[dict[str, Any]]:
-    records = []
-    for line in (out / "results.jsonl").read_text().splitlines():
+    records: list[dict[str, Any]] = []
+    path = out / "results.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else []:
         with contextlib.suppress(ValueError):
             records.append(json.loads(line))
     return records
@@ -111,3 +112,38 @@ def test_sigkill_half_way_then_rerun(tmp_path: Path) -> None:
     assert summary["success"] is True
     assert summary["skipped"] == len(first)
     assert summary["succeeded"] == N - len(first)
+
+
+def test_sigterm_stops_cleanly_and_the_rerun_finishes(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"p{i}\n" for i in range(60)))
+    out = tmp_path / "out"
+    with run_worker("synthetic", "--model-arg", "base_ms=40", "--max-batch-size", "1") as w:
+        proc = subprocess.Popen(
+            _generate(prompts, out, [w.url], "-v"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stderr is not None
+        completed = 0
+        for line in proc.stderr:
+            completed += "completed in" in line
+            if completed == 10:
+                proc.terminate()
+                break
+        tail = proc.stderr.read()
+        proc.wait(timeout=15)
+        proc.stderr.close()
+        assert proc.returncode == 143, tail
+        assert "run the same command again to resume" in tail
+        assert not list(out.glob(".*.gpufleet-tmp"))
+        done_first = len([r for r in _records(out) if r["status"] == "ok"])
+        assert done_first < 60
+        rerun = subprocess.run(
+            _generate(prompts, out, [w.url]), capture_output=True, text=True, timeout=60
+        )
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["skipped"], summary["succeeded"]) == (done_first, 60 - done_first)
+    assert len(list(out.glob("*.json"))) == 60 + 1  # outputs and summary.json

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -80,14 +82,18 @@ def generate(
         client = Client(config=cfg)
 
     async def main() -> dict[str, Any]:
+        # SIGTERM cancels the job like Ctrl-C: in-flight requests end, files stay whole.
+        task = asyncio.current_task()
+        if task is not None:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
         async with client:
             return await run_job(client, items, cfg.output, resume=cfg.resume, progress=reporter)
 
     try:
         summary = run_async(main())
-    except KeyboardInterrupt:
-        typer.echo("gpufleet generate: interrupted; run it again to resume", err=True)
-        raise typer.Exit(130) from None
+    except (KeyboardInterrupt, asyncio.CancelledError) as exc:
+        typer.echo("gpufleet generate: stopped; run the same command again to resume", err=True)
+        raise typer.Exit(130 if isinstance(exc, KeyboardInterrupt) else 143) from None
     typer.echo(json.dumps({k: summary[k] for k in ("success", "succeeded", "failed", "skipped")}))
     raise typer.Exit(0 if summary["success"] else 1)
 

@@ -9,6 +9,7 @@ ends with exactly one output per item and never rewrites a completed one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -54,33 +55,51 @@ async def run_job(
         log.info("resuming: %d of %d item(s) already done in %s", skipped, len(all_items), out)
     started_at, start = _now(), clock()
     progress.start(len(all_items), skipped, client.endpoints)
+    try:
+        counts, errors = await _drain(client, todo, out, results_log, progress)
+        wall = clock() - start
+        summary = _summary(client, all_items, skipped, *counts, wall, errors)
+        summary.update(started_at=started_at, finished_at=_now(), output_dir=resolved)
+        text = json.dumps(summary, indent=2) + "\n"
+        await asyncio.to_thread(write_atomic, out, SUMMARY_FILE, text.encode())
+        progress.finish(summary)
+    finally:
+        progress.close()
+    return summary
+
+
+async def _drain(
+    client: Client,
+    todo: list[tuple[str, Item]],
+    out: Path,
+    results_log: ResultsLog,
+    progress: Progress,
+) -> tuple[tuple[int, int], dict[str, str]]:
+    """Store each result as it comes: the output file first, then its record."""
     succeeded = failed = 0
     errors: dict[str, str] = {}
-    async for result in client.stream([item for _, item in todo]):
-        stem = todo[result.index][0]
-        file = None
-        if result.ok:
-            data, ext = encode_output(result.output, result.content_type)
-            file = stem + ext
-            try:
-                await asyncio.to_thread(write_atomic, out, file, data)
-            except OSError as exc:
-                result.status, result.error, file = "failed", f"cannot write output: {exc}", None
-        await asyncio.to_thread(results_log.append, _record(result, stem, file))
-        if result.ok:
-            succeeded += 1
-        else:
-            failed += 1
-            if len(errors) < 20:
-                errors[result.id] = result.error or "failed"
-        progress.advance(result)
-    wall = clock() - start
-    summary = _summary(client, all_items, skipped, succeeded, failed, wall, errors)
-    summary.update(started_at=started_at, finished_at=_now(), output_dir=resolved)
-    text = json.dumps(summary, indent=2) + "\n"
-    await asyncio.to_thread(write_atomic, out, SUMMARY_FILE, text.encode())
-    progress.finish(summary)
-    return summary
+    stream = client.stream([item for _, item in todo])
+    async with contextlib.aclosing(stream) as results:
+        async for result in results:
+            stem = todo[result.index][0]
+            file = None
+            if result.ok:
+                data, ext = encode_output(result.output, result.content_type)
+                file = stem + ext
+                try:
+                    await asyncio.to_thread(write_atomic, out, file, data)
+                except OSError as exc:
+                    result.status, result.error = "failed", f"cannot write output: {exc}"
+                    file = None
+            await asyncio.to_thread(results_log.append, _record(result, stem, file))
+            if result.ok:
+                succeeded += 1
+            else:
+                failed += 1
+                if len(errors) < 20:
+                    errors[result.id] = result.error or "failed"
+            progress.advance(result)
+    return (succeeded, failed), errors
 
 
 def _prepare(out: Path, results_log: ResultsLog, resume: bool) -> tuple[dict[str, str], str]:

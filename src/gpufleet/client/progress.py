@@ -25,6 +25,8 @@ class Progress(Protocol):
 
     def finish(self, summary: dict[str, Any]) -> None: ...
 
+    def close(self) -> None: ...
+
 
 class NullProgress:
     """Reports nothing (the library default)."""
@@ -36,6 +38,9 @@ class NullProgress:
         """Do nothing."""
 
     def finish(self, summary: dict[str, Any]) -> None:
+        """Do nothing."""
+
+    def close(self) -> None:
         """Do nothing."""
 
 
@@ -122,6 +127,9 @@ class PlainProgress:
             f"({summary['throughput_items_per_s']:.2f} items/s) | {self._counts.per_endpoint()}"
         )
 
+    def close(self) -> None:
+        """Nothing to release."""
+
     def _status(self) -> str:
         c = self._counts
         pct = 100 * c.finished / c.total if c.total else 100.0
@@ -179,13 +187,19 @@ class RichProgress:
         """Stop drawing and print the totals."""
         if self._live is not None:
             self._live.update(self._render())
-            self._live.stop()
+        self.close()
         ok = "[green]success[/green]" if summary["success"] else "[red]failed items[/red]"
         self.console.print(
             f"{ok}: {summary['succeeded']} ok, {summary['failed']} failed, "
             f"{summary['skipped']} skipped in {summary['wall_s']:.1f}s "
             f"({summary['throughput_items_per_s']:.2f} items/s)"
         )
+
+    def close(self) -> None:
+        """Stop drawing (also when the job was interrupted), giving the cursor back."""
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
 
     def _render(self) -> Any:
         from rich.console import Group
