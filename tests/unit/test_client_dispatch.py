@@ -229,3 +229,17 @@ async def test_breaking_out_of_stream_leaves_no_tasks() -> None:
             break
     await asyncio.sleep(0)
     assert len(asyncio.all_tasks()) == before
+
+
+async def test_a_straggler_declines_what_the_fast_endpoint_finishes_sooner() -> None:
+    a, b = FakeServer(delay=0.01), FakeServer(delay=0.5)
+    client = Client([A, B], transport=MemoryTransport({A: a, B: b}), per_endpoint_concurrency=1)
+    start = time.monotonic()
+    results = await client.run(range(60))
+    wall = time.monotonic() - start
+    assert all(r.ok for r in results)
+    # B's first answer (at 0.5 s) shows it is 50 times slower; A finishes the rest by
+    # about 0.65 s, so B takes nothing more (taking one would end the job at 1 s), where
+    # a static split would have given it 30 items (15 s).
+    assert client.endpoints[1].served == 1
+    assert wall < 0.9
