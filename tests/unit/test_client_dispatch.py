@@ -243,3 +243,12 @@ async def test_a_straggler_declines_what_the_fast_endpoint_finishes_sooner() -> 
     # a static split would have given it 30 items (15 s).
     assert client.endpoints[1].served == 1
     assert wall < 0.9
+
+
+async def test_an_item_that_is_not_json_fails_alone() -> None:
+    a = FakeServer()
+    client = Client(A, transport=MemoryTransport({A: a}))
+    results = await client.run(["ok", {1, 2}, "ok too"])
+    assert [r.status for r in results] == ["ok", "failed", "ok"]
+    assert "cannot be sent as JSON" in (results[1].error or "")
+    assert results[1].attempts == 1

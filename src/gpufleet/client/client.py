@@ -151,10 +151,16 @@ class Client:
             wire.TIMEOUT_HEADER: f"{budget_s:.3f}",
             wire.REQUEST_ID_HEADER: uuid.uuid4().hex,
         }
+        body = build_body(path, item)
+        try:
+            json.dumps(body)
+        except (TypeError, ValueError) as exc:
+            # One bad item fails alone, with its reason; the job goes on.
+            raise RequestFailed(f"item {item.id} cannot be sent as JSON: {exc}") from exc
         reply = await self._transport.request(
             "POST",
             ep.url + path,
-            json_body=build_body(path, item),
+            json_body=body,
             headers=headers,
             budget_s=budget_s,
         )
