@@ -32,7 +32,10 @@ def generate(
     ),
     seed: int | None = typer.Option(None, help="item i gets seed+i unless it has its own"),
     output: str | None = typer.Option(
-        None, "--output", "-o", help="folder for outputs, results.jsonl, summary.json"
+        None,
+        "--output",
+        "-o",
+        help="folder for outputs, results.jsonl, summary.json (default outputs)",
     ),
     path: str | None = typer.Option(
         None, help="route to POST to: /predict (default), /v1/images/generations, /v1/embeddings"
