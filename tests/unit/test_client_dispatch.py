@@ -252,3 +252,24 @@ async def test_an_item_that_is_not_json_fails_alone() -> None:
     assert [r.status for r in results] == ["ok", "failed", "ok"]
     assert "cannot be sent as JSON" in (results[1].error or "")
     assert results[1].attempts == 1
+
+
+async def test_concurrent_calls_share_the_endpoint_slots() -> None:
+    in_flight, peak = 0, 0
+
+    async def server(method: str, path: str, body: Any) -> Reply:
+        nonlocal in_flight, peak
+        if path != "/predict":
+            return json_reply(404, {})
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+        return json_reply(200, {"output": body["input"]})
+
+    client = Client(A, transport=MemoryTransport({A: server}), per_endpoint_concurrency=2)
+    outputs = await asyncio.wait_for(
+        asyncio.gather(*(client.predict(i) for i in range(20)), client.run(range(5))), 10
+    )
+    assert list(outputs[:20]) == list(range(20))
+    assert peak == 2

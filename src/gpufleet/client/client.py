@@ -73,6 +73,8 @@ class Client:
         self._transport: Transport = transport or HttpTransport()
         self._sized = False
         self._closed = False
+        self._cond: asyncio.Condition | None = None
+        self._active = 0
 
     async def __aenter__(self) -> Client:
         return self
@@ -102,10 +104,23 @@ class Client:
             return  # nothing to send: do not even look at the endpoints
         await self._size_slots()
         self._log_endpoints(len(work))
-        dispatcher = Dispatcher(self.endpoints, self.config, self._attempt, self._probe)
-        async with contextlib.aclosing(dispatcher.run(work)) as results:
-            async for result in results:
-                yield result
+        if self._cond is None or self._active == 0:
+            self._cond = asyncio.Condition()  # bound to this loop (sync calls make new ones)
+        dispatcher = Dispatcher(
+            self.endpoints,
+            self.config,
+            self._attempt,
+            self._probe,
+            cond=self._cond,
+            fresh=self._active == 0,
+        )
+        self._active += 1
+        try:
+            async with contextlib.aclosing(dispatcher.run(work)) as results:
+                async for result in results:
+                    yield result
+        finally:
+            self._active -= 1
 
     async def run(self, items: Iterable[Item | Any]) -> list[Result]:
         """Run every item; the results come back in the items' order."""

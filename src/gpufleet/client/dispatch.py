@@ -51,7 +51,11 @@ class _Work:
 
 
 class Dispatcher:
-    """Runs one job's items over ``endpoints``; single use."""
+    """Runs one job's items over ``endpoints``; single use.
+
+    ``cond`` is shared by concurrent jobs over the same ``Endpoint`` objects; ``fresh``
+    says that no other job is running, so per-job endpoint state may be reset.
+    """
 
     def __init__(
         self,
@@ -62,6 +66,8 @@ class Dispatcher:
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        cond: asyncio.Condition | None = None,
+        fresh: bool = True,
     ) -> None:
         self._eps = endpoints
         self._cfg = cfg
@@ -70,7 +76,10 @@ class Dispatcher:
         self._clock = clock
         self._rng = rng or random.Random()
         self._rr = cfg.dispatch == "round-robin"
-        self._cond = asyncio.Condition()
+        # Shared by every job of one Client, so that the endpoints' slots are shared too:
+        # a completion in one job wakes the slots of the others.
+        self._cond = cond or asyncio.Condition()
+        self._fresh = fresh
         self._pending: deque[_Work] = deque()
         self._results: asyncio.Queue[Result | BaseException] = asyncio.Queue()
         self._left = 0
@@ -87,8 +96,9 @@ class Dispatcher:
         for i, item in enumerate(items):
             self._pending.append(_Work(i, item, assigned=i % n if self._rr else None))
         self._left = len(items)
-        for ep in self._eps:
-            ep.probing, ep.limit, ep.since_limit = False, None, 0
+        if self._fresh:  # no other job of this client is running: forget stale state
+            for ep in self._eps:
+                ep.probing, ep.limit, ep.since_limit = False, None, 0
         tasks = [
             asyncio.create_task(self._guard(self._slot(ep)), name=f"gpufleet-slot-{ep.url}")
             for ep in self._eps
