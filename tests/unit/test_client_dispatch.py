@@ -273,3 +273,20 @@ async def test_concurrent_calls_share_the_endpoint_slots() -> None:
     )
     assert list(outputs[:20]) == list(range(20))
     assert peak == 2
+
+
+async def test_a_router_with_no_ready_worker_is_waited_for_not_failed() -> None:
+    a = FakeServer()
+    none_ready = json_reply(503, {"error": "NoHealthyBackend", "retry_after_s": 1.0})
+    a.fail_with = [none_ready] * 3
+    a.healthy = False
+    client = Client(A, transport=MemoryTransport({A: a}), failure_threshold=3, **fast())
+
+    async def recover() -> None:
+        await asyncio.sleep(0.4)
+        a.healthy = True
+
+    results, _ = await asyncio.gather(client.run(range(10)), recover())
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert max(r.attempts for r in results) == 2  # waiting for the probe costs no attempt
+    assert a.probes >= 2

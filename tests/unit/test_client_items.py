@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gpufleet.client._payload import build_body, decode_reply
-from gpufleet.client._transport import Reply, check, json_reply
+from gpufleet.client._transport import Reply, ServerBusy, check, json_reply
 from gpufleet.client.items import Item, as_items, read_items
 from gpufleet.errors import ConfigError, RequestFailed
 
@@ -109,6 +109,21 @@ def test_check_classifies_statuses(status: int, retryable: bool) -> None:
     assert info.value.status == status
     assert info.value.retryable is retryable
     assert "BadRequest: no good" in str(info.value)
+
+
+def test_busy_is_told_apart_from_down() -> None:
+    full = {"error": "WorkerOverloaded", "message": "full", "retry_after_s": 1.0}
+    with pytest.raises(ServerBusy):
+        check(json_reply(503, full), "POST u")
+    with pytest.raises(ServerBusy):
+        check(json_reply(429, {}), "POST u")
+    down = {"error": "NoHealthyBackend", "message": "none ready", "retry_after_s": 1.0}
+    with pytest.raises(RequestFailed) as info:
+        check(json_reply(503, down), "POST u")
+    assert not isinstance(info.value, ServerBusy)
+    with pytest.raises(RequestFailed) as info:
+        check(json_reply(503, {"error": "x"}), "POST u")  # no Retry-After: not busy
+    assert not isinstance(info.value, ServerBusy)
 
 
 def test_check_reads_retry_after() -> None:

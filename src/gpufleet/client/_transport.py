@@ -21,6 +21,12 @@ from gpufleet.errors import RequestFailed
 
 #: 4xx answers that mean "not now" rather than "never": retried like a 5xx.
 RETRYABLE_4XX = frozenset({408, 425, 429})
+#: 503 error names that mean "nothing can serve you" (down) rather than "full" (busy).
+_DOWN_ERRORS = frozenset({"NoHealthyBackend", "WorkerUnavailable"})
+
+
+class ServerBusy(RequestFailed):
+    """The server is up but full (429, or 503 with ``Retry-After``): come back later."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,15 +166,20 @@ def check(reply: Reply, what: str) -> Reply:
     """Return ``reply`` when it is a 2xx, else raise ``RequestFailed`` saying why.
 
     5xx, 408, 425 and 429 are retryable; other 4xx are final. ``Retry-After`` (header, or
-    ``retry_after_s`` of a gpufleet error payload) travels as ``retry_after_s``.
+    ``retry_after_s`` of a gpufleet error payload) travels as ``retry_after_s``. A full
+    server (429, or 503 with ``Retry-After`` unless it says nothing can serve) raises
+    ``ServerBusy``; a router with no healthy worker is down, not busy.
     """
     if 200 <= reply.status < 300:
         return reply
-    reason, retry_after = _error_details(reply)
+    reason, retry_after, error = _error_details(reply)
     header_wait = wire.parse_retry_after(reply.header("Retry-After"))
     retry_after = header_wait if header_wait is not None else retry_after
     retryable = reply.status >= 500 or reply.status in RETRYABLE_4XX
-    raise RequestFailed(
+    busy = reply.status == 429 or (
+        reply.status == 503 and retry_after is not None and error not in _DOWN_ERRORS
+    )
+    raise (ServerBusy if busy else RequestFailed)(
         f"{what}: HTTP {reply.status}: {reason}",
         status=reply.status,
         retryable=retryable,
@@ -176,7 +187,7 @@ def check(reply: Reply, what: str) -> Reply:
     )
 
 
-def _error_details(reply: Reply) -> tuple[str, float | None]:
+def _error_details(reply: Reply) -> tuple[str, float | None, str | None]:
     try:
         data = json.loads(reply.body)
     except (ValueError, UnicodeDecodeError):
@@ -189,6 +200,6 @@ def _error_details(reply: Reply) -> tuple[str, float | None]:
         wait = float(retry) if isinstance(retry, (int, float)) and retry >= 0 else None
         parts = [str(p) for p in (error, message) if p]
         if parts:
-            return ": ".join(parts), wait
+            return ": ".join(parts), wait, str(error) if error else None
     text = reply.body.decode("utf-8", errors="replace").strip()
-    return (text[:200] or "(empty body)"), None
+    return (text[:200] or "(empty body)"), None, None

@@ -24,6 +24,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpufleet.client._transport import ServerBusy
 from gpufleet.client.endpoints import Endpoint
 from gpufleet.client.items import Item, Result
 from gpufleet.config.client import ClientConfig
@@ -229,8 +230,7 @@ class Dispatcher:
 
     def _on_failure(self, ep: Endpoint, work: _Work, exc: RequestFailed) -> None:
         cfg, now = self._cfg, self._clock()
-        busy = exc.status == 429 or (exc.status == 503 and exc.retry_after_s is not None)
-        if busy:
+        if isinstance(exc, ServerBusy):
             # The endpoint is up but full: it said when to come back.
             ep.record_busy(now, exc.retry_after_s or cfg.retry_base_s)
         elif exc.retryable:
