@@ -1,0 +1,272 @@
+"""Settings of ``gpufleet up``: which devices, what runs on each, how it is kept alive.
+
+Everything a flag of ``gpufleet up`` holds is a field of :class:`FleetConfig`; the YAML
+``fleet:`` section may also define several :class:`PoolConfig` (``pools:``), each with its
+own model or command, GPUs and path prefix. Worker batching settings are not copied here:
+the fleet passes ``--config FILE`` to every ``gpufleet worker`` it starts, which reads its
+own ``worker:`` section (and the inherited ``GPUFLEET_*`` env) like a worker started by hand.
+Router settings the fleet needs to pass on (``policy``) are fields here; everything else
+reaches the router through ``router_args`` or the same ``--config FILE``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from gpufleet.config._load import build, read_yaml
+from gpufleet.errors import ConfigError
+
+#: Placeholders a ``cmd`` template may use.
+CMD_PLACEHOLDERS = ("port", "gpu", "index", "host")
+#: ``{name}`` in a cmd template; other braces (JSON arguments, say) are left alone.
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def check_gpus(spec: str) -> str:
+    """Validate a GPU selection: ``all``, ``none``, ``N`` (a count) or ``0,2`` / UUIDs.
+
+    A single index needs a trailing comma (``3,``) to be told apart from a count.
+    """
+    text = spec.strip()
+    if text in {"all", "none"} or text.isdigit():
+        return text
+    items = [i.strip() for i in text.split(",") if i.strip()]
+    if not items:
+        raise ConfigError(f"gpus: cannot read {spec!r}; use all, none, N, or a list like 0,2")
+    for item in items:
+        if not (item.isdigit() or item.startswith(("GPU-", "MIG-"))):
+            raise ConfigError(f"gpus: {item!r} is neither a GPU index nor a GPU UUID")
+    return ",".join(items)
+
+
+def _check_cmd(cmd: str | None, where: str) -> None:
+    if cmd is None:
+        return
+    if not cmd.strip():
+        raise ConfigError(f"{where}: cmd must not be empty")
+    names = set(PLACEHOLDER.findall(cmd))
+    unknown = sorted(names - set(CMD_PLACEHOLDERS))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)} "
+            f"in cmd; known: {', '.join('{' + p + '}' for p in CMD_PLACEHOLDERS)}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    """One group of identical workers: a model (or a command), its GPUs, its path prefix."""
+
+    name: str = "default"
+    #: A gpufleet model (built-in name, ``package.module:Class`` or ``file.py:Class``) …
+    model: str | None = None
+    model_args: dict[str, str] = field(default_factory=dict)
+    #: … or any server command per device, with ``{port}`` ``{gpu}`` ``{index}`` ``{host}``.
+    cmd: str | None = None
+    #: None: the fleet's ``gpus``.
+    gpus: str | None = None
+    workers_per_gpu: int | None = None
+    cpu_workers: int | None = None
+    #: Requests under this path prefix go to this pool (stripped before proxying).
+    prefix: str | None = None
+    #: Extra arguments for each ``gpufleet worker`` of this pool.
+    worker_args: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ConfigError(f"pool name {self.name!r}: use letters, digits, '_', '.', '-'")
+        where = f"pool {self.name}"
+        if self.model is not None and self.cmd is not None:
+            raise ConfigError(f"{where}: give model or cmd, not both")
+        _check_cmd(self.cmd, where)
+        if self.gpus is not None:
+            object.__setattr__(self, "gpus", check_gpus(self.gpus))
+        if self.workers_per_gpu is not None and self.workers_per_gpu < 1:
+            raise ConfigError(f"{where}: workers_per_gpu must be >= 1")
+        if self.cpu_workers is not None and self.cpu_workers < 0:
+            raise ConfigError(f"{where}: cpu_workers must be >= 0")
+        if self.prefix is not None and (not self.prefix.startswith("/") or self.prefix == "/"):
+            raise ConfigError(f"{where}: prefix must start with '/' and not be '/' alone")
+
+
+@dataclass(frozen=True, slots=True)
+class FleetConfig:
+    """Everything ``gpufleet up`` takes (flags, ``GPUFLEET_*`` env, YAML ``fleet:``)."""
+
+    # What runs on each device (the one pool when ``pools`` is empty).
+    model: str = "minilm"
+    model_args: dict[str, str] = field(default_factory=dict)
+    #: Run this command per device instead of ``gpufleet worker`` (e.g. ``vllm serve M
+    #: --port {port}``); placeholders ``{port}`` ``{gpu}`` ``{index}`` ``{host}``.
+    cmd: str | None = None
+    #: Readiness path of each worker: 200 means ready.
+    ready_path: str = "/health"
+    #: Seconds a worker may take to become ready (large models load slowly).
+    startup_timeout_s: float = 600.0
+    #: Extra arguments for every ``gpufleet worker`` (batching flags and the like).
+    worker_args: tuple[str, ...] = ()
+
+    # Devices.
+    #: ``all``, ``none`` (CPU workers), ``N`` (the first N) or ``0,2`` / GPU UUIDs.
+    gpus: str = "all"
+    workers_per_gpu: int = 1
+    #: Workers started when no GPU is found or selected.
+    cpu_workers: int = 2
+    #: ``auto`` tries NVML, then ``nvidia-smi``.
+    discovery: Literal["auto", "nvml", "nvidia-smi", "none"] = "auto"
+
+    # Where things listen. ``host``/``port``/``port_file`` are the router's endpoint.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    port_file: str | None = None
+    worker_host: str = "127.0.0.1"
+    #: First worker port (then +1, +2, …); 0 picks free ports. Kept across restarts.
+    worker_base_port: int = 0
+
+    # The router in front.
+    #: Routing policy passed to the router (None: the router's default).
+    policy: str | None = None
+    #: Extra arguments for the router.
+    router_args: tuple[str, ...] = ()
+
+    # Supervision.
+    restart_backoff_s: float = 1.0
+    restart_backoff_max_s: float = 30.0
+    #: A worker that fails this many times in a row is reported as crash-looping.
+    crash_loop_after: int = 3
+    #: The back-off starts over once a worker has stayed ready this long.
+    backoff_reset_s: float = 60.0
+    liveness_interval_s: float = 5.0
+    liveness_timeout_s: float = 5.0
+    #: Consecutive failed liveness probes before a ready worker is restarted.
+    liveness_failures: int = 3
+    #: Graceful stop: how long in-flight work may take to finish, per stage.
+    drain_timeout_s: float = 30.0
+    #: After SIGTERM's drain budget, how long before SIGKILL.
+    kill_timeout_s: float = 10.0
+
+    # Files.
+    log_dir: str = "logs"
+    log_max_mb: float = 50.0
+    log_backups: int = 3
+    #: Pid file, state JSON and the router's port file live here.
+    run_dir: str = ".gpufleet"
+    detach: bool = False
+    log_level: str = "info"
+
+    #: Several pools (YAML only); empty means one pool made of the fields above.
+    pools: tuple[PoolConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gpus", check_gpus(self.gpus))
+        _check_cmd(self.cmd, "fleet")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be in 0..65535, got {self.port}")
+        if not 0 <= self.worker_base_port <= 65535:
+            raise ConfigError(f"worker_base_port must be in 0..65535, got {self.worker_base_port}")
+        if not self.ready_path.startswith("/"):
+            raise ConfigError(f"ready_path must start with '/', got {self.ready_path!r}")
+        if self.workers_per_gpu < 1 or self.cpu_workers < 0:
+            raise ConfigError("workers_per_gpu must be >= 1 and cpu_workers >= 0")
+        positive = {
+            "startup_timeout_s": self.startup_timeout_s,
+            "restart_backoff_s": self.restart_backoff_s,
+            "liveness_interval_s": self.liveness_interval_s,
+            "liveness_timeout_s": self.liveness_timeout_s,
+            "log_max_mb": self.log_max_mb,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"{name} must be > 0, got {value}")
+        if self.restart_backoff_max_s < self.restart_backoff_s:
+            raise ConfigError("restart_backoff_max_s must be >= restart_backoff_s")
+        if self.drain_timeout_s < 0 or self.kill_timeout_s < 0 or self.backoff_reset_s < 0:
+            raise ConfigError("drain_timeout_s, kill_timeout_s and backoff_reset_s must be >= 0")
+        if self.crash_loop_after < 1 or self.liveness_failures < 1 or self.log_backups < 0:
+            raise ConfigError("crash_loop_after and liveness_failures must be >= 1")
+        if any(not isinstance(p, PoolConfig) for p in self.pools):
+            raise ConfigError("pools can only be defined in the YAML file's fleet: section")
+        names = [p.name for p in self.pools]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"pool names must be unique, got {names}")
+        prefixes = [p.prefix for p in self.pools if p.prefix is not None]
+        if len(set(prefixes)) != len(prefixes):
+            raise ConfigError(f"pool prefixes must be unique, got {prefixes}")
+        if len(self.pools) - len(prefixes) > 1:
+            raise ConfigError("at most one pool may have no prefix (it takes the other paths)")
+
+    def effective_pools(self) -> tuple[PoolConfig, ...]:
+        """The pools to run, every unset field filled from the fleet's own settings."""
+        pools = self.pools or (PoolConfig(name="default"),)
+        out = []
+        for pool in pools:
+            is_cmd = pool.cmd is not None or (pool.model is None and self.cmd is not None)
+            out.append(
+                dataclasses.replace(
+                    pool,
+                    model=None if is_cmd else (pool.model or self.model),
+                    model_args=(pool.model_args or self.model_args) if not is_cmd else {},
+                    cmd=(pool.cmd or self.cmd) if is_cmd else None,
+                    gpus=pool.gpus if pool.gpus is not None else self.gpus,
+                    workers_per_gpu=pool.workers_per_gpu or self.workers_per_gpu,
+                    cpu_workers=(
+                        pool.cpu_workers if pool.cpu_workers is not None else self.cpu_workers
+                    ),
+                    worker_args=pool.worker_args or self.worker_args,
+                )
+            )
+        return tuple(out)
+
+
+def parse_pools(raw: Any) -> tuple[PoolConfig, ...]:
+    """Read ``pools:`` given as a mapping ``{name: {...}}`` or a list of ``{name: ..., ...}``."""
+    if raw is None:
+        return ()
+    items: list[dict[str, Any]] = []
+    if isinstance(raw, Mapping):
+        for name, body in raw.items():
+            if not isinstance(body, Mapping):
+                raise ConfigError(f"pool {name!r} must be a mapping of settings")
+            items.append({**body, "name": str(name)})
+    elif isinstance(raw, list):
+        for body in raw:
+            if not isinstance(body, Mapping):
+                raise ConfigError("each entry of pools must be a mapping of settings")
+            items.append(dict(body))
+    else:
+        raise ConfigError("pools must be a mapping of name -> settings, or a list")
+    return tuple(build(PoolConfig, env={}, file_section=item) for item in items)
+
+
+def load_fleet_config(
+    *,
+    flags: Mapping[str, Any] | None = None,
+    config_path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> FleetConfig:
+    """Build :class:`FleetConfig` from flags, env and the file's ``fleet:`` section (with pools)."""
+    data = read_yaml(config_path)
+    section = data.get("fleet") or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"section 'fleet' of {config_path} must be a mapping")
+    section = dict(section)
+    pools = parse_pools(section.pop("pools", None))
+    cfg = build(FleetConfig, flags=flags, env=env, file_section=section)
+    return dataclasses.replace(cfg, pools=pools) if pools else cfg
+
+
+__all__ = [
+    "CMD_PLACEHOLDERS",
+    "PLACEHOLDER",
+    "FleetConfig",
+    "PoolConfig",
+    "check_gpus",
+    "load_fleet_config",
+    "parse_pools",
+]

@@ -1,0 +1,85 @@
+"""``gpufleet up --detach`` and ``gpufleet down``: a fleet in the background, and its stop.
+
+Both run at the command line's edge, before or without an event loop, so they wait
+with plain sleeps on another process's pid and state file.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from gpufleet.fleet.rundir import RunDir, is_alive
+
+
+@dataclass(frozen=True, slots=True)
+class Detached:
+    """A fleet started in the background."""
+
+    pid: int
+    #: ``running`` once the router answered; else why it is not (``exited 2``, ``timeout``).
+    outcome: str
+    endpoint: str | None
+
+
+def start_detached(
+    argv: Sequence[str],
+    run_dir: RunDir,
+    *,
+    env: Mapping[str, str],
+    cwd: str,
+    timeout_s: float,
+) -> Detached:
+    """Run ``argv`` (an ``up`` without ``--detach``) in its own session; wait until it serves."""
+    run_dir.path.mkdir(parents=True, exist_ok=True)
+    run_dir.state_file.unlink(missing_ok=True)
+    with run_dir.log_file.open("ab") as log:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            cwd=cwd,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        code = proc.poll()
+        if code is not None:
+            return Detached(proc.pid, f"exited with status {code}", None)
+        state = run_dir.read_state()
+        if state is not None and state.get("pid") == proc.pid and state.get("phase") == "running":
+            return Detached(proc.pid, "running", str(state.get("endpoint")))
+        time.sleep(0.2)
+    return Detached(proc.pid, f"not ready after {timeout_s:g}s (still starting)", None)
+
+
+def stop_fleet(
+    run_dir: RunDir, *, timeout_s: float, force: bool = False
+) -> tuple[int | None, bool]:
+    """SIGTERM the fleet of ``run_dir`` and wait; ``force`` sends the second signal at once.
+
+    Returns the pid (None when nothing runs) and whether it has exited.
+    """
+    pid = run_dir.running_pid()
+    if pid is None:
+        return None, True
+    os.kill(pid, signal.SIGTERM)
+    if force:
+        time.sleep(0.2)
+        if is_alive(pid):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not is_alive(pid):
+            return pid, True
+        time.sleep(0.1)
+    return pid, False
+
+
+__all__ = ["Detached", "start_detached", "stop_fleet"]

@@ -1,0 +1,111 @@
+"""The run directory of a fleet: pid file, state JSON, the router's port file.
+
+``gpufleet up`` (attached or ``--detach``) claims it; ``gpufleet status`` reads the state
+it keeps current; ``gpufleet down`` signals the pid it names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from gpufleet.errors import ConfigError
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def is_alive(pid: int) -> bool:
+    """True when a process with ``pid`` exists (and is not a zombie we could see)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+    return True
+
+
+class RunDir:
+    """Files of one running fleet, in ``path`` (``.gpufleet`` by default)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def pid_file(self) -> Path:
+        return self.path / "fleet.pid"
+
+    @property
+    def state_file(self) -> Path:
+        return self.path / "state.json"
+
+    @property
+    def router_port_file(self) -> Path:
+        return self.path / "router.port"
+
+    @property
+    def log_file(self) -> Path:
+        """Where ``--detach`` sends the supervisor's own output."""
+        return self.path / "fleet.log"
+
+    def running_pid(self) -> int | None:
+        """The pid of the fleet that owns this directory, if it still runs."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if is_alive(pid) else None
+
+    def claim(self, pid: int) -> None:
+        """Make ``pid`` the owner.
+
+        Raises:
+            ConfigError: another live fleet owns the directory.
+        """
+        other = self.running_pid()
+        if other is not None and other != pid:
+            raise ConfigError(
+                f"a fleet (pid {other}) already runs from {self.path}; "
+                "stop it with `gpufleet down` or use another --run-dir"
+            )
+        write_atomic(self.pid_file, f"{pid}\n")
+
+    def release(self, pid: int) -> None:
+        """Remove the pid file if ``pid`` still owns it."""
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            if int(self.pid_file.read_text().strip()) == pid:
+                self.pid_file.unlink()
+
+    def write_state(self, data: dict[str, Any]) -> None:
+        """Replace the state file."""
+        write_atomic(self.state_file, json.dumps(data, indent=2) + "\n")
+
+    def read_state(self) -> dict[str, Any] | None:
+        """The last state written, or None."""
+        try:
+            data = json.loads(self.state_file.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+
+__all__ = ["RunDir", "is_alive", "write_atomic"]

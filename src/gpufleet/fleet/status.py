@@ -1,0 +1,100 @@
+"""``gpufleet status``: the run directory's state joined with live router and worker ``/stats``."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+
+from gpufleet.fleet.rundir import RunDir, is_alive
+
+
+async def _get_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=2.0)) as resp:
+            if resp.status != 200:
+                return None
+            data = await resp.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+async def collect(run_dir: RunDir) -> dict[str, Any] | None:
+    """The fleet's state with ``served`` / ``in_flight`` filled from live ``/stats``.
+
+    Served and in-flight come from the router (what it sent each worker) when it lists
+    the worker, else from the worker's own ``/stats``; foreign servers show None.
+    """
+    state = run_dir.read_state()
+    if state is None:
+        return None
+    pid = state.get("pid")
+    state["alive"] = isinstance(pid, int) and is_alive(pid)
+    workers: list[dict[str, Any]] = state.get("workers", [])
+    async with aiohttp.ClientSession() as session:
+        router_stats, *worker_stats = await asyncio.gather(
+            _get_json(session, f"{state.get('endpoint', '')}/stats"),
+            *(_get_json(session, f"{w.get('url', '')}/stats") for w in workers),
+        )
+    by_url: dict[str, dict[str, Any]] = {}
+    for up in (router_stats or {}).get("workers", []):
+        if isinstance(up, dict) and up.get("state") != "removed":
+            by_url[str(up.get("url", "")).rstrip("/")] = up
+    for w, own in zip(workers, worker_stats, strict=True):
+        seen = by_url.get(str(w.get("url", "")).rstrip("/"))
+        w["router_state"] = seen.get("state") if seen else None
+        source = seen or own or {}
+        w["served"] = source.get("served")
+        w["in_flight"] = source.get("in_flight")
+        w["worker_stats"] = own
+    state["router_stats"] = router_stats
+    return state
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def format_status(state: dict[str, Any]) -> str:
+    """A plain-text table: one line per worker, then the router and the endpoint."""
+    alive = state.get("alive")
+    phase = state.get("phase", "?") if alive else "not running"
+    lines = [f"fleet pid {state.get('pid')}: {phase}   endpoint {state.get('endpoint')}"]
+    header = ("POOL", "DEVICE", "PID", "PORT", "STATE", "RESTARTS", "SERVED", "IN-FLIGHT")
+    rows = [header]
+    for w in state.get("workers", []):
+        status = w.get("state", "?")
+        if w.get("next_try_in_s") is not None and status in {"backoff", "crash-looping"}:
+            status += f" (retry in {w['next_try_in_s']}s)"
+        rows.append(
+            (
+                _cell(w.get("pool")),
+                _cell(w.get("device")),
+                _cell(w.get("pid") if alive else None),
+                _cell(w.get("port")),
+                status if alive else "-",
+                _cell(w.get("restarts")),
+                _cell(w.get("served")),
+                _cell(w.get("in_flight")),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for r in rows:
+        lines.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
+    router = state.get("router", {})
+    totals = (state.get("router_stats") or {}).get("totals", {})
+    lines.append(
+        f"router pid {_cell(router.get('pid') if alive else None)}  "
+        f"state {router.get('state', '?') if alive else '-'}  "
+        f"restarts {_cell(router.get('restarts'))}  "
+        f"requests {_cell(totals.get('requests'))}  in-flight {_cell(totals.get('in_flight'))}"
+    )
+    errors = [w for w in state.get("workers", []) if w.get("last_error")]
+    for w in errors:
+        lines.append(f"  {w.get('name')}: last failure: {w['last_error']} (log {w.get('log')})")
+    return "\n".join(lines)
+
+
+__all__ = ["collect", "format_status"]

@@ -1,0 +1,420 @@
+"""Keep every worker and the router alive; stop them all cleanly.
+
+One keeper task per child starts it, waits until it is ready, probes its liveness, and
+after an exit (or too many failed probes) restarts it with capped exponential back-off;
+a child that keeps failing is shown as crash-looping. The router starts once every
+worker is ready or has failed once, with the ready ones as ``--worker``; afterwards its
+pool follows the workers through the admin API. Signal handlers only set a flag: the
+first stop request drains (the router first, so in-flight requests finish on workers
+that are still up, then the workers), a second one kills everything at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from gpufleet.config.fleet import FleetConfig
+from gpufleet.fleet.admin import AdminError, RouterAdmin
+from gpufleet.fleet.launcher import ChildHandle, Launcher
+from gpufleet.fleet.member import (
+    BACKOFF,
+    CRASH_LOOP,
+    READY,
+    STARTING,
+    STOPPED,
+    STOPPING,
+    Member,
+    backoff_delay,
+)
+from gpufleet.fleet.process import ChildSpec
+from gpufleet.fleet.rundir import write_atomic
+
+log = logging.getLogger("gpufleet.fleet")
+
+#: Builds the router's spec from the members ready now and the port to listen on.
+RouterSpecFactory = Callable[[Sequence[Member], int], ChildSpec]
+
+
+def describe_exit(code: int | None) -> str:
+    """``exit 3`` or ``killed by SIGKILL``."""
+    if code is None:
+        return "no exit status"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit {code}"
+
+
+async def _first(*aws: Awaitable[Any], within: float | None = None) -> None:
+    """Wait until the first of ``aws`` completes (or ``within`` seconds).
+
+    Coroutines are wrapped in tasks that are cancelled afterwards; futures and tasks
+    passed in belong to the caller and are left running.
+    """
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    mine = [t for a, t in zip(aws, tasks, strict=True) if not asyncio.isfuture(a)]
+    try:
+        await asyncio.wait(tasks, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in mine:
+            if not t.done():
+                t.cancel()
+        await asyncio.gather(*mine, return_exceptions=True)
+
+
+class Supervisor:
+    """Runs a fleet until asked to stop; ``request_stop`` is safe to call from a signal handler."""
+
+    def __init__(
+        self,
+        cfg: FleetConfig,
+        workers: Sequence[Member],
+        router: Member,
+        *,
+        launcher: Launcher,
+        router_spec: RouterSpecFactory,
+        token: str,
+        router_port_file: Path,
+        endpoint_port_file: Path | None = None,
+        publish: Callable[[dict[str, Any]], None] | None = None,
+        report: Callable[[str], None] = print,
+        ready_hint: str = "",
+    ) -> None:
+        self.cfg = cfg
+        self.workers = list(workers)
+        self.router = router
+        self._launcher = launcher
+        self._router_spec = router_spec
+        self._token = token
+        self._router_port_file = router_port_file
+        self._endpoint_port_file = endpoint_port_file
+        self._publish = publish
+        self._report = report
+        self._ready_hint = ready_hint
+        self._router_port = cfg.port
+        self.phase = "starting"
+        self.forced = False
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+        self._router_stopped = asyncio.Event()
+        self._done = asyncio.Event()
+        self._dirty = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._settle = asyncio.Event()
+        self._http: aiohttp.ClientSession | None = None
+
+    # Signals and state ---------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """First call: stop gracefully. Second: kill everything now. Only sets flags."""
+        if self._stop.is_set():
+            self._force.set()
+        else:
+            self._stop.set()
+
+    @property
+    def endpoint(self) -> str:
+        """The router's URL."""
+        return self.router.spec.url
+
+    def _touch(self) -> None:
+        self._dirty.set()
+        self._changed.set()
+        self._settle.set()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The fleet as plain data (the run directory's state file)."""
+        now = time.monotonic()
+        return {
+            "phase": self.phase,
+            "endpoint": self.endpoint,
+            "policy": self.cfg.policy,
+            "router": self.router.row(now),
+            "workers": [m.row(now) for m in self.workers],
+        }
+
+    # The run -------------------------------------------------------------------------
+
+    async def run(self, *, handle_signals: bool = True) -> int:
+        """Start everything, keep it alive until a stop request; 0 after a clean stop."""
+        loop = asyncio.get_running_loop()
+        if handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.request_stop)
+        try:
+            async with aiohttp.ClientSession() as http:
+                self._http = http
+                await self._run()
+        finally:
+            if handle_signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+            for m in [self.router, *self.workers]:
+                if m.handle is not None:
+                    await m.handle.aclose()
+        return 1 if self.forced else 0
+
+    async def _run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            keepers = [tg.create_task(self._keep(m)) for m in self.workers]
+            tg.create_task(self._publish_loop())
+            await self._wait_settled()
+            if self._stop.is_set():
+                self._router_stopped.set()
+            else:
+                keepers.append(tg.create_task(self._keep(self.router)))
+                tg.create_task(self._sync_loop())
+            await self._stop.wait()
+            self.phase = "stopping"
+            self._report("gpufleet: stopping (the router first, then the workers); again to force")
+            self._touch()
+            await _first(asyncio.shield(asyncio.gather(*keepers)), self._force.wait())
+            if self._force.is_set():
+                self.forced = True
+                self._report("gpufleet: forced stop: killing every process")
+                await asyncio.gather(*keepers)
+            self.phase = "stopped"
+            self._touch()
+            self._done.set()
+        alive = [m.name for m in [self.router, *self.workers] if m.pid is not None]
+        self._report(f"gpufleet: stopped; processes still alive: {', '.join(alive) or 'none'}")
+
+    async def _wait_settled(self) -> None:
+        while not self._stop.is_set() and not all(m.settled for m in self.workers):
+            self._settle.clear()
+            await _first(self._settle.wait(), self._stop.wait())
+
+    # One child -----------------------------------------------------------------------
+
+    async def _keep(self, m: Member) -> None:
+        try:
+            while not self._stop.is_set():
+                outcome = await self._run_once(m)
+                if outcome == "stopping" or not await self._back_off(m):
+                    break
+        except Exception:
+            # A bug here must not leave the child unsupervised: log it and stop it.
+            log.exception("supervising %s failed", m.name)
+        finally:
+            await self._stop_member(m)
+            if m.role == "router":
+                self._router_stopped.set()
+
+    def _spec_for(self, m: Member) -> ChildSpec:
+        if m.role != "router":
+            return m.spec
+        ready = [w for w in self.workers if w.state == READY]
+        self._router_port_file.unlink(missing_ok=True)
+        m.spec = self._router_spec(ready, self._router_port)
+        return m.spec
+
+    async def _run_once(self, m: Member) -> str:
+        spec = self._spec_for(m)
+        m.state, m.next_try_at, m.started_at = STARTING, None, time.monotonic()
+        self._touch()
+        try:
+            handle = await self._launcher.start(spec)
+        except OSError as exc:
+            m.last_error, m.last_exit = f"cannot start {spec.argv[0]}: {exc.strerror}", None
+            return "failed"
+        m.handle = handle
+        log.info("%s started (pid %d): %s", m.name, handle.pid, " ".join(spec.argv))
+        outcome = await self._until_ready(m, handle)
+        if outcome == "ready":
+            m.state, m.ready_since, m.settled = READY, time.monotonic(), True
+            if m.started_at is not None:
+                took = m.ready_since - m.started_at
+                log.info("%s ready at %s (pid %d, %.1fs)", m.name, m.url, handle.pid, took)
+            self._touch()
+            if m.role == "router":
+                self._router_ready()
+            outcome = await self._watch(m, handle)
+            if time.monotonic() - m.ready_since >= self.cfg.backoff_reset_s:
+                m.failures = 0
+        m.ready_since = None
+        if outcome == "stopping":
+            return outcome
+        if handle.returncode is None:  # hung or never ready: no drain for it
+            await handle.stop(0.0, self.cfg.kill_timeout_s)
+        await handle.aclose()
+        m.last_exit = handle.returncode
+        return "failed"
+
+    def _router_ready(self) -> None:
+        self._router_port = self.router.spec.port
+        if self.phase == "starting":
+            self.phase = "running"
+            if self._endpoint_port_file is not None:
+                write_atomic(self._endpoint_port_file, f"{self._router_port}\n")
+            ready = sum(1 for w in self.workers if w.state == READY)
+            self._report(
+                f"gpufleet: ready at {self.endpoint} ({ready}/{len(self.workers)} workers)"
+            )
+            if self._ready_hint:
+                self._report(f"  try: {self._ready_hint.format(endpoint=self.endpoint)}")
+
+    async def _status(self, url: str, budget_s: float) -> int | None:
+        if self._http is None:
+            return None
+        try:
+            async with self._http.get(url, timeout=aiohttp.ClientTimeout(total=budget_s)) as r:
+                return int(r.status)
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+
+    async def _learn_router_port(self, m: Member) -> bool:
+        if m.spec.port != 0:
+            return True
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            text = self._router_port_file.read_text().strip()
+            if text:
+                m.spec = _with_port(m.spec, int(text))
+                return True
+        return False
+
+    async def _until_ready(self, m: Member, handle: ChildHandle) -> str:
+        deadline = time.monotonic() + self.cfg.startup_timeout_s
+        exited = asyncio.ensure_future(handle.wait())
+        pause = 0.05
+        try:
+            while True:
+                if self._stop.is_set():
+                    return "stopping"
+                if exited.done():
+                    m.last_error = f"{describe_exit(exited.result())} while starting"
+                    return "exited"
+                if await self._learn_router_port(m):
+                    status = await self._status(m.url + m.ready_path, 2.0)
+                    # The router answering at all is ready: its /health may say "no worker".
+                    if status == 200 or (m.role == "router" and status is not None):
+                        return "ready"
+                if time.monotonic() > deadline:
+                    m.last_error = f"not ready after {self.cfg.startup_timeout_s:g}s"
+                    return "timeout"
+                await _first(exited, self._stop.wait(), within=pause)
+                pause = min(1.0, pause * 1.5)
+        finally:
+            exited.cancel()
+
+    async def _watch(self, m: Member, handle: ChildHandle) -> str:
+        exited = asyncio.ensure_future(handle.wait())
+        misses = 0
+        try:
+            while True:
+                await _first(exited, self._stop.wait(), within=self.cfg.liveness_interval_s)
+                if self._stop.is_set():
+                    return "stopping"
+                if exited.done():
+                    m.last_error = describe_exit(exited.result())
+                    return "exited"
+                status = await self._status(m.url + m.ready_path, self.cfg.liveness_timeout_s)
+                # 503 is alive (loading, busy or draining); silence or another 5xx is not.
+                alive = status is not None and (status < 500 or status == 503)
+                misses = 0 if alive else misses + 1
+                if misses >= self.cfg.liveness_failures:
+                    m.last_error = f"failed {misses} liveness probes of {m.ready_path}"
+                    return "unresponsive"
+        finally:
+            exited.cancel()
+
+    async def _back_off(self, m: Member) -> bool:
+        m.failures += 1
+        m.settled = True
+        delay = backoff_delay(
+            m.failures, self.cfg.restart_backoff_s, self.cfg.restart_backoff_max_s
+        )
+        looping = m.failures >= self.cfg.crash_loop_after
+        m.state = CRASH_LOOP if looping else BACKOFF
+        m.next_try_at = time.monotonic() + delay
+        self._touch()
+        what = f"crash-looping ({m.failures} failures in a row)" if looping else "failed"
+        log.warning(
+            "%s %s: %s; restarting in %.1fs (log: %s)",
+            m.name,
+            what,
+            m.last_error,
+            delay,
+            m.spec.log_path,
+        )
+        await _first(self._stop.wait(), within=delay)
+        if self._stop.is_set():
+            return False
+        m.restarts += 1
+        return True
+
+    async def _stop_member(self, m: Member) -> None:
+        handle = m.handle
+        if handle is not None and handle.returncode is None:
+            if m.role != "router":
+                # Workers serve the router's in-flight requests until it has drained.
+                await _first(self._router_stopped.wait(), self._force.wait())
+            m.state = STOPPING
+            self._touch()
+            stopping = asyncio.ensure_future(
+                handle.stop(self.cfg.drain_timeout_s, self.cfg.kill_timeout_s)
+            )
+            await _first(asyncio.shield(stopping), self._force.wait())
+            if not stopping.done():
+                await handle.kill()
+            await stopping
+            log.info("%s stopped (%s)", m.name, describe_exit(handle.returncode))
+        if handle is not None:
+            await handle.aclose()
+            m.last_exit = handle.returncode
+        m.state = STOPPED
+        self._touch()
+
+    # Router membership and the state file ---------------------------------------------
+
+    async def _sync_loop(self) -> None:
+        if self._http is None:
+            return
+        admin = RouterAdmin(self._http, self._token)
+        managed: set[str] = set()
+        while not self._stop.is_set():
+            await _first(self._changed.wait(), self._stop.wait())
+            self._changed.clear()
+            if self._stop.is_set() or self.router.state != READY:
+                continue
+            want = {(m.router_pool, m.url) for m in self.workers if m.state == READY}
+            managed.update(m.url for m in self.workers)
+            try:
+                added, removed = await admin.sync(self.endpoint, want, managed)
+            except AdminError as exc:
+                log.warning("could not update the router's pool: %s; retrying", exc)
+                await _first(self._stop.wait(), within=1.0)
+                self._changed.set()
+                continue
+            if added or removed:
+                log.info("router pool: %d admitted, %d drained", added, removed)
+
+    async def _publish_loop(self) -> None:
+        while True:
+            await _first(self._dirty.wait(), self._done.wait())
+            self._dirty.clear()
+            if self._publish is not None:
+                try:
+                    await asyncio.to_thread(self._publish, self.snapshot())
+                except OSError as exc:
+                    log.warning("could not write the fleet's state: %s", exc)
+            if self._done.is_set():
+                return
+            # Coalesce bursts of changes into one write.
+            await _first(self._done.wait(), within=0.2)
+
+
+def _with_port(spec: ChildSpec, port: int) -> ChildSpec:
+    return dataclasses.replace(spec, port=port)
+
+
+__all__ = ["RouterSpecFactory", "Supervisor", "describe_exit"]

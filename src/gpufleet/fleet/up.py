@@ -1,0 +1,160 @@
+"""``gpufleet up``: discover, plan, say what was chosen, supervise until stopped.
+
+The CLI hands over the settings and the outside world (environment, working directory,
+the Python to run children with); nothing here reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from gpufleet.config.fleet import FleetConfig
+from gpufleet.fleet.devices import Discovery, default_probes, discover
+from gpufleet.fleet.launcher import Launcher, LocalLauncher
+from gpufleet.fleet.member import Member
+from gpufleet.fleet.plan import FleetPlan, WorkerPlan, make_plan, router_spec
+from gpufleet.fleet.process import ChildSpec
+from gpufleet.fleet.rundir import RunDir
+from gpufleet.fleet.supervisor import Supervisor
+
+
+def startup_lines(cfg: FleetConfig, plan: FleetPlan) -> list[str]:
+    """What was found and chosen: GPUs, workers and ports, model or command, policy, logs."""
+    found = plan.discovery
+    lines = []
+    if found.gpus:
+        lines.append(f"gpufleet: {len(found.gpus)} GPU(s) found via {found.source}:")
+        for g in found.gpus:
+            memory = f", {g.memory_mib} MiB" if g.memory_mib else ""
+            lines.append(f"  gpu{g.index}: {g.name}{memory} ({g.uuid})")
+    else:
+        why = "; ".join(found.notes) or "discovery is off"
+        lines.append(f"gpufleet: no GPU found ({why})")
+    if plan.on_cpu:
+        lines.append(f"gpufleet: running {len(plan.workers)} CPU worker(s) (--cpu-workers)")
+    by_pool: dict[str, list[WorkerPlan]] = {}
+    for w in plan.workers:
+        by_pool.setdefault(w.pool, []).append(w)
+    prefixes = {pool: prefix for prefix, pool in plan.routes.items()}
+    for pool, members in by_pool.items():
+        where = f" at {prefixes[pool]}" if pool in prefixes else ""
+        lines.append(f"gpufleet: pool {pool}{where}: {members[0].serves}")
+        for w in members:
+            cvd = w.spec.env.get("CUDA_VISIBLE_DEVICES") or "(none)"
+            lines.append(
+                f"  {w.device:<6} port {w.spec.port:<5} CUDA_VISIBLE_DEVICES={cvd:<8} "
+                f"log {w.spec.log_path}"
+            )
+    policy = cfg.policy or "the router's default (capacity)"
+    port = "a free port" if cfg.port == 0 else str(cfg.port)
+    lines.append(f"gpufleet: router on {cfg.host}:{port}, policy {policy}")
+    return lines
+
+
+def ready_hint(cfg: FleetConfig, plan: FleetPlan) -> str:
+    """A curl line that works against the endpoint once it is ready."""
+    first = next((w for w in plan.workers if w.router_pool == "default"), plan.workers[0])
+    prefix = next((p for p, pool in plan.routes.items() if pool == first.router_pool), "")
+    if first.spec.argv[3:4] == ("worker",):
+        body = '{"input": "hello"}'
+        return (
+            f"curl -s {{endpoint}}{prefix}/predict -H 'Content-Type: application/json' -d '{body}'"
+        )
+    return f"curl -s {{endpoint}}{prefix}{cfg.ready_path}"
+
+
+def _members(plan: FleetPlan) -> list[Member]:
+    return [
+        Member(
+            name=w.spec.name,
+            role="worker",
+            spec=w.spec,
+            ready_path=w.ready_path,
+            pool=w.pool,
+            router_pool=w.router_pool,
+            device=w.device,
+            serves=w.serves,
+        )
+        for w in plan.workers
+    ]
+
+
+async def run_up(
+    cfg: FleetConfig,
+    *,
+    env: Mapping[str, str],
+    cwd: str,
+    python: str = sys.executable,
+    config_path: str | None = None,
+    report: Callable[[str], None] = print,
+    launcher: Launcher | None = None,
+    discovery: Discovery | None = None,
+) -> int:
+    """Run the fleet in this process until SIGINT/SIGTERM; the exit status.
+
+    Raises:
+        ConfigError: bad settings, a GPU that is not there, or the run directory is taken.
+    """
+    run_dir = RunDir(Path(cwd, cfg.run_dir))
+    pid = os.getpid()
+    run_dir.claim(pid)
+    try:
+        if discovery is None:
+            probes = default_probes(cfg.discovery, path=env.get("PATH"))
+            visible = env.get("CUDA_VISIBLE_DEVICES")
+            discovery = await asyncio.to_thread(discover, probes, visible_devices=visible)
+        plan = make_plan(
+            cfg, discovery, python=python, base_env=env, cwd=cwd, config_path=config_path
+        )
+        for line in startup_lines(cfg, plan):
+            report(line)
+        token = secrets.token_urlsafe(24)
+
+        def make_router(ready: Sequence[Member], port: int) -> ChildSpec:
+            return router_spec(
+                cfg,
+                plan,
+                ready,
+                python=python,
+                base_env=env,
+                cwd=cwd,
+                port=port,
+                port_file=run_dir.router_port_file,
+                token=token,
+                config_path=config_path,
+            )
+
+        router = Member("router", "router", make_router([], cfg.port), "/health", device="-")
+        started = time.time()
+
+        def publish(state: dict[str, Any]) -> None:
+            run_dir.write_state(
+                {**state, "pid": pid, "started_at": started, "cwd": cwd, "log_dir": cfg.log_dir}
+            )
+
+        supervisor = Supervisor(
+            cfg,
+            _members(plan),
+            router,
+            launcher=launcher or LocalLauncher(),
+            router_spec=make_router,
+            token=token,
+            router_port_file=run_dir.router_port_file,
+            endpoint_port_file=Path(cwd, cfg.port_file) if cfg.port_file else None,
+            publish=publish,
+            report=report,
+            ready_hint=ready_hint(cfg, plan),
+        )
+        return await supervisor.run()
+    finally:
+        run_dir.release(pid)
+
+
+__all__ = ["ready_hint", "run_up", "startup_lines"]
