@@ -1,0 +1,178 @@
+"""The batcher on a fake clock: nothing lost or duplicated, batches ≤ max, FIFO, bounded wait."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpufleet.config.worker import BatchConfig
+from gpufleet.errors import WorkerOverloaded
+from gpufleet.worker.batcher import Batcher, Item
+
+
+class FakeClock:
+    """Time that moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# An arrival: (gap since the previous one in ms, inputs in the request, deadline in ms or None,
+# cancelled by its caller?)
+arrivals = st.lists(
+    st.tuples(
+        st.floats(0, 20, allow_nan=False),
+        st.integers(1, 5),
+        st.one_of(st.none(), st.floats(0, 30, allow_nan=False)),
+        st.booleans(),
+    ),
+    max_size=40,
+)
+
+
+def simulate(
+    cfg: BatchConfig, plan: list[tuple[float, int, float | None, bool]], busy_ms: float
+) -> tuple[list[list[Item]], list[Item], list[Item], list[float]]:
+    """Feed ``plan`` to a batcher whose consumer takes ``busy_ms`` per batch.
+
+    Returns (batches, every item put, dropped items, dispatch time of each batch).
+    """
+    clock = FakeClock()
+    dropped: list[Item] = []
+    b = Batcher(cfg, clock=clock, on_drop=lambda item, now: dropped.append(item))
+    pending = []
+    t = 0.0
+    for gap, n, deadline, cancelled in plan:
+        t += gap / 1000
+        pending.append((t, n, None if deadline is None else t + deadline / 1000, cancelled))
+    items: list[Item] = []
+    batches: list[list[Item]] = []
+    times: list[float] = []
+    free_at = 0.0
+    steps = 0
+    while pending or b.depth:
+        steps += 1
+        assert steps < 10_000, "the batcher stopped making progress"
+        candidates = [pending[0][0]] if pending else []
+        wake = b.next_wakeup()
+        if wake is not None:
+            candidates.append(max(wake, free_at))
+        clock.now = max(clock.now, min(candidates))
+        while pending and pending[0][0] <= clock.now:
+            at, n, deadline, cancelled = pending.pop(0)
+            new = [Item((len(items) + i), at, deadline) for i in range(n)]
+            try:
+                b.put(new)
+            except WorkerOverloaded:
+                continue
+            items.extend(new)
+            if cancelled:  # the caller left at once: its items must never be handed out
+                for item in new:
+                    item.cancelled = True
+        if clock.now < free_at:
+            continue
+        batch = b.poll(clock.now)
+        if batch:
+            batches.append(batch)
+            times.append(clock.now)
+            free_at = clock.now + busy_ms / 1000
+    return batches, items, dropped, times
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    plan=arrivals,
+    max_batch=st.integers(1, 8),
+    max_wait=st.floats(0, 10, allow_nan=False),
+    max_queue=st.integers(1, 30),
+    busy_ms=st.sampled_from([0.0, 3.0, 25.0]),
+)
+def test_batcher_properties(
+    plan: list[tuple[float, int, float | None, bool]],
+    max_batch: int,
+    max_wait: float,
+    max_queue: int,
+    busy_ms: float,
+) -> None:
+    cfg = BatchConfig(max_batch_size=max_batch, max_wait_ms=max_wait, max_queue=max_queue)
+    batches, items, dropped, times = simulate(cfg, plan, busy_ms)
+    handed = [i for batch in batches for i in batch]
+    # Nothing lost or duplicated: every accepted item is handed out once or dropped once.
+    assert len({id(i) for i in handed}) == len(handed)
+    assert {id(i) for i in handed} | {id(i) for i in dropped} == {id(i) for i in items}
+    assert not {id(i) for i in handed} & {id(i) for i in dropped}
+    # Dead items never reach the model.
+    for batch, at in zip(batches, times, strict=True):
+        for item in batch:
+            assert not item.cancelled
+            assert item.deadline is None or at < item.deadline
+    assert all(1 <= len(batch) <= max_batch for batch in batches)
+    # FIFO.
+    assert [i.payload for i in handed] == sorted(i.payload for i in handed)
+    if busy_ms == 0:
+        # A free consumer: no item waits longer than max_wait.
+        for batch, at in zip(batches, times, strict=True):
+            for item in batch:
+                assert at - item.enqueued_at <= max_wait / 1000 + 1e-9
+
+
+def test_full_batch_leaves_at_once_and_partial_after_max_wait() -> None:
+    clock = FakeClock()
+    b = Batcher(BatchConfig(max_batch_size=3, max_wait_ms=10, max_queue=10), clock=clock)
+    b.put([Item(i, 0.0) for i in range(4)])
+    first = b.poll(0.0)
+    assert first is not None
+    assert [i.payload for i in first] == [0, 1, 2]
+    assert b.poll(0.005) is None
+    assert b.next_wakeup() == pytest.approx(0.010)
+    rest = b.poll(0.010)
+    assert rest is not None
+    assert [i.payload for i in rest] == [3]
+
+
+def test_put_is_all_or_nothing() -> None:
+    b = Batcher(BatchConfig(max_batch_size=2, max_wait_ms=1, max_queue=3))
+    b.put([Item(0, 0.0), Item(1, 0.0)])
+    with pytest.raises(WorkerOverloaded):
+        b.put([Item(2, 0.0), Item(3, 0.0)])
+    assert b.depth == 2
+    b.put([Item(2, 0.0)])
+    assert b.free_slots() == 0
+
+
+def test_lowered_max_batch_size_applies_to_the_next_batch() -> None:
+    b = Batcher(BatchConfig(max_batch_size=8, max_wait_ms=0, max_queue=20))
+    b.put([Item(i, 0.0) for i in range(8)])
+    b.max_batch_size = 3
+    sizes = []
+    while (batch := b.poll(1.0)) is not None:
+        sizes.append(len(batch))
+    assert sizes == [3, 3, 2]
+
+
+async def test_next_batch_waits_for_max_wait_then_returns_a_partial_batch() -> None:
+    b = Batcher(BatchConfig(max_batch_size=4, max_wait_ms=30, max_queue=10))
+    started = time.monotonic()
+    b.put([Item("a", started)])
+    batch = await asyncio.wait_for(b.next_batch(), 2)
+    assert [i.payload for i in batch] == ["a"]
+    assert time.monotonic() - started >= 0.029
+
+
+async def test_next_batch_wakes_when_the_batch_fills() -> None:
+    b = Batcher(BatchConfig(max_batch_size=2, max_wait_ms=10_000, max_queue=10))
+    task = asyncio.create_task(b.next_batch())
+    await asyncio.sleep(0)
+    b.put([Item(1, time.monotonic())])
+    await asyncio.sleep(0)
+    assert not task.done()
+    b.put([Item(2, time.monotonic())])
+    batch = await asyncio.wait_for(task, 2)
+    assert [i.payload for i in batch] == [1, 2]
