@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -149,3 +154,47 @@ async def test_concurrent_callers_get_their_own_outputs(worker: ServerProcess) -
         outs = await asyncio.gather(*(one(i) for i in range(40)))
     assert [o["echo"] for o in outs] == [f"item-{i}" for i in range(40)]
     assert max(o["batch_size"] for o in outs) > 1
+
+
+async def test_metrics_are_prometheus_text(worker: ServerProcess) -> None:
+    await _post(worker.url + "/predict", {"inputs": [1, 2, 3]})
+    async with aiohttp.ClientSession() as s, s.get(worker.url + "/metrics") as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"].startswith("text/plain")
+        text = await r.text()
+    for name in (
+        "gpufleet_worker_requests_total",
+        "gpufleet_worker_errors_total",
+        "gpufleet_worker_batch_size_bucket",
+        "gpufleet_worker_queue_seconds_bucket",
+        "gpufleet_worker_compute_seconds_bucket",
+        "gpufleet_worker_ready 1.0",
+    ):
+        assert name in text, name
+    assert 'gpufleet_worker_requests_total{route="/predict",status="200"}' in text
+
+
+def test_bad_settings_exit_2_with_one_clear_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "fleet.yaml"
+    cfg.write_text("worker:\n  max_queue: 0\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpufleet", "worker", "--model", "synthetic", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "max_queue" in proc.stderr
+
+
+def test_settings_come_from_yaml_and_env(tmp_path: Path) -> None:
+    cfg = tmp_path / "fleet.yaml"
+    cfg.write_text("worker:\n  max_queue: 7\n  max_batch_size: 3\n")
+    env = {"GPUFLEET_MAX_BATCH_SIZE": "5", "GPUFLEET_MODEL_ARGS": "base_ms=1"}
+    with (
+        run_worker("synthetic", "--config", str(cfg), env=env) as w,
+        urllib.request.urlopen(w.url + "/stats", timeout=5) as r,
+    ):
+        stats = json.loads(r.read())
+    assert stats["max_queue"] == 7
+    assert stats["max_batch_size"] == 5
