@@ -25,7 +25,7 @@ from gpufleet.client._payload import build_body, decode_reply
 from gpufleet.client._transport import HttpTransport, Transport, check
 from gpufleet.client.dispatch import Dispatcher
 from gpufleet.client.endpoints import Endpoint, merge_endpoints
-from gpufleet.client.items import Item, Result, as_items
+from gpufleet.client.items import Answer, Item, Result, as_items
 from gpufleet.config.client import ClientConfig
 from gpufleet.errors import ClientClosed, ClientError, ConfigError, JobFailed, RequestFailed
 
@@ -160,7 +160,7 @@ class Client:
         finally:
             await self._transport.aclose()
 
-    async def _attempt(self, ep: Endpoint, item: Item, budget_s: float) -> tuple[Any, str]:
+    async def _attempt(self, ep: Endpoint, item: Item, budget_s: float) -> Answer:
         path = self.config.path
         headers = {
             wire.TIMEOUT_HEADER: f"{budget_s:.3f}",
@@ -180,7 +180,8 @@ class Client:
             budget_s=budget_s,
         )
         check(reply, f"POST {ep.url}{path}")
-        return decode_reply(path, reply)
+        output, content_type = decode_reply(path, reply)
+        return Answer(output, content_type, reply.header(wire.UPSTREAM_HEADER))
 
     async def _probe(self, ep: Endpoint) -> bool:
         try:

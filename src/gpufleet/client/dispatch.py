@@ -26,14 +26,14 @@ from typing import Any
 
 from gpufleet.client._transport import ServerBusy
 from gpufleet.client.endpoints import Endpoint
-from gpufleet.client.items import Item, Result
+from gpufleet.client.items import Answer, Item, Result
 from gpufleet.config.client import ClientConfig
 from gpufleet.errors import RequestFailed
 
 log = logging.getLogger("gpufleet.client")
 
-#: Sends one item to one endpoint within a timeout: ``(output, content_type)``.
-Attempt = Callable[[Endpoint, Item, float], Awaitable[tuple[Any, str]]]
+#: Sends one item to one endpoint within a timeout.
+Attempt = Callable[[Endpoint, Item, float], Awaitable[Answer]]
 #: True when the endpoint answers its health check.
 Probe = Callable[[Endpoint], Awaitable[bool]]
 
@@ -215,7 +215,7 @@ class Dispatcher:
             timeout = max(0.001, min(timeout, self._deadline - start))
         log.info("item %s → %s (attempt %d)", work.item.id, ep.url, work.attempts)
         try:
-            output, content_type = await self._attempt(ep, work.item, timeout)
+            answer = await self._attempt(ep, work.item, timeout)
         except RequestFailed as exc:
             async with self._cond:
                 self._on_failure(ep, work, exc)
@@ -225,7 +225,7 @@ class Dispatcher:
         log.info("item %s [%s] completed in %.2fs", work.item.id, ep.url, end - start)
         async with self._cond:
             ep.record_success(end - start)
-            self._finish(work, "ok", ep.url, end, output=output, content_type=content_type)
+            self._finish(work, "ok", ep.url, end, answer=answer)
             self._cond.notify_all()
 
     def _on_failure(self, ep: Endpoint, work: _Work, exc: RequestFailed) -> None:
@@ -288,8 +288,7 @@ class Dispatcher:
         endpoint: str | None,
         now: float,
         *,
-        output: Any = None,
-        content_type: str = "application/json",
+        answer: Answer | None = None,
         error: str | None = None,
     ) -> None:
         self._left -= 1
@@ -298,8 +297,9 @@ class Dispatcher:
                 id=str(work.item.id),
                 index=work.index,
                 status="ok" if status == "ok" else "failed",
-                output=output,
-                content_type=content_type,
+                output=answer.output if answer else None,
+                content_type=answer.content_type if answer else "application/json",
+                upstream=answer.upstream if answer else None,
                 endpoint=endpoint,
                 attempts=work.attempts,
                 seconds=now - work.started if work.started is not None else 0.0,

@@ -32,6 +32,16 @@ class Item:
     parameters: Mapping[str, Any] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One successful answer: the output, its media type, and who served it."""
+
+    output: Any
+    content_type: str = "application/json"
+    #: The worker behind a router (its ``X-Gpufleet-Upstream`` header), when told.
+    upstream: str | None = None
+
+
 @dataclass(slots=True)
 class Result:
     """What became of one item."""
@@ -49,6 +59,8 @@ class Result:
     seed: int | None = None
     #: Every endpoint that was tried, in order.
     tried: list[str] = field(default_factory=list)
+    #: The worker behind a router that served the item, when the router says so.
+    upstream: str | None = None
 
     @property
     def ok(self) -> bool:

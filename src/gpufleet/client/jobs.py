@@ -117,6 +117,7 @@ def _record(result: Result, stem: str, file: str | None) -> dict[str, Any]:
         "file": file,
         "status": result.status,
         "endpoint": result.endpoint,
+        "upstream": result.upstream,
         "attempts": result.attempts,
         "seconds": round(result.seconds, 4),
         "seed": result.seed,
