@@ -1,9 +1,117 @@
-"""`gpufleet` commands of the router part."""
+"""`gpufleet router`: one endpoint in front of many workers or any HTTP model servers."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from gpufleet.cli._common import config_errors_exit, run_async, setup_logging
+
+
+def router(
+    worker: list[str] | None = typer.Option(
+        None, "--worker", "-w", help="upstream [POOL@]URL[=WEIGHT] (repeatable)"
+    ),
+    route: list[str] | None = typer.Option(
+        None, "--route", help="PREFIX=POOL: paths under PREFIX go to POOL, prefix stripped"
+    ),
+    policy: str | None = typer.Option(
+        None,
+        help="capacity | round-robin | least-outstanding | power-of-two | weighted | sticky "
+        "(default capacity)",
+    ),
+    host: str | None = typer.Option(None, help="address to bind (default 127.0.0.1)"),
+    port: int | None = typer.Option(None, help="port to bind; 0 picks a free one (default 8000)"),
+    port_file: str | None = typer.Option(None, help="write the bound port here once listening"),
+    max_outstanding: int | None = typer.Option(
+        None, help="cap per upstream; 0 = a gpufleet worker's batch size, else 4 (default 0)"
+    ),
+    max_queue: int | None = typer.Option(
+        None, help="requests that may wait when all upstreams are at their cap (default 1024)"
+    ),
+    queue_timeout: float | None = typer.Option(
+        None, "--queue-timeout", help="longest wait in the admission queue, s (default 30)"
+    ),
+    timeout: float | None = typer.Option(
+        None, "--timeout", help="deadline of a request, all attempts included, s (default 300)"
+    ),
+    connect_timeout: float | None = typer.Option(
+        None, "--connect-timeout", help="connect timeout per attempt, s (default 2)"
+    ),
+    retries: int | None = typer.Option(
+        None, help="retries on another upstream of requests that did not run (default 2)"
+    ),
+    health_interval: float | None = typer.Option(
+        None, "--health-interval", help="seconds between probes (default 1)"
+    ),
+    health_timeout: float | None = typer.Option(
+        None, "--health-timeout", help="probe timeout, s (default 1)"
+    ),
+    health_path: str | None = typer.Option(None, help="probe path (default /health)"),
+    eject_after: int | None = typer.Option(None, help="failed probes that eject (default 3)"),
+    readmit_after: int | None = typer.Option(None, help="good probes that re-admit (default 2)"),
+    max_fails: int | None = typer.Option(
+        None, help="passive: failures within --fail-timeout that eject (default 3)"
+    ),
+    fail_timeout: float | None = typer.Option(
+        None, "--fail-timeout", help="passive: failure window and ejection time, s (default 10)"
+    ),
+    sticky_header: str | None = typer.Option(
+        None, help="header the sticky policy hashes (default X-Session-Id)"
+    ),
+    admin_token: str | None = typer.Option(
+        None, help="Bearer token of /admin (or GPUFLEET_ADMIN_TOKEN); unset: admin API off"
+    ),
+    max_body_mb: float | None = typer.Option(None, help="largest request body (default 32)"),
+    max_header_kb: int | None = typer.Option(None, help="largest header line (default 16)"),
+    drain_timeout: float | None = typer.Option(
+        None, "--drain-timeout", help="how long SIGTERM waits for in-flight work (default 30)"
+    ),
+    log_level: str | None = typer.Option(None, help="debug | info | warning | error"),
+    config: Path | None = typer.Option(None, "--config", help="YAML file; its router: section"),
+) -> None:
+    """Balance requests over upstreams: health checks, safe retries, admission queue."""
+    from gpufleet.config import load
+    from gpufleet.config.router import RouterConfig
+    from gpufleet.router.app import RouterState
+
+    with config_errors_exit():
+        flags = {
+            "workers": tuple(worker) if worker else None,
+            "routes": tuple(route) if route else None,
+            "policy": policy,
+            "host": host,
+            "port": port,
+            "port_file": port_file,
+            "max_outstanding": max_outstanding,
+            "max_queue": max_queue,
+            "queue_timeout_s": queue_timeout,
+            "timeout_s": timeout,
+            "connect_timeout_s": connect_timeout,
+            "retries": retries,
+            "health_interval_s": health_interval,
+            "health_timeout_s": health_timeout,
+            "health_path": health_path,
+            "eject_after": eject_after,
+            "readmit_after": readmit_after,
+            "max_fails": max_fails,
+            "fail_timeout_s": fail_timeout,
+            "sticky_header": sticky_header,
+            "admin_token": admin_token,
+            "max_body_mb": max_body_mb,
+            "max_header_kb": max_header_kb,
+            "drain_timeout_s": drain_timeout,
+            "log_level": log_level,
+        }
+        cfg = load(RouterConfig, "router", flags=flags, config_path=config)
+        RouterState(cfg)  # parses --worker and --route values: errors exit 2 here
+    setup_logging(cfg.log_level, name="gpufleet-router")
+    from gpufleet.router.main import serve
+
+    run_async(serve(cfg))
 
 
 def register(app: typer.Typer) -> None:
     """Add this part's commands to ``app``."""
+    app.command()(router)

@@ -1,0 +1,94 @@
+"""Settings of the router process (flags, ``GPUFLEET_*`` env, YAML ``router:``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from gpufleet.errors import ConfigError
+
+PolicyName = Literal[
+    "capacity", "round-robin", "least-outstanding", "power-of-two", "weighted", "sticky"
+]
+POLICY_NAMES: tuple[str, ...] = (
+    "capacity",
+    "round-robin",
+    "least-outstanding",
+    "power-of-two",
+    "weighted",
+    "sticky",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    """Everything ``gpufleet router`` takes.
+
+    ``workers`` items are ``URL[=WEIGHT]`` or ``POOL@URL[=WEIGHT]``; ``routes`` items are
+    ``PREFIX=POOL`` (see ``gpufleet.router.pool.parse_worker`` and ``parse_route``).
+    """
+
+    workers: tuple[str, ...] = ()
+    routes: tuple[str, ...] = ()
+    policy: PolicyName = "capacity"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    port_file: str | None = None
+    #: Cap of outstanding requests per upstream; 0: the worker's batch size, else 4.
+    max_outstanding: int = 0
+    #: Requests that may wait at the router when every upstream is at its cap.
+    max_queue: int = 1024
+    queue_timeout_s: float = 30.0
+    #: One deadline for a request, all attempts and its whole answer included.
+    timeout_s: float = 300.0
+    connect_timeout_s: float = 2.0
+    retries: int = 2
+    health_interval_s: float = 1.0
+    health_timeout_s: float = 1.0
+    health_path: str = "/health"
+    #: Consecutive failed probes that eject, and good ones that re-admit.
+    eject_after: int = 3
+    readmit_after: int = 2
+    #: Passive ejection: this many failures within fail_timeout_s eject for fail_timeout_s.
+    max_fails: int = 3
+    fail_timeout_s: float = 10.0
+    sticky_header: str = "X-Session-Id"
+    admin_token: str | None = None
+    max_body_mb: float = 32.0
+    max_header_kb: int = 16
+    drain_timeout_s: float = 30.0
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be in 0..65535, got {self.port}")
+        if self.policy not in POLICY_NAMES:
+            raise ConfigError(f"policy must be one of {', '.join(POLICY_NAMES)}")
+        for name in ("max_outstanding", "retries"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("max_queue", "eject_after", "readmit_after", "max_fails", "max_header_kb"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in (
+            "queue_timeout_s",
+            "timeout_s",
+            "connect_timeout_s",
+            "health_interval_s",
+            "health_timeout_s",
+            "fail_timeout_s",
+            "max_body_mb",
+        ):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.drain_timeout_s < 0:
+            raise ConfigError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
+        if not self.health_path.startswith("/"):
+            raise ConfigError(f"health_path must start with '/', got {self.health_path!r}")
+        if self.admin_token is not None and len(self.admin_token) < 8:
+            raise ConfigError("admin_token must be at least 8 characters")
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The request body limit in bytes."""
+        return int(self.max_body_mb * 1024 * 1024)

@@ -1,0 +1,190 @@
+"""The router's aiohttp application: owned routes, the proxy catch-all, and lifecycle.
+
+``create_app(cfg)`` builds everything from a ``RouterConfig``. Other parts add pages
+through ``extensions`` (callables that get the app and the ``RouterState`` before the
+catch-all route is added); a ``dashboard.html`` next to this module is served at
+``/dashboard`` when present and no extension claims that path.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from gpufleet.config.router import RouterConfig
+from gpufleet.router.admin import AdminAPI
+from gpufleet.router.admission import Admission
+from gpufleet.router.health import HealthChecker, HealthSettings
+from gpufleet.router.metrics import CONTENT_TYPE, RouterCollector, metrics_text
+from gpufleet.router.policies import make_policy
+from gpufleet.router.pool import Pool, Registry, parse_route, parse_worker
+from gpufleet.router.proxy import Proxy, ProxySettings
+from gpufleet.router.stats import Totals, stats_payload
+from gpufleet.router.upstream import Upstream
+
+log = logging.getLogger("gpufleet.router")
+
+STATE_KEY: web.AppKey[RouterState] = web.AppKey("gpufleet_router")
+Extension = Callable[[web.Application, "RouterState"], None]
+DASHBOARD = Path(__file__).with_name("dashboard.html")
+
+
+class RouterState:
+    """Everything one router holds: the registry, queues, proxy, health checker."""
+
+    def __init__(self, cfg: RouterConfig, *, rng: random.Random | None = None) -> None:
+        self.cfg = cfg
+        self.rng = rng or random.Random()
+        self.registry = Registry(max_outstanding=cfg.max_outstanding)
+        self.admissions: dict[str, Admission] = {}
+        self.totals = Totals()
+        self.draining = False
+        for text in cfg.routes:
+            self.registry.add_route(*parse_route(text))
+        for text in cfg.workers:
+            self.registry.add(parse_worker(text))
+        self.registry.on_change = self._on_change
+        self.health = HealthChecker(
+            self.registry,
+            HealthSettings(
+                interval_s=cfg.health_interval_s,
+                timeout_s=cfg.health_timeout_s,
+                path=cfg.health_path,
+                eject_after=cfg.eject_after,
+                readmit_after=cfg.readmit_after,
+            ),
+        )
+        self.session: aiohttp.ClientSession | None = None
+        self.proxy: Proxy | None = None
+        self.collector = RouterCollector(self.registry, self.admissions, self.totals)
+
+    def admission(self, pool: Pool) -> Admission:
+        """The admission queue of ``pool`` (made on first use, with its own policy)."""
+        found = self.admissions.get(pool.name)
+        if found is None:
+            found = self.admissions[pool.name] = Admission(
+                pool,
+                make_policy(self.cfg.policy, pool, random.Random(self.rng.random())),
+                max_queue=self.cfg.max_queue,
+                queue_timeout_s=self.cfg.queue_timeout_s,
+            )
+        return found
+
+    def _on_change(self, pool: Pool) -> None:
+        admission = self.admission(pool)
+        if pool.ready:
+            admission.dispatch()
+        else:
+            admission.fail_all()
+
+    def on_add(self, upstream: Upstream) -> None:
+        """A new upstream: give its pool a queue and probe it right away."""
+        self.admission(self.registry.pool(upstream.pool))
+        self.health.probe_soon(upstream)
+
+    async def start(self) -> None:
+        """Open the upstream connection pool and start probing."""
+        for pool in list(self.registry.pools.values()):
+            self.admission(pool)
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=0, limit_per_host=1024, keepalive_timeout=30.0, ttl_dns_cache=10
+            ),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.cfg.connect_timeout_s),
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        cfg = self.cfg
+        self.proxy = Proxy(
+            self.registry,
+            self.admissions,
+            self.session,
+            ProxySettings(
+                timeout_s=cfg.timeout_s,
+                retries=cfg.retries,
+                max_body_bytes=cfg.max_body_bytes,
+                max_fails=cfg.max_fails,
+                fail_timeout_s=cfg.fail_timeout_s,
+                sticky_header=cfg.sticky_header,
+            ),
+            self.totals,
+        )
+        await self.health.start()
+        for upstream in self.registry.all():
+            self.health.probe_soon(upstream)
+
+    async def aclose(self) -> None:
+        """Stop probing, close queues and connections."""
+        await self.health.aclose()
+        for admission in self.admissions.values():
+            admission.close()
+        if self.session is not None:
+            await self.session.close()
+
+
+def create_app(
+    cfg: RouterConfig,
+    *,
+    extensions: Sequence[Extension] = (),
+    rng: random.Random | None = None,
+) -> web.Application:
+    """The router as an aiohttp application (its background work runs while it serves)."""
+    state = RouterState(cfg, rng=rng)
+    app = web.Application(client_max_size=cfg.max_body_bytes, handler_args={"tcp_keepalive": True})
+    app[STATE_KEY] = state
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await state.start()
+        yield
+        await state.aclose()
+
+    app.cleanup_ctx.append(lifecycle)
+
+    async def health(request: web.Request) -> web.Response:
+        ready = state.registry.is_ready() and not state.draining
+        status = "draining" if state.draining else ("ready" if ready else "no ready upstream")
+        return web.json_response({"status": status}, status=200 if ready else 503)
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response(
+            stats_payload(
+                state.registry,
+                state.admissions,
+                state.totals,
+                policy=cfg.policy,
+                draining=state.draining,
+            )
+        )
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(
+            body=metrics_text(state.collector), headers={"Content-Type": CONTENT_TYPE}
+        )
+
+    app.router.add_get("/health", health)
+    app.router.add_get("/stats", stats)
+    app.router.add_get("/metrics", metrics)
+    AdminAPI(state.registry, cfg.admin_token, state.on_add).register(app)
+    for extension in extensions:
+        extension(app, state)
+    if DASHBOARD.exists() and not any(
+        getattr(r, "canonical", None) == "/dashboard" for r in app.router.resources()
+    ):
+        page = DASHBOARD.read_bytes()
+
+        async def dashboard(request: web.Request) -> web.Response:
+            return web.Response(body=page, content_type="text/html")
+
+        app.router.add_get("/dashboard", dashboard)
+
+    async def proxy(request: web.Request) -> web.StreamResponse:
+        assert state.proxy is not None
+        return await state.proxy.handle(request)
+
+    app.router.add_route("*", "/{tail:.*}", proxy)
+    return app

@@ -1,0 +1,154 @@
+"""Active health probes with hysteresis; learning a gpufleet worker's batch size.
+
+Every ``interval_s`` each upstream gets ``GET <health_path>`` on a connection pool of its
+own, so a busy inference path never makes a live worker look dead. A new upstream takes
+traffic after its first good probe; a ready one is ejected after ``eject_after`` failed
+probes in a row; an ejected one keeps being probed and comes back after
+``readmit_after`` good ones (and not before its passive ejection time is over).
+
+When the upstream answers with ``X-Gpufleet-Worker`` and no fixed ``--max-outstanding``
+was given, its ``/stats`` ``max_batch_size`` becomes its cap each time it turns ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from gpufleet import wire
+from gpufleet.router.pool import Registry
+from gpufleet.router.upstream import DRAINING, EJECTED, READY, REMOVED, STARTING, Upstream
+
+log = logging.getLogger("gpufleet.router.health")
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSettings:
+    """How upstreams are probed."""
+
+    interval_s: float = 1.0
+    timeout_s: float = 1.0
+    path: str = "/health"
+    eject_after: int = 3
+    readmit_after: int = 2
+
+
+class HealthChecker:
+    """Probes every upstream of ``registry`` until ``aclose()``."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        settings: HealthSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.settings = settings
+        self._clock = clock
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._probes: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Open the probe connection pool and start the probe loop."""
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=2, force_close=False),
+            timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s),
+        )
+        self._task = asyncio.create_task(self._loop(), name="gpufleet-health")
+
+    async def aclose(self) -> None:
+        """Stop probing and close the probe connections."""
+        tasks = [t for t in (self._task, *self._probes) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._session is not None:
+            await self._session.close()
+
+    def probe_soon(self, upstream: Upstream) -> None:
+        """Probe ``upstream`` now rather than at the next round (a new upstream)."""
+        task = asyncio.create_task(self.probe(upstream))
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+
+    async def _loop(self) -> None:
+        interval = self.settings.interval_s
+        while True:
+            started = self._clock()
+            try:
+                upstreams = [u for u in self.registry.all() if u.state != DRAINING]
+                await asyncio.gather(*(self.probe(u) for u in upstreams))
+            except Exception:  # a bug in a probe must not stop health checking
+                log.exception("health round failed")
+            await asyncio.sleep(max(0.0, interval - (self._clock() - started)))
+
+    async def probe(self, upstream: Upstream) -> None:
+        """Probe ``upstream`` once and move it between states as the counts say."""
+        assert self._session is not None, "start() first"
+        ok = False
+        is_gpufleet = False
+        try:
+            async with self._session.get(upstream.base + self.settings.path) as resp:
+                await resp.read()
+                ok = 200 <= resp.status < 300
+                is_gpufleet = wire.SERVER_HEADER in resp.headers
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.debug("probe of %s failed: %s", upstream.url, exc)
+        if upstream.state == REMOVED:
+            return
+        if ok:
+            await self._passed(upstream, is_gpufleet)
+        else:
+            self._failed(upstream)
+
+    async def _passed(self, upstream: Upstream, is_gpufleet: bool) -> None:
+        upstream.consecutive_fails = 0
+        upstream.consecutive_oks += 1
+        state = upstream.state
+        readmit = state == STARTING or (
+            state == EJECTED
+            and upstream.consecutive_oks >= self.settings.readmit_after
+            and self._clock() >= upstream.ejected_until
+        )
+        if not readmit:
+            return
+        upstream.is_gpufleet = is_gpufleet
+        if is_gpufleet and upstream.cap_from_stats:
+            await self._learn_cap(upstream)
+        if upstream.state == state:  # nothing changed it while /stats was read
+            log.info(
+                "%s is ready (%s, max_outstanding=%d)",
+                upstream.url,
+                "gpufleet worker" if is_gpufleet else "http server",
+                upstream.max_outstanding,
+            )
+            self.registry.set_state(upstream, READY)
+
+    def _failed(self, upstream: Upstream) -> None:
+        upstream.consecutive_oks = 0
+        upstream.consecutive_fails += 1
+        if upstream.state == READY and upstream.consecutive_fails >= self.settings.eject_after:
+            log.warning("ejecting %s: %d failed probes", upstream.url, upstream.consecutive_fails)
+            self.registry.set_state(upstream, EJECTED)
+
+    async def _learn_cap(self, upstream: Upstream) -> None:
+        assert self._session is not None
+        try:
+            async with self._session.get(upstream.base + "/stats") as resp:
+                data = await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.warning("could not read /stats of %s: %s", upstream.url, exc)
+            return
+        size = data.get("max_batch_size") if isinstance(data, dict) else None
+        if isinstance(size, int) and size >= 1 and data.get("server") == wire.WORKER_SERVER_NAME:
+            upstream.max_outstanding = size

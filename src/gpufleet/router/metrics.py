@@ -1,0 +1,104 @@
+"""``GET /metrics``: Prometheus text built from the router's own counters at scrape time.
+
+Nothing on the hot path touches prometheus-client: a collector reads the same counters
+``/stats`` shows when Prometheus scrapes, so proxying pays nothing for metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gpufleet.router.admission import Admission
+from gpufleet.router.pool import Registry
+from gpufleet.router.stats import Totals
+from gpufleet.router.upstream import percentile_ms
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+STATES = ("ready", "starting", "ejected", "draining")
+
+
+class RouterCollector(Collector):
+    """Exposes upstream and router counters as Prometheus metrics."""
+
+    def __init__(
+        self, registry: Registry, admissions: Mapping[str, Admission], totals: Totals
+    ) -> None:
+        self._registry = registry
+        self._admissions = admissions
+        self._totals = totals
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield one family per metric (called by prometheus-client at scrape time)."""
+        labels = ["upstream", "url", "pool"]
+        served = CounterMetricFamily(
+            "gpufleet_router_upstream_served", "Answers received from the upstream.", labels=labels
+        )
+        errors = CounterMetricFamily(
+            "gpufleet_router_upstream_errors",
+            "Connection errors, timeouts and 5xx answers of the upstream.",
+            labels=labels,
+        )
+        ejections = CounterMetricFamily(
+            "gpufleet_router_upstream_ejections", "Times the upstream was ejected.", labels=labels
+        )
+        in_flight = GaugeMetricFamily(
+            "gpufleet_router_upstream_in_flight", "Requests in flight.", labels=labels
+        )
+        rate = GaugeMetricFamily(
+            "gpufleet_router_upstream_rate", "Measured service rate (requests/s).", labels=labels
+        )
+        latency = GaugeMetricFamily(
+            "gpufleet_router_upstream_latency_seconds",
+            "Recent latency quantiles.",
+            labels=[*labels, "quantile"],
+        )
+        state = GaugeMetricFamily(
+            "gpufleet_router_upstream_state",
+            "1 for the upstream's state.",
+            labels=[*labels, "state"],
+        )
+        for u in self._registry.all():
+            lv = [u.id, u.url, u.pool]
+            served.add_metric(lv, u.served)
+            errors.add_metric(lv, u.errors)
+            ejections.add_metric(lv, u.ejections)
+            in_flight.add_metric(lv, u.in_flight)
+            rate.add_metric(lv, u.rate)
+            lat = sorted(u.latencies)
+            for q in (0.5, 0.99):
+                latency.add_metric([*lv, str(q)], percentile_ms(lat, q) / 1000.0)
+            for s in STATES:
+                state.add_metric([*lv, s], 1.0 if u.state == s else 0.0)
+        yield from (served, errors, ejections, in_flight, rate, latency, state)
+
+        totals = self._totals
+        requests = CounterMetricFamily("gpufleet_router_requests", "Requests received.")
+        requests.add_metric([], totals.requests)
+        responses = CounterMetricFamily(
+            "gpufleet_router_responses", "Answers sent, by status class.", labels=["code"]
+        )
+        for i in range(1, 6):
+            responses.add_metric([f"{i}xx"], totals.by_class[i])
+        retries = CounterMetricFamily("gpufleet_router_retries", "Attempts retried elsewhere.")
+        retries.add_metric([], totals.retries)
+        depth = GaugeMetricFamily(
+            "gpufleet_router_queue_depth", "Requests waiting for a slot.", labels=["pool"]
+        )
+        rejected = CounterMetricFamily(
+            "gpufleet_router_rejected", "Requests refused by admission.", labels=["pool"]
+        )
+        for name, adm in self._admissions.items():
+            depth.add_metric([name], adm.depth)
+            rejected.add_metric([name], adm.rejected + adm.timed_out)
+        yield from (requests, responses, retries, depth, rejected)
+
+
+def metrics_text(collector: RouterCollector) -> bytes:
+    """Render the collector's metrics in the Prometheus text format."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return generate_latest(registry)

@@ -1,0 +1,67 @@
+"""Router-wide counters and the JSON of ``GET /stats``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from gpufleet.router.admission import Admission
+from gpufleet.router.pool import Registry
+
+
+class Totals:
+    """Counters of the whole router (plain ints: the hot path only adds to them)."""
+
+    __slots__ = ("by_class", "requests", "retries", "started")
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.requests = 0
+        self.retries = 0
+        #: Answers by status class: index 1..5 for 1xx..5xx.
+        self.by_class = [0, 0, 0, 0, 0, 0]
+        self.started = clock()
+
+    def count(self, status: int) -> None:
+        """Count one answer with ``status``."""
+        self.by_class[min(status // 100, 5)] += 1
+
+
+def stats_payload(
+    registry: Registry,
+    admissions: Mapping[str, Admission],
+    totals: Totals,
+    *,
+    policy: str,
+    draining: bool,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """The body of ``GET /stats``: a ``workers`` list and the router's totals."""
+    workers = [u.snapshot() for u in registry.all()]
+    now = time.time() if now is None else now
+    return {
+        "server": "gpufleet-router",
+        "policy": policy,
+        "state": "draining" if draining else ("ready" if registry.is_ready() else "starting"),
+        "uptime_s": round(now - totals.started, 3),
+        "workers": workers,
+        "pools": {
+            name: {
+                "workers": [u.id for u in pool.members],
+                "ready": len(pool.ready),
+                "queue_depth": admissions[name].depth if name in admissions else 0,
+            }
+            for name, pool in registry.pools.items()
+        },
+        "routes": [{"prefix": prefix, "pool": pool} for prefix, pool in registry.routes],
+        "totals": {
+            "requests": totals.requests,
+            "responses": {f"{i}xx": totals.by_class[i] for i in range(1, 6)},
+            "retries": totals.retries,
+            "in_flight": sum(u.in_flight for u in registry.all()),
+            "queue_depth": sum(a.depth for a in admissions.values()),
+            "rejected": sum(a.rejected for a in admissions.values()),
+            "queue_timeouts": sum(a.timed_out for a in admissions.values()),
+            "ready_workers": sum(1 for u in registry.all() if u.state == "ready"),
+        },
+    }

@@ -1,0 +1,215 @@
+"""Small HTTP upstreams for testing a router, run as real processes on 127.0.0.1.
+
+``python -m gpufleet.testing.upstreams --port 0 --port-file F [--gpufleet]`` serves:
+
+- ``GET /health``: 200, or whatever ``POST /control/health {"status": N}`` set;
+- ``* /echo…``: JSON of what arrived (method, path, query, headers, body size, pid);
+- ``GET /sse?n=N&interval_ms=MS``: N server-sent events, one every MS milliseconds;
+- ``* /slow?ms=MS``: answers after MS milliseconds (counts requests the caller dropped);
+- ``* /status/CODE``: answers CODE with a JSON error body;
+- ``* /overloaded``: a gpufleet worker's 503 ``WorkerOverloaded`` answer;
+- ``GET /stats``: what this upstream saw (requests, cancelled, bytes, paths).
+
+``--gpufleet`` makes it look like a gpufleet worker (``X-Gpufleet-Worker`` on every
+answer, ``server`` and ``max_batch_size`` in /stats). ``run_upstream()`` starts one and
+yields its URL, like ``run_worker()`` does for workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from gpufleet.testing._process import ServerProcess, wait_healthy
+from gpufleet.wire import SERVER_HEADER, WORKER_SERVER_NAME
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _Seen:
+    def __init__(self) -> None:
+        self.requests = 0
+        self.completed = 0
+        self.cancelled = 0
+        self.bytes_received = 0
+        self.paths: Counter[str] = Counter()
+        self.health_status = 200
+
+
+def make_app(*, gpufleet: bool = False, max_batch_size: int = 8) -> web.Application:
+    """The upstream application (also usable in-process)."""
+    seen = _Seen()
+
+    @web.middleware
+    async def count(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        if request.path not in ("/health", "/stats") and not request.path.startswith("/control"):
+            seen.requests += 1
+            seen.paths[request.path] += 1
+        response = await handler(request)
+        if gpufleet:
+            response.headers[SERVER_HEADER] = "1"
+        return response
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"}, status=seen.health_status)
+
+    async def control_health(request: web.Request) -> web.Response:
+        seen.health_status = int((await request.json())["status"])
+        return web.json_response({"status": seen.health_status})
+
+    async def echo(request: web.Request) -> web.Response:
+        body = await request.read()
+        seen.bytes_received += len(body)
+        return web.json_response(
+            {
+                "method": request.method,
+                "path": request.path,
+                "query": request.query_string,
+                "headers": dict(request.headers),
+                "body_bytes": len(body),
+                "pid": os.getpid(),
+            }
+        )
+
+    async def sse(request: web.Request) -> web.StreamResponse:
+        n = int(request.query.get("n", "5"))
+        interval = float(request.query.get("interval_ms", "200")) / 1000.0
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for i in range(n):
+            if i:
+                await asyncio.sleep(interval)
+            await response.write(f"data: {i} {time.time():.6f}\n\n".encode())
+        await response.write_eof()
+        return response
+
+    async def slow(request: web.Request) -> web.Response:
+        seen.bytes_received += len(await request.read())
+        try:
+            await asyncio.sleep(float(request.query.get("ms", "100")) / 1000.0)
+        except asyncio.CancelledError:
+            seen.cancelled += 1
+            raise
+        seen.completed += 1
+        return web.json_response({"slept_ms": request.query.get("ms", "100"), "pid": os.getpid()})
+
+    async def status(request: web.Request) -> web.Response:
+        code = int(request.match_info["code"])
+        return web.json_response({"error": "Status", "message": str(code)}, status=code)
+
+    async def overloaded(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"error": "WorkerOverloaded", "message": "queue full", "retry_after_s": 1.0},
+            status=503,
+            headers={"Retry-After": "1"},
+        )
+
+    async def stats(request: web.Request) -> web.Response:
+        data: dict[str, object] = {
+            "requests": seen.requests,
+            "completed": seen.completed,
+            "cancelled": seen.cancelled,
+            "bytes_received": seen.bytes_received,
+            "paths": dict(seen.paths),
+            "pid": os.getpid(),
+        }
+        if gpufleet:
+            data.update(server=WORKER_SERVER_NAME, max_batch_size=max_batch_size)
+        return web.json_response(data)
+
+    app = web.Application(middlewares=[count], client_max_size=1 << 30)
+    app.router.add_get("/health", health)
+    app.router.add_post("/control/health", control_health)
+    app.router.add_get("/stats", stats)
+    app.router.add_get("/sse", sse)
+    app.router.add_route("*", "/slow", slow)
+    app.router.add_route("*", "/status/{code}", status)
+    app.router.add_route("*", "/overloaded", overloaded)
+    app.router.add_route("*", "/echo{tail:.*}", echo)
+    return app
+
+
+def _write_port(path: str, port: int) -> None:
+    tmp = Path(path + ".tmp")
+    tmp.write_text(f"{port}\n")
+    tmp.replace(path)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    app = make_app(gpufleet=args.gpufleet, max_batch_size=args.max_batch_size)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port)
+    await site.start()
+    port = runner.addresses[0][1]
+    if args.port_file:
+        await asyncio.to_thread(_write_port, args.port_file, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run one test upstream until SIGTERM."""
+    parser = argparse.ArgumentParser(prog="python -m gpufleet.testing.upstreams")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--port-file")
+    parser.add_argument("--gpufleet", action="store_true", help="act like a gpufleet worker")
+    parser.add_argument("--max-batch-size", type=int, default=8)
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+
+        uvloop.run(_serve(args))
+    except ImportError:
+        asyncio.run(_serve(args))
+
+
+@contextlib.contextmanager
+def run_upstream(*args: str, port: int = 0, timeout: float = 30.0) -> Iterator[ServerProcess]:
+    """Run a test upstream process on 127.0.0.1 (``port`` 0: a free one) until the block ends."""
+    workdir = Path(tempfile.mkdtemp(prefix="gpufleet-upstream-"))
+    port_file = workdir / "port"
+    log_path = workdir / "process.log"
+    cmd = [sys.executable, "-m", "gpufleet.testing.upstreams", *args]
+    cmd += ["--port", str(port), "--port-file", str(port_file)]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not port_file.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"upstream did not start: {log_path.read_text()}")
+            time.sleep(0.02)
+        bound = int(port_file.read_text())
+        url = f"http://127.0.0.1:{bound}"
+        wait_healthy(url, timeout=timeout, proc=proc)
+        yield ServerProcess(proc, url, bound, log_path, workdir)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
