@@ -151,3 +151,13 @@ def test_plan_refuses_nothing_to_run(tmp_path: Path) -> None:
         make_plan(FleetConfig(cpu_workers=0), NONE, python="py", base_env={}, cwd=str(tmp_path))
     with pytest.raises(ConfigError, match="only 4"):
         make_plan(FleetConfig(gpus="6"), FOUR, python="py", base_env={}, cwd=str(tmp_path))
+
+
+def test_a_lone_index_stays_an_index(tmp_path: Path) -> None:
+    cfg = FleetConfig(gpus="2,")
+    assert cfg.gpus == "2,"
+    plan = make_plan(cfg, FOUR, python="py", base_env={}, cwd=str(tmp_path))
+    assert [w.spec.env["CUDA_VISIBLE_DEVICES"] for w in plan.workers] == ["2"]
+    assert (
+        len(make_plan(FleetConfig(gpus="2"), FOUR, python="py", base_env={}, cwd=".").workers) == 2
+    )

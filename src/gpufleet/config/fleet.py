@@ -42,7 +42,8 @@ def check_gpus(spec: str) -> str:
     for item in items:
         if not (item.isdigit() or item.startswith(("GPU-", "MIG-"))):
             raise ConfigError(f"gpus: {item!r} is neither a GPU index nor a GPU UUID")
-    return ",".join(items)
+    # Keep a lone index a list ("3,"): "3" alone would mean "the first three".
+    return ",".join(items) + ("," if len(items) == 1 else "")
 
 
 def _check_cmd(cmd: str | None, where: str) -> None:

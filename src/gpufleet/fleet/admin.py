@@ -36,9 +36,8 @@ def _entries(data: Any) -> list[Upstream]:
     out = []
     for item in items if isinstance(items, list) else []:
         if isinstance(item, Mapping) and "id" in item and "url" in item:
-            out.append(
-                Upstream(str(item["id"]), str(item["url"]), str(item.get("pool", "default")))
-            )
+            pool, state = str(item.get("pool", "default")), str(item.get("state", "ready"))
+            out.append(Upstream(str(item["id"]), str(item["url"]).rstrip("/"), pool, state))
     return out
 
 

@@ -52,8 +52,8 @@ class Member:
 
     @property
     def url(self) -> str:
-        """Where the child serves now (its handle's spec: a launcher may move it)."""
-        return (self.handle.spec if self.handle is not None else self.spec).url
+        """Where the child serves (the spec as last started: a launcher may move it)."""
+        return self.spec.url
 
     @property
     def pid(self) -> int | None:
@@ -75,7 +75,7 @@ class Member:
             "cuda_visible_devices": self.spec.env.get("CUDA_VISIBLE_DEVICES"),
             "serves": self.serves,
             "url": self.url,
-            "port": (self.handle.spec if self.handle is not None else self.spec).port,
+            "port": self.spec.port,
             "labels": dict(self.spec.labels),
             "pid": self.pid,
             "state": self.state,

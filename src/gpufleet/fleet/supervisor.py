@@ -104,6 +104,7 @@ class Supervisor:
         self._router_port = cfg.port
         self.phase = "starting"
         self.forced = False
+        self.crashed = False
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._router_stopped = asyncio.Event()
@@ -162,7 +163,7 @@ class Supervisor:
             for m in [self.router, *self.workers]:
                 if m.handle is not None:
                     await m.handle.aclose()
-        return 1 if self.forced else 0
+        return 1 if self.forced or self.crashed else 0
 
     async def _run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -203,8 +204,10 @@ class Supervisor:
                 if outcome == "stopping" or not await self._back_off(m):
                     break
         except Exception:
-            # A bug here must not leave the child unsupervised: log it and stop it.
-            log.exception("supervising %s failed", m.name)
+            # A bug here must not leave a child unsupervised: stop the fleet, loudly.
+            log.exception("supervising %s failed; stopping the fleet", m.name)
+            self.crashed = True
+            self._stop.set()
         finally:
             await self._stop_member(m)
             if m.role == "router":
@@ -227,7 +230,7 @@ class Supervisor:
         except OSError as exc:
             m.last_error, m.last_exit = f"cannot start {spec.argv[0]}: {exc.strerror}", None
             return "failed"
-        m.handle = handle
+        m.handle, m.spec = handle, handle.spec
         log.info("%s started (pid %d): %s", m.name, handle.pid, " ".join(spec.argv))
         outcome = await self._until_ready(m, handle)
         if outcome == "ready":
@@ -261,7 +264,8 @@ class Supervisor:
                 f"gpufleet: ready at {self.endpoint} ({ready}/{len(self.workers)} workers)"
             )
             if self._ready_hint:
-                self._report(f"  try: {self._ready_hint.format(endpoint=self.endpoint)}")
+                hint = self._ready_hint.replace("{endpoint}", self.endpoint)
+                self._report(f"  try: {hint}")
 
     async def _status(self, url: str, budget_s: float) -> int | None:
         if self._http is None:

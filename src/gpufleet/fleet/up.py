@@ -96,8 +96,13 @@ async def run_up(
     report: Callable[[str], None] = print,
     launcher: Launcher | None = None,
     discovery: Discovery | None = None,
+    plan: FleetPlan | None = None,
+    intro: Sequence[str] | None = None,
 ) -> int:
     """Run the fleet in this process until SIGINT/SIGTERM; the exit status.
+
+    ``plan`` and ``intro`` (its start-up lines) come from another placement than local
+    GPU discovery (``gpufleet up --ray``: see ``ray_cluster``).
 
     Raises:
         ConfigError: bad settings, a GPU that is not there, or the run directory is taken.
@@ -106,14 +111,15 @@ async def run_up(
     pid = os.getpid()
     run_dir.claim(pid)
     try:
-        if discovery is None:
-            probes = default_probes(cfg.discovery, path=env.get("PATH"))
-            visible = env.get("CUDA_VISIBLE_DEVICES")
-            discovery = await asyncio.to_thread(discover, probes, visible_devices=visible)
-        plan = make_plan(
-            cfg, discovery, python=python, base_env=env, cwd=cwd, config_path=config_path
-        )
-        for line in startup_lines(cfg, plan):
+        if plan is None:
+            if discovery is None:
+                probes = default_probes(cfg.discovery, path=env.get("PATH"))
+                visible = env.get("CUDA_VISIBLE_DEVICES")
+                discovery = await asyncio.to_thread(discover, probes, visible_devices=visible)
+            plan = make_plan(
+                cfg, discovery, python=python, base_env=env, cwd=cwd, config_path=config_path
+            )
+        for line in startup_lines(cfg, plan) if intro is None else intro:
             report(line)
         token = secrets.token_urlsafe(24)
 
