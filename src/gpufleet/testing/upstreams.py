@@ -213,3 +213,41 @@ def run_upstream(*args: str, port: int = 0, timeout: float = 30.0) -> Iterator[S
 
 if __name__ == "__main__":
     main()
+
+
+async def drive(
+    url: str,
+    n: int,
+    concurrency: int,
+    *,
+    json_body: object = None,
+    method: str = "POST",
+    timeout_s: float = 60.0,
+) -> list[tuple[int, str, float]]:
+    """Send ``n`` requests to ``url`` with ``concurrency`` in flight (closed loop).
+
+    Returns ``(status, X-Gpufleet-Upstream, seconds)`` per request, in completion order.
+    Connection errors count as status 0.
+    """
+    import aiohttp
+
+    results: list[tuple[int, str, float]] = []
+    todo = iter(range(n))
+    body = {"input": "x"} if json_body is None else json_body
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+
+        async def one_caller() -> None:
+            for _ in todo:
+                started = time.perf_counter()
+                try:
+                    async with session.request(method, url, json=body) as resp:
+                        await resp.read()
+                        upstream = resp.headers.get("X-Gpufleet-Upstream", "")
+                        results.append((resp.status, upstream, time.perf_counter() - started))
+                except aiohttp.ClientError:
+                    results.append((0, "", time.perf_counter() - started))
+
+        await asyncio.gather(*(one_caller() for _ in range(concurrency)))
+    return results
