@@ -185,7 +185,14 @@ class WorkerService:
         while True:
             batch = await batcher.next_batch()
             self.metrics.queue_depth.set(batcher.depth)
-            await self._run_batch(batch)
+            try:
+                await self._run_batch(batch)
+            except Exception as exc:
+                # The loop must outlive any one batch: fail its callers, keep serving.
+                log.exception("batch of %d failed outside predict", len(batch))
+                for item in batch:
+                    if item.future is not None and not item.future.done():
+                        item.future.set_exception(ModelError(f"{type(exc).__name__}: {exc}"))
 
     async def _run_batch(self, batch: list[Item]) -> None:
         started = self.clock()
