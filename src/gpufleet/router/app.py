@@ -2,8 +2,8 @@
 
 ``create_app(cfg)`` builds everything from a ``RouterConfig``. Other parts add pages
 through ``extensions`` (callables that get the app and the ``RouterState`` before the
-catch-all route is added); a ``dashboard.html`` next to this module is served at
-``/dashboard`` when present and no extension claims that path.
+catch-all route is added); ``dashboard.register`` adds ``/dashboard`` (and the
+``/dashboard/stats`` it polls) unless an extension claims that path.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
-from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
 from gpufleet.config.router import RouterConfig
+from gpufleet.router import dashboard
 from gpufleet.router.admin import AdminAPI
 from gpufleet.router.admission import Admission
 from gpufleet.router.health import HealthChecker, HealthSettings
@@ -31,7 +31,6 @@ log = logging.getLogger("gpufleet.router")
 
 STATE_KEY: web.AppKey[RouterState] = web.AppKey("gpufleet_router")
 Extension = Callable[[web.Application, "RouterState"], None]
-DASHBOARD = Path(__file__).with_name("dashboard.html")
 
 
 class RouterState:
@@ -172,15 +171,8 @@ def create_app(
     AdminAPI(state.registry, cfg.admin_token, state.on_add).register(app)
     for extension in extensions:
         extension(app, state)
-    if DASHBOARD.exists() and not any(
-        getattr(r, "canonical", None) == "/dashboard" for r in app.router.resources()
-    ):
-        page = DASHBOARD.read_bytes()
-
-        async def dashboard(request: web.Request) -> web.Response:
-            return web.Response(body=page, content_type="text/html")
-
-        app.router.add_get("/dashboard", dashboard)
+    if not any(getattr(r, "canonical", None) == "/dashboard" for r in app.router.resources()):
+        dashboard.register(app, state)
 
     async def proxy(request: web.Request) -> web.StreamResponse:
         assert state.proxy is not None

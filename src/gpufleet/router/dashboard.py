@@ -1,0 +1,140 @@
+"""``GET /dashboard``: one self-contained page, and ``GET /dashboard/stats``, the data it polls.
+
+``/dashboard/stats`` is the router's ``/stats`` with each gpufleet worker's own ``/stats``
+(queue, batch size, device, GPU, pid) under ``"worker"`` in its entry, or the reason it
+could not be read under ``"worker_error"``. A browser often cannot reach the workers (they
+listen on 127.0.0.1 or a private network), so the router reads them: concurrently, each
+within ``timeout_s``, and at most once per ``max_age_s`` however many pages poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+
+from gpufleet import wire
+from gpufleet.router.pool import Registry
+from gpufleet.router.stats import stats_payload
+from gpufleet.router.upstream import REMOVED, Upstream
+
+if TYPE_CHECKING:
+    from gpufleet.router.app import RouterState
+
+PAGE_PATH = "/dashboard"
+STATS_PATH = "/dashboard/stats"
+
+
+def page() -> bytes:
+    """The dashboard page, read from the installed package."""
+    return resources.files("gpufleet.router").joinpath("dashboard.html").read_bytes()
+
+
+class WorkerStatsReader:
+    """Each gpufleet upstream's own ``/stats``, read at most once per ``max_age_s``."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        timeout_s: float = 1.0,
+        max_age_s: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.timeout_s = timeout_s
+        self.max_age_s = max_age_s
+        self._clock = clock
+        self._session: aiohttp.ClientSession | None = None
+        self._lock = asyncio.Lock()
+        self._read_at = -float("inf")
+        self._cache: dict[str, dict[str, Any]] = {}
+
+    async def __aenter__(self) -> WorkerStatsReader:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=64, limit_per_host=2),
+            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connections to the workers."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def read(self) -> dict[str, dict[str, Any]]:
+        """``{upstream id: {"worker": stats} | {"worker_error": reason}}`` for gpufleet workers."""
+        async with self._lock:  # one read at a time: concurrent pages share it
+            if self._clock() - self._read_at >= self.max_age_s:
+                ups = [u for u in self.registry.all() if u.is_gpufleet and u.state != REMOVED]
+                found = await asyncio.gather(*(self._read_one(u) for u in ups))
+                self._cache = {u.id: entry for u, entry in zip(ups, found, strict=True)}
+                self._read_at = self._clock()
+            return self._cache
+
+    async def _read_one(self, upstream: Upstream) -> dict[str, Any]:
+        if self._session is None:
+            return {"worker_error": "the router is not serving"}
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                async with self._session.get(upstream.base + "/stats") as resp:
+                    if resp.status != 200:
+                        return {"worker_error": f"/stats answered HTTP {resp.status}"}
+                    data = await resp.json(content_type=None)
+        except TimeoutError:
+            return {"worker_error": f"/stats did not answer within {self.timeout_s:g}s"}
+        except (aiohttp.ClientError, ValueError, OSError) as exc:
+            return {"worker_error": f"/stats unreadable: {exc or type(exc).__name__}"}
+        if not isinstance(data, dict) or data.get("server") != wire.WORKER_SERVER_NAME:
+            return {"worker_error": "/stats is not a gpufleet worker's"}
+        return {"worker": data}
+
+
+def register(app: web.Application, state: RouterState) -> None:
+    """Add ``/dashboard`` and ``/dashboard/stats`` to the router's ``app``."""
+    body = page()
+    reader = WorkerStatsReader(state.registry)
+
+    async def reader_lifecycle(app: web.Application) -> AsyncIterator[None]:
+        async with reader:
+            yield
+
+    app.cleanup_ctx.append(reader_lifecycle)
+
+    async def dashboard(request: web.Request) -> web.Response:
+        return web.Response(
+            body=body,
+            content_type="text/html",
+            charset="utf-8",
+            headers={"Cache-Control": "no-cache"},
+        )
+
+    async def dashboard_stats(request: web.Request) -> web.Response:
+        own = await reader.read()
+        data = stats_payload(
+            state.registry,
+            state.admissions,
+            state.totals,
+            policy=state.cfg.policy,
+            draining=state.draining,
+        )
+        for entry in data["workers"]:
+            with contextlib.suppress(KeyError):
+                entry.update(own[entry["id"]])
+        return web.json_response(data, headers={"Cache-Control": "no-store"})
+
+    app.router.add_get(PAGE_PATH, dashboard)
+    app.router.add_get(STATS_PATH, dashboard_stats)
+
+
+__all__ = ["PAGE_PATH", "STATS_PATH", "WorkerStatsReader", "page", "register"]

@@ -1,0 +1,248 @@
+"""The router's /dashboard, loaded in headless Chromium against a real router and workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gpufleet.testing import run_router, run_worker
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="needs Debian's chromium (scripts/system-deps installs it)"
+)
+
+
+class Browser:
+    """Headless Chromium driven over the DevTools protocol, in real time.
+
+    ``--dump-dom`` with ``--virtual-time-budget`` runs the page's timers in virtual time,
+    so its one-second polls come milliseconds apart and no live rate can be seen; here the
+    page polls in real seconds, as in a person's browser.
+    """
+
+    def __init__(self, profile: Path) -> None:
+        assert CHROMIUM is not None
+        self.profile = profile
+        args = [
+            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+            "--no-first-run", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--disable-dev-shm-usage", "--remote-debugging-port=0",
+            f"--user-data-dir={profile}", "about:blank",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
+        self.errors: list[str] = []
+        self._ids = itertools.count(1)
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+
+    async def __aenter__(self) -> Browser:
+        port_file = self.profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not port_file.exists() or not port_file.read_text().strip():
+            assert self.proc.poll() is None, "chromium exited at start"
+            assert time.monotonic() < deadline, "chromium wrote no DevToolsActivePort"
+            await asyncio.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        self._session = aiohttp.ClientSession()
+        async with self._session.get(f"http://127.0.0.1:{port}/json/list") as resp:
+            targets = await resp.json()
+        page = next(t for t in targets if t["type"] == "page")
+        self._ws = await self._session.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0)
+        await self.call("Runtime.enable")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+        if self._session is not None:
+            await self._session.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        await asyncio.to_thread(self.proc.wait, 30)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        """Send one DevTools command; note page exceptions that arrive meanwhile."""
+        assert self._ws is not None
+        msg_id = next(self._ids)
+        await self._ws.send_json({"id": msg_id, "method": method, "params": params})
+        async with asyncio.timeout(30):
+            while True:
+                msg = await self._ws.receive_json()
+                if msg.get("method") == "Runtime.exceptionThrown":
+                    self.errors.append(json.dumps(msg["params"]["exceptionDetails"])[:500])
+                if msg.get("id") == msg_id:
+                    assert "error" not in msg, msg
+                    result: dict[str, Any] = msg["result"]
+                    return result
+
+    async def evaluate(self, expression: str) -> Any:
+        """The value of a JavaScript expression in the page."""
+        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        assert "exceptionDetails" not in result, result
+        return result["result"].get("value")
+
+    async def open(self, url: str, *, polls: int, timeout_s: float = 60) -> str:
+        """Load ``url``, wait until it has polled ``polls`` times, return its DOM."""
+        await self.call("Page.navigate", url=url)
+        deadline = time.monotonic() + timeout_s
+        expr = "document.getElementById('updated')?.dataset.polls ?? '0'"
+        while int(await self.evaluate(expr)) < polls:
+            assert time.monotonic() < deadline, f"the page polled fewer than {polls} times"
+            await asyncio.sleep(0.2)
+        html: str = await self.evaluate("document.documentElement.outerHTML")
+        return html
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.load(resp)
+
+
+def post(url: str, body: object) -> None:
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        resp.read()
+
+
+def cells(row: str) -> dict[str, str]:
+    """``{column: text}`` of a row's cells."""
+    return dict(re.findall(r'<td [^>]*data-col="([a-z0-9-]+)"[^>]*>([^<]*)</td>', row))
+
+
+def rows_of(html: str) -> dict[str, str]:
+    return dict(re.findall(r'<tr data-worker-id="([^"]+)" class="worker-row">(.*?)</tr>', html))
+
+
+def chart(html: str, name: str) -> tuple[int, int, str]:
+    """(series drawn, points drawn, inner SVG) of one chart."""
+    found = re.search(
+        rf'<svg class="plot" id="{name}" data-series="(\d+)" data-points="(\d+)"[^>]*>(.*?)</svg>',
+        html,
+        re.S,
+    )
+    assert found is not None, f"no {name} chart in the page"
+    return int(found.group(1)), int(found.group(2)), found.group(3)
+
+
+def test_dashboard_page_and_its_stats_are_served() -> None:
+    with (
+        run_worker("synthetic", "--model-arg", "base_ms=1") as a,
+        run_router([a.url]) as router,
+    ):
+        with urllib.request.urlopen(router.url + "/dashboard", timeout=10) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"].startswith("text/html")
+            page = resp.read().decode()
+        post(router.url + "/predict", {"input": "x"})
+        data = get_json(router.url + "/dashboard/stats")
+    # Self-contained: nothing fetched from anywhere but the router itself.
+    assert "<script src" not in page
+    assert "<link" not in page
+    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")
+    assert "https://" not in page
+    (entry,) = data["workers"]
+    assert entry["url"] == a.url
+    assert entry["served"] == 1
+    assert entry["worker"]["server"] == "gpufleet-worker"
+    assert entry["worker"]["served"] == 1
+    assert entry["worker"]["device"] == "cpu"
+    assert "gpu" not in entry["worker"]  # no GPU here: no made-up numbers
+    assert data["totals"]["requests"] == 1
+
+
+def test_dashboard_stats_says_why_a_worker_is_unreadable() -> None:
+    with run_worker("synthetic") as a, run_router([a.url], "--health-interval", "0.2") as router:
+        pid = a.pid
+        a.kill()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            (entry,) = get_json(router.url + "/dashboard/stats")["workers"]
+            if "worker_error" in entry:
+                break
+            time.sleep(0.2)
+    assert "worker" not in entry, f"pid {pid} was killed but its stats were read"
+    assert "/stats" in entry["worker_error"]
+
+
+@needs_chromium
+async def test_dashboard_draws_every_worker_and_live_numbers(tmp_path: Path) -> None:
+    with (
+        run_worker("synthetic", "--model-arg", "base_ms=5") as a,
+        run_worker("synthetic", "--model-arg", "base_ms=5") as b,
+        run_router([a.url, b.url]) as router,
+    ):
+        for i in range(12):
+            post(router.url + "/predict", {"input": i})
+        stop = threading.Event()
+
+        def load() -> None:  # live traffic while the page is open: its rates must move
+            while not stop.is_set():
+                post(router.url + "/predict", {"input": "live"})
+                time.sleep(0.01)
+
+        loader = threading.Thread(target=load)
+        loader.start()
+        try:
+            async with Browser(tmp_path / "profile") as browser:
+                html = await browser.open(router.url + "/dashboard", polls=4)
+                errors = browser.errors
+        finally:
+            stop.set()
+            await asyncio.to_thread(loader.join, 15)
+        stats = get_json(router.url + "/dashboard/stats")
+
+    assert errors == []  # no JavaScript exception in the page
+    rows = rows_of(html)
+    assert set(rows) == {w["id"] for w in stats["workers"]}
+    assert len(rows) == 2
+    for w in stats["workers"]:
+        row = rows[w["id"]]
+        assert w["url"] in row
+        assert "state-ready" in row
+        numbers = cells(row)
+        # Drawn while the load ran, so at least the 12 sent before, at most what it ended at.
+        assert 6 <= int(numbers["served"].replace(",", "")) <= w["served"]
+        assert float(numbers["p50"]) > 0
+        assert float(numbers["p99"]) >= float(numbers["p50"])
+        assert float(numbers["avg-batch"]) >= 1.0  # from the worker's own /stats
+        assert numbers["queue"] != "–"
+        assert numbers["device"] == "cpu"
+        assert numbers["restarts"] == "0"
+        assert numbers["gpu-util"] == "–"  # CPU workers report no GPU
+    assert sum(float(cells(r)["rps"]) for r in rows.values()) > 0  # live rates drawn
+    polls = re.search(r'id="updated" data-polls="(\d+)"', html)
+    assert polls is not None
+    assert int(polls.group(1)) >= 4  # it kept polling, not a one-off render
+    series, points, svg = chart(html, "chart-rps")
+    assert series == 2
+    assert points > 0
+    assert {f'data-worker-id="{w["id"]}"' for w in stats["workers"]} <= set(
+        re.findall(r'data-worker-id="[^"]+"', svg)
+    )
+    series, points, _ = chart(html, "chart-latency")
+    assert series >= 2
+    assert points > 0
+    assert re.search(r'<div class="chart" id="chart-gpu-box" hidden', html)
+    assert re.search(r'id="error" hidden', html)  # /dashboard/stats was read without error
