@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from gpufleet.cli import client as client_cmds
+from gpufleet.cli import export as export_cmds
 from gpufleet.cli import fleet as fleet_cmds
 from gpufleet.cli import operate as operate_cmds
 from gpufleet.cli import router as router_cmds
@@ -27,7 +28,7 @@ def version() -> None:
     typer.echo(__version__)
 
 
-for _module in (worker_cmds, router_cmds, fleet_cmds, client_cmds, operate_cmds):
+for _module in (worker_cmds, router_cmds, fleet_cmds, client_cmds, operate_cmds, export_cmds):
     _module.register(app)
 
 
