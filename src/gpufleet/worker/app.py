@@ -6,10 +6,13 @@ while the device thread is busy: the event loop never runs model code.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -18,10 +21,12 @@ from gpufleet import wire
 from gpufleet.errors import BadRequest, GpufleetError, PayloadTooLarge
 from gpufleet.worker import codec
 from gpufleet.worker.service import DeadlineExceeded, WorkerService
+from gpufleet.worker.stats import GpuSampler, nvml_opener
 
 log = logging.getLogger("gpufleet.worker")
 
 SERVICE: web.AppKey[WorkerService] = web.AppKey("service", WorkerService)
+GPU: web.AppKey[GpuSampler] = web.AppKey("gpu", GpuSampler)
 #: Key on a response naming the error it answers (for the error counters).
 ERROR_KEY = "gpufleet_error"
 #: Routes whose answers count as served/errors in /stats.
@@ -164,8 +169,12 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
-    """The counters of ``wire.WorkerStats``."""
-    return json_response(request.app[SERVICE].stats())
+    """The counters of ``wire.WorkerStats`` (with ``gpu`` when NVML reads the device)."""
+    data = request.app[SERVICE].stats()
+    gpu = request.app[GPU].latest
+    if gpu is not None:
+        data["gpu"] = gpu
+    return json_response(data)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -178,6 +187,14 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
+async def _sample_gpu(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[GPU].run(), name="gpu-sampler")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def build_app(service: WorkerService) -> web.Application:
     """The aiohttp application of one worker."""
     from gpufleet.worker import openai_routes, predict
@@ -186,6 +203,12 @@ def build_app(service: WorkerService) -> web.Application:
         middlewares=[errors_middleware], client_max_size=service.cfg.max_body_bytes
     )
     app[SERVICE] = service
+    # The process's own mask says which physical GPU its cuda:N is (NVML ignores the mask).
+    app[GPU] = GpuSampler(
+        lambda: service.info.device if service.info else None,
+        nvml_opener(os.environ.get("CUDA_VISIBLE_DEVICES")),
+    )
+    app.cleanup_ctx.append(_sample_gpu)
     app.on_response_prepare.append(_mark)
     app.router.add_get("/health", health)
     app.router.add_get("/stats", stats)
