@@ -2,7 +2,9 @@
 
 With no token configured the whole API answers 404, as if it did not exist. Only
 ``http(s)`` URLs are accepted. Adding the same URL to the same pool again answers the
-existing entry (200, its weight updated), so a supervisor can repeat a call safely.
+existing entry (200, its weight and labels updated), so a supervisor can repeat a call
+safely. ``labels`` (string to string) say where an upstream runs (a Ray node, a GPU); the
+router only shows them in ``/stats``.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class AdminAPI:
         return web.json_response({"workers": [u.snapshot() for u in self.registry.all()]})
 
     async def add(self, request: web.Request) -> web.Response:
-        """``POST /admin/workers`` ``{"url", "weight"?, "pool"?}``."""
+        """``POST /admin/workers`` ``{"url", "weight"?, "pool"?, "labels"?}``."""
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -78,6 +80,12 @@ class AdminAPI:
             return _error(400, "BadRequest", "pool must be a non-empty name")
         if isinstance(weight, bool) or not isinstance(weight, int | float | str):
             return _error(400, "BadRequest", "weight must be a number")
+        labels = body.get("labels")
+        if labels is not None and not (
+            isinstance(labels, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())
+        ):
+            return _error(400, "BadRequest", "labels must map strings to strings")
         try:
             url = check_url(body["url"])
             weight_value = parse_weight(str(weight))
@@ -86,11 +94,14 @@ class AdminAPI:
         existing = self.registry.find(url, pool)
         if existing is not None:
             existing.weight = weight_value
+            if labels is not None:
+                existing.labels = dict(labels)
             if existing.state == DRAINING:  # added again: back into rotation after a probe
                 self.registry.set_state(existing, STARTING)
                 self._on_add(existing)
             return web.json_response(existing.snapshot(), status=200)
         upstream = self.registry.add(WorkerSpec(url, pool, weight_value))
+        upstream.labels = dict(labels or {})
         self._on_add(upstream)
         return web.json_response(upstream.snapshot(), status=201)
 

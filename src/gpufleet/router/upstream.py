@@ -48,6 +48,7 @@ class Upstream:
         "id",
         "in_flight",
         "is_gpufleet",
+        "labels",
         "latencies",
         "max_outstanding",
         "pool",
@@ -79,6 +80,8 @@ class Upstream:
         self.max_outstanding = max_outstanding or DEFAULT_MAX_OUTSTANDING
         self.state: str = STARTING
         self.is_gpufleet = False
+        #: Where it runs, as its launcher says (``node``, ``gpu`` …; set through the admin API).
+        self.labels: dict[str, str] = {}
         self.in_flight = 0
         self.served = 0
         self.errors = 0
@@ -164,6 +167,7 @@ class Upstream:
             "weight": self.weight,
             "max_outstanding": self.max_outstanding,
             "gpufleet_worker": self.is_gpufleet,
+            "labels": dict(self.labels),
         }
 
 
