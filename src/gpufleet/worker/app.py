@@ -29,6 +29,8 @@ SERVICE: web.AppKey[WorkerService] = web.AppKey("service", WorkerService)
 GPU: web.AppKey[GpuSampler] = web.AppKey("gpu", GpuSampler)
 #: Key on a response naming the error it answers (for the error counters).
 ERROR_KEY = "gpufleet_error"
+#: Key on a response holding its error message (for /stats ``recent_errors``).
+ERROR_MESSAGE_KEY = "gpufleet_error_message"
 #: Routes whose answers count as served/errors in /stats.
 _INFERENCE_PREFIXES = ("/predict", "/v1/")
 
@@ -56,6 +58,7 @@ def error_response(exc: GpufleetError, status: int | None = None) -> web.Respons
         wire.payload_from_exception(exc), status=status or exc.http_status, headers=headers
     )
     response[ERROR_KEY] = type(exc).__name__
+    response[ERROR_MESSAGE_KEY] = exc.message or str(exc)
     return response
 
 
@@ -72,11 +75,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except DeadlineExceeded as exc:
         response = json_response(wire.error_payload("DeadlineExceeded", str(exc)), status=504)
         response[ERROR_KEY] = "DeadlineExceeded"
+        response[ERROR_MESSAGE_KEY] = str(exc)
     except web.HTTPRequestEntityTooLarge as exc:
         response = error_response(PayloadTooLarge(exc.text or "request body too large"))
     except web.HTTPException as exc:
         name = exc.reason.replace(" ", "")
         response = json_response(wire.error_payload(name, exc.text or exc.reason), exc.status)
+        response[ERROR_MESSAGE_KEY] = exc.text or exc.reason
     if counted:
         _count(service, request.path, response, time.monotonic() - started)
     return response
@@ -97,6 +102,8 @@ def _count(service: WorkerService, path: str, response: web.StreamResponse, took
         c.rejected += 1
     else:
         c.errors += 1
+        message = str(response.get(ERROR_MESSAGE_KEY, ""))
+        c.record_error(error, message, status=status, path=path, at=time.time())
     service.metrics.errors.labels(error=error).inc()
 
 
@@ -170,7 +177,9 @@ async def health(request: web.Request) -> web.Response:
 
 async def stats(request: web.Request) -> web.Response:
     """The counters of ``wire.WorkerStats`` (with ``gpu`` when NVML reads the device)."""
-    data = request.app[SERVICE].stats()
+    service = request.app[SERVICE]
+    data = service.stats()
+    data["recent_errors"] = service.counters.recent_errors()
     gpu = request.app[GPU].latest
     if gpu is not None:
         data["gpu"] = gpu

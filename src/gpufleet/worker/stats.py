@@ -10,12 +10,16 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 log = logging.getLogger("gpufleet.worker")
+
+#: Failed requests /stats lists under ``recent_errors`` (``gpufleet monitor --errors``).
+RECENT_ERRORS = 20
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -47,6 +51,24 @@ class WorkerCounters:
     #: Latency (seconds) of the last ``window`` served requests.
     window: int = 2048
     _latencies: deque[float] = field(default_factory=deque)
+    _errors: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_ERRORS))
+
+    def record_error(self, error: str, message: str, *, status: int, path: str, at: float) -> None:
+        """Remember one failed request (``at``: Unix time) for /stats ``recent_errors``."""
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+        self._errors.append(
+            {
+                "time": stamp,
+                "error": error,
+                "message": message[:300],
+                "status": status,
+                "path": path,
+            }
+        )
+
+    def recent_errors(self) -> list[dict[str, Any]]:
+        """The last ``RECENT_ERRORS`` failed requests, oldest first."""
+        return list(self._errors)
 
     def record_latency(self, seconds: float) -> None:
         """Remember the latency of one served request."""
