@@ -105,7 +105,7 @@ gpufleet_select() {  # SPEC GPU...: all | none | N (the first N) | positions "0,
     local spec="$1" entry
     shift
     case "$spec" in
-        all) printf '%s\n' "$@" ;;
+        all) (( $# == 0 )) || printf '%s\n' "$@" ;;
         none) ;;
         *[!0-9]*)
             local -a given=("$@")
@@ -125,7 +125,7 @@ gpufleet_select() {  # SPEC GPU...: all | none | N (the first N) | positions "0,
                 echo "gpufleet: $spec GPU(s) wanted, $# allocated on $(hostname)" >&2
                 return 1
             fi
-            printf '%s\n' "${@:1:$spec}" ;;
+            (( spec == 0 )) || printf '%s\n' "${@:1:$spec}" ;;
     esac
 }
 
