@@ -1,14 +1,14 @@
 """``bench --scaling``: the same load with N, N-1, … 1 workers, drained through the admin API.
 
 Workers leave the pool one at a time (``POST /admin/workers/{id}/drain``); after the last
-step, and whatever happens (errors, Ctrl-C), each drained worker is removed and added
-again with its URL, pool and weight, so the fleet ends as it began.
+step, and whatever happens (errors, Ctrl-C), each drained worker is added
+again with its URL, pool and weight (the router puts it back into rotation after a good
+probe), so the fleet ends as it began.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import aiohttp
@@ -44,12 +44,11 @@ async def _wait_for(
 async def _restore(
     session: aiohttp.ClientSession, admin: AdminAPI, url: str, drained: list[Upstream]
 ) -> list[str]:
-    """Bring drained workers back: remove the drained entry, add the URL again."""
+    """Bring drained workers back by adding their URLs again."""
     problems: list[str] = []
     new_ids: set[str] = set()
     for up in drained:
-        with contextlib.suppress(RequestFailed):
-            await admin.remove(up.id)
+        # Adding a drained URL again puts it back in rotation (after a good probe).
         try:
             new_ids.add((await admin.add(up)).id)
         except RequestFailed as exc:
