@@ -82,6 +82,10 @@ def test_bash_syntax_and_sbatch_header(tmp_path: Path) -> None:
     assert text.startswith("#!/bin/bash\n")
     assert "#SBATCH --gres=gpu:4" in text.splitlines()
     assert "#SBATCH --ntasks-per-node=1" in text.splitlines()
+    # Pools name positions in each node's GPU list: GPU 3 needs 4 allocated per node.
+    text = render("slurm", layout_of({"gpus": "1,3"}), ExportOptions())
+    assert "#SBATCH --gres=gpu:4" in text.splitlines()
+    assert "##SBATCH --gres=gpu:4" in render("slurm", layout_of(), ExportOptions()).splitlines()
 
 
 def test_dry_run_two_nodes_two_gpus(tmp_path: Path) -> None:

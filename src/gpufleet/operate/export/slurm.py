@@ -216,8 +216,8 @@ def _router_words(layout: ExportLayout, opts: ExportOptions) -> list[str]:
 
 
 def gres_count(layout: ExportLayout) -> int:
-    """GPUs per node the job asks for: every distinct GPU the pools use."""
-    return len({g.index for p in layout.pools for g in p.gpus})
+    """GPUs per node the job asks for: enough for the highest GPU position a pool names."""
+    return max((g.index + 1 for p in layout.pools for g in p.gpus), default=0)
 
 
 def render_slurm(layout: ExportLayout, opts: ExportOptions) -> str:
