@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -29,6 +29,7 @@ class Upstream:
     url: str
     pool: str
     state: str = "ready"
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 def _entries(data: Any) -> list[Upstream]:
@@ -37,7 +38,10 @@ def _entries(data: Any) -> list[Upstream]:
     for item in items if isinstance(items, list) else []:
         if isinstance(item, Mapping) and "id" in item and "url" in item:
             pool, state = str(item.get("pool", "default")), str(item.get("state", "ready"))
-            out.append(Upstream(str(item["id"]), str(item["url"]).rstrip("/"), pool, state))
+            raw = item.get("labels")
+            labels = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, Mapping) else {}
+            url = str(item["url"]).rstrip("/")
+            out.append(Upstream(str(item["id"]), url, pool, state, labels))
     return out
 
 
@@ -68,14 +72,20 @@ class RouterAdmin:
         return _entries(await self._call("GET", f"{base}/admin/workers"))
 
     async def sync(
-        self, base: str, desired: Iterable[tuple[str, str]], managed: set[str]
+        self,
+        base: str,
+        desired: Iterable[tuple[str, str]],
+        managed: set[str],
+        labels: Mapping[str, Mapping[str, str]] | None = None,
     ) -> tuple[int, int]:
         """Make the ready workers ``(pool, url)`` the router's; (admitted, drained).
 
         A managed worker that is down is drained, not removed, so the router keeps its
         counters and re-admits it (after a probe) when it is added again. Upstreams the
-        fleet does not manage (added by hand) are left alone.
+        fleet does not manage (added by hand) are left alone. ``labels`` (by URL) say
+        where each worker runs; the router shows them in ``/stats``.
         """
+        labels = {url.rstrip("/"): dict(v) for url, v in (labels or {}).items()}
         want = {(pool, url.rstrip("/")) for pool, url in desired}
         have = await self.list(base)
         admitted = drained = 0
@@ -83,10 +93,19 @@ class RouterAdmin:
             if up.url in managed and (up.pool, up.url) not in want and up.state != "draining":
                 await self._call("POST", f"{base}/admin/workers/{up.id}/drain")
                 drained += 1
-        active = {(u.pool, u.url) for u in have if u.state not in {"draining", "removed"}}
+        live = [u for u in have if u.state not in {"draining", "removed"}]
+        active = {(u.pool, u.url) for u in live}
         for pool, url in sorted(want - active):
-            await self._call("POST", f"{base}/admin/workers", {"url": url, "pool": pool})
+            body: dict[str, Any] = {"url": url, "pool": pool}
+            if labels.get(url):
+                body["labels"] = labels[url]
+            await self._call("POST", f"{base}/admin/workers", body)
             admitted += 1
+        for u in live:
+            # Started with --worker (no labels), or moved: adding again only updates them.
+            if (u.pool, u.url) in want and labels.get(u.url, u.labels) != u.labels:
+                body = {"url": u.url, "pool": u.pool, "labels": labels[u.url]}
+                await self._call("POST", f"{base}/admin/workers", body)
         return admitted, drained
 
 

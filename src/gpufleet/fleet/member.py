@@ -71,7 +71,8 @@ class Member:
             "role": self.role,
             "pool": self.pool,
             "router_pool": self.router_pool,
-            "device": self.device,
+            # A launcher that places the child elsewhere (Ray) says where: node and GPU.
+            "device": self.spec.labels.get("placement", self.device),
             "cuda_visible_devices": self.spec.env.get("CUDA_VISIBLE_DEVICES"),
             "serves": self.serves,
             "url": self.url,

@@ -225,10 +225,20 @@ class Supervisor:
         spec = self._spec_for(m)
         m.state, m.next_try_at, m.started_at = STARTING, None, time.monotonic()
         self._touch()
+        # A remote launcher may wait long for room on the cluster (Ray): a stop ends that.
+        starting = asyncio.ensure_future(self._launcher.start(spec))
+        await _first(starting, self._stop.wait())
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                late = await starting  # it finished before the cancel reached it
+                await late.aclose()
+            return "stopping"
         try:
-            handle = await self._launcher.start(spec)
+            handle = starting.result()
         except OSError as exc:
-            m.last_error, m.last_exit = f"cannot start {spec.argv[0]}: {exc.strerror}", None
+            why = exc.strerror or str(exc)
+            m.last_error, m.last_exit = f"cannot start {spec.argv[0]}: {why}", None
             return "failed"
         m.handle, m.spec = handle, handle.spec
         log.info("%s started (pid %d): %s", m.name, handle.pid, " ".join(spec.argv))
@@ -390,10 +400,12 @@ class Supervisor:
             self._changed.clear()
             if self._stop.is_set() or self.router.state != READY:
                 continue
-            want = {(m.router_pool, m.url) for m in self.workers if m.state == READY}
+            ready = [m for m in self.workers if m.state == READY]
+            want = {(m.router_pool, m.url) for m in ready}
+            labels = {m.url: m.spec.labels for m in ready}
             managed.update(m.url for m in self.workers)
             try:
-                added, removed = await admin.sync(self.endpoint, want, managed)
+                added, removed = await admin.sync(self.endpoint, want, managed, labels)
             except AdminError as exc:
                 log.warning("could not update the router's pool: %s; retrying", exc)
                 await _first(self._stop.wait(), within=1.0)
