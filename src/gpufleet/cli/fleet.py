@@ -88,6 +88,23 @@ def up(
     run_dir: RunDirOpt = None,
     detach: Annotated[bool, typer.Option("--detach", help="Run in the background.")] = False,
     log_level: Annotated[str | None, typer.Option(help="debug | info | warning.")] = None,
+    ray: Annotated[
+        bool,
+        typer.Option("--ray", help="Place the workers on the Ray cluster this machine belongs to."),
+    ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster to join (HOST:PORT, ray://HOST:10001; implies --ray)."),
+    ] = None,
+    gpus_per_worker: Annotated[
+        float | None, typer.Option(help="--ray: GPUs per worker actor (1; 0: CPU).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="--ray: worker count (default: the cluster's GPUs).")
+    ] = None,
+    ray_max_restarts: Annotated[
+        int | None, typer.Option(help="--ray: Ray restarts of a dead actor (-1: always).")
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Start one worker per GPU (or CPU workers), the router in front; keep them alive."""
@@ -109,6 +126,18 @@ def up(
             "detach": detach or None, "log_level": log_level,
         }  # fmt: skip
         cfg = load_fleet_config(flags=flags, config_path=config)
+        from gpufleet.config.ray import load_ray_config
+
+        ray_flags = {
+            "address": ray_address or ("auto" if ray else None),
+            "gpus_per_worker": gpus_per_worker, "workers": workers,
+            "max_restarts": ray_max_restarts,
+        }  # fmt: skip
+        ray_cfg = load_ray_config(flags=ray_flags, config_path=config)
+        if ray_cfg.enabled:
+            from gpufleet.fleet.ray_cluster import import_ray
+
+            import_ray()  # without Ray: how to install it, exit 2
         config_path = str(config.resolve()) if config else None
         cwd = os.getcwd()
         if cfg.detach:
@@ -117,8 +146,20 @@ def up(
         setup_logging(cfg.log_level, name="gpufleet-up")
         from gpufleet.fleet.up import run_up
 
-        code = run_async(
-            run_up(
+        if ray_cfg.enabled:
+            from gpufleet.fleet.ray_cluster import run_up_ray
+
+            main = run_up_ray(
+                cfg,
+                ray_cfg,
+                env=dict(os.environ),
+                cwd=cwd,
+                python=sys.executable,
+                config_path=config_path,
+                report=lambda line: typer.echo(line),
+            )
+        else:
+            main = run_up(
                 cfg,
                 env=dict(os.environ),
                 cwd=cwd,
@@ -126,7 +167,7 @@ def up(
                 config_path=config_path,
                 report=lambda line: typer.echo(line),
             )
-        )
+        code = run_async(main)
     raise typer.Exit(code)
 
 
@@ -198,6 +239,7 @@ def config_show(config: ConfigOpt = None) -> None:
 
     from gpufleet.config import WorkerConfig, as_dict, load
     from gpufleet.config.fleet import load_fleet_config
+    from gpufleet.config.ray import load_ray_config
     from gpufleet.config.router import RouterConfig
 
     with config_errors_exit():
@@ -213,6 +255,7 @@ def config_show(config: ConfigOpt = None) -> None:
             "fleet": fleet,
             "worker": as_dict(load(WorkerConfig, "worker", config_path=config)),
             "router": as_dict(load(RouterConfig, "router", config_path=config)),
+            "ray": as_dict(load_ray_config(config_path=config)),
         }
     if out["router"].get("admin_token"):
         out["router"]["admin_token"] = "***"
