@@ -13,6 +13,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gpufleet.testing import run_router, run_worker
+from gpufleet.testing import run_router, run_server, run_worker
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
@@ -101,12 +102,19 @@ class Browser:
         assert "exceptionDetails" not in result, result
         return result["result"].get("value")
 
-    async def open(self, url: str, *, polls: int, timeout_s: float = 60) -> str:
+    async def open(self, url: str, *, polls: int) -> str:
         """Load ``url``, wait until it has polled ``polls`` times, return its DOM."""
         await self.call("Page.navigate", url=url)
+        return await self.after_polls(polls)
+
+    async def polls(self) -> int:
+        """How many times the dashboard has read its stats so far."""
+        return int(await self.evaluate("document.getElementById('updated')?.dataset.polls ?? 0"))
+
+    async def after_polls(self, polls: int, timeout_s: float = 60) -> str:
+        """The DOM once the page has polled ``polls`` times in all."""
         deadline = time.monotonic() + timeout_s
-        expr = "document.getElementById('updated')?.dataset.polls ?? '0'"
-        while int(await self.evaluate(expr)) < polls:
+        while await self.polls() < polls:
             assert time.monotonic() < deadline, f"the page polled fewer than {polls} times"
             await asyncio.sleep(0.2)
         html: str = await self.evaluate("document.documentElement.outerHTML")
@@ -189,12 +197,14 @@ def test_dashboard_stats_says_why_a_worker_is_unreadable() -> None:
 @needs_chromium
 async def test_dashboard_draws_every_worker_and_live_numbers(tmp_path: Path) -> None:
     with (
-        run_worker("synthetic", "--model-arg", "base_ms=5") as a,
+        run_worker("synthetic", "--model-arg", "base_ms=5", "--model-arg", "fail_on=bad") as a,
         run_worker("synthetic", "--model-arg", "base_ms=5") as b,
         run_router([a.url, b.url]) as router,
     ):
         for i in range(12):
             post(router.url + "/predict", {"input": i})
+        with pytest.raises(urllib.error.HTTPError, match="500"):
+            post(a.url + "/predict", {"input": "bad"})  # one error of worker a's own
         stop = threading.Event()
 
         def load() -> None:  # live traffic while the page is open: its rates must move
@@ -246,3 +256,45 @@ async def test_dashboard_draws_every_worker_and_live_numbers(tmp_path: Path) -> 
     assert points > 0
     assert re.search(r'<div class="chart" id="chart-gpu-box" hidden', html)
     assert re.search(r'id="error" hidden', html)  # /dashboard/stats was read without error
+    a_id = next(w["id"] for w in stats["workers"] if w["url"] == a.url)
+    listed = re.findall(r'<li class="recent-error" data-worker-id="([^"]+)">(.*?)</li>', html)
+    assert [w for w, _ in listed] == [a_id]
+    assert "ModelError" in listed[0][1]
+    assert "synthetic failure: input 'bad'" in listed[0][1]
+
+
+@needs_chromium
+async def test_dashboard_counts_a_worker_restart_in_a_fleet(tmp_path: Path) -> None:
+    args = ["up", "--model", "synthetic", "--cpu-workers", "2", "--restart-backoff", "0.2"]
+    with run_server(args, cwd=tmp_path) as fleet:
+        deadline = time.monotonic() + 60
+        while True:  # both workers ready behind the router, their own stats read
+            workers = get_json(fleet.url + "/dashboard/stats")["workers"]
+            if len(workers) == 2 and all(w["state"] == "ready" and "worker" in w for w in workers):
+                break
+            assert time.monotonic() < deadline, workers
+            await asyncio.sleep(0.2)
+        victim = workers[0]
+        async with Browser(tmp_path / "profile") as browser:
+            html = await browser.open(fleet.url + "/dashboard", polls=2)
+            assert cells(rows_of(html)[victim["id"]])["restarts"] == "0"
+            os.kill(victim["worker"]["pid"], signal.SIGKILL)
+            while True:  # the supervisor starts it again on the same port
+                entry = next(
+                    w for w in get_json(fleet.url + "/dashboard/stats")["workers"]
+                    if w["id"] == victim["id"]
+                )  # fmt: skip
+                pid = entry.get("worker", {}).get("pid")
+                if pid not in (None, victim["worker"]["pid"]):
+                    break
+                assert time.monotonic() < deadline + 60, entry
+                await asyncio.sleep(0.2)
+            html = await browser.after_polls(await browser.polls() + 2)
+            errors = browser.errors
+
+    assert errors == []
+    rows = rows_of(html)
+    assert cells(rows[victim["id"]])["restarts"] == "1"
+    other = next(i for i in rows if i != victim["id"])
+    assert cells(rows[other])["restarts"] == "0"
+    assert cells(rows[victim["id"]])["state"] == "ready"
