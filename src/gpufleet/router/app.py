@@ -12,7 +12,6 @@ import logging
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
 
-import aiohttp
 from aiohttp import web
 
 from gpufleet.config.router import RouterConfig
@@ -20,6 +19,7 @@ from gpufleet.router import dashboard
 from gpufleet.router.admin import AdminAPI
 from gpufleet.router.admission import Admission
 from gpufleet.router.health import HealthChecker, HealthSettings
+from gpufleet.router.http1 import Client
 from gpufleet.router.metrics import CONTENT_TYPE, RouterCollector, metrics_text
 from gpufleet.router.policies import make_policy
 from gpufleet.router.pool import Pool, Registry, parse_route, parse_worker
@@ -58,7 +58,7 @@ class RouterState:
                 readmit_after=cfg.readmit_after,
             ),
         )
-        self.session: aiohttp.ClientSession | None = None
+        self.client: Client | None = None
         self.proxy: Proxy | None = None
         self.collector = RouterCollector(self.registry, self.admissions, self.totals)
 
@@ -90,19 +90,12 @@ class RouterState:
         """Open the upstream connection pool and start probing."""
         for pool in list(self.registry.pools.values()):
             self.admission(pool)
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=0, limit_per_host=1024, keepalive_timeout=30.0, ttl_dns_cache=10
-            ),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.cfg.connect_timeout_s),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+        self.client = Client(connect_timeout_s=self.cfg.connect_timeout_s)
         cfg = self.cfg
         self.proxy = Proxy(
             self.registry,
             self.admissions,
-            self.session,
+            self.client,
             ProxySettings(
                 timeout_s=cfg.timeout_s,
                 retries=cfg.retries,
@@ -122,8 +115,8 @@ class RouterState:
         await self.health.aclose()
         for admission in self.admissions.values():
             admission.close()
-        if self.session is not None:
-            await self.session.close()
+        if self.client is not None:
+            self.client.close()
 
 
 def create_app(

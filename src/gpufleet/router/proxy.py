@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, istr
+from yarl import URL
 
 from gpufleet import wire
 from gpufleet.errors import (
@@ -30,43 +30,55 @@ from gpufleet.errors import (
     UpstreamTimeout,
 )
 from gpufleet.router.admission import Admission
+from gpufleet.router.http1 import AnswerBroken, Client, NotSent, Response
 from gpufleet.router.pool import Registry
 from gpufleet.router.stats import Totals
 from gpufleet.router.upstream import EJECTED, READY, Upstream
 
 log = logging.getLogger("gpufleet.router")
 
-#: Hop-by-hop headers (RFC 9110 §7.6.1) and those the client library sets itself.
-_HOP_BY_HOP = tuple(
-    istr(h)
+#: Hop-by-hop headers (RFC 9110 §7.6.1), lower case, as bytes (request) and str (answer).
+_HOP_BY_HOP = (
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+)
+#: Request headers not passed on as they came: hop-by-hop, those the proxy sets itself.
+_REQUEST_DROP = frozenset(
+    h.encode()
     for h in (
-        "Connection",
-        "Keep-Alive",
-        "Proxy-Connection",
-        "Proxy-Authenticate",
-        "Proxy-Authorization",
-        "TE",
-        "Trailer",
-        "Transfer-Encoding",
-        "Upgrade",
+        *_HOP_BY_HOP,
+        "host",
+        "content-length",
+        "expect",
+        "x-forwarded-for",
+        "x-request-id",
+        "x-request-timeout",
     )
 )
-_REQUEST_DROP = (*_HOP_BY_HOP, istr("Host"), istr("Content-Length"), istr("Expect"))
-_RESPONSE_DROP = (*_HOP_BY_HOP, istr("Content-Length"))
+_RESPONSE_DROP = frozenset((*_HOP_BY_HOP, "content-length", "x-request-id"))
+_XFF = b"x-forwarded-for"
+_XFH = b"x-forwarded-host"
+_XFP = b"x-forwarded-proto"
 _CONNECTION = istr("Connection")
-_XFF = istr("X-Forwarded-For")
-_XFH = istr("X-Forwarded-Host")
-_XFP = istr("X-Forwarded-Proto")
 _RID = istr(wire.REQUEST_ID_HEADER)
-_TIMEOUT = istr(wire.TIMEOUT_HEADER)
-_UPSTREAM = istr(wire.UPSTREAM_HEADER)
-_SERVER = istr(wire.SERVER_HEADER)
+_RID_LINE = f"{wire.REQUEST_ID_HEADER}: ".encode()
+_TIMEOUT_LINE = f"{wire.TIMEOUT_HEADER}: ".encode()
+_UPSTREAM = wire.UPSTREAM_HEADER
+_SERVER = wire.SERVER_HEADER.lower()
 _ACCEL = istr("X-Accel-Buffering")
 _CT = istr("Content-Type")
+_CRLF = b"\r\n"
+#: Methods whose empty body is still announced (``Content-Length: 0``).
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 #: Answers up to this size with a Content-Length are read whole and sent in one write.
 _SMALL_BODY = 256 * 1024
-_RETRYABLE = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
-_SKIP_AUTO = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +108,7 @@ class Proxy:
         self,
         registry: Registry,
         admissions: dict[str, Admission],
-        session: aiohttp.ClientSession,
+        client: Client,
         settings: ProxySettings,
         totals: Totals,
         *,
@@ -104,7 +116,7 @@ class Proxy:
     ) -> None:
         self.registry = registry
         self.admissions = admissions
-        self.session = session
+        self.client = client
         self.settings = settings
         self.totals = totals
         self._clock = clock
@@ -145,14 +157,21 @@ class Proxy:
                 raise PayloadTooLarge("body is over the limit") from None
         else:
             body = None
-        pool, path = self.registry.resolve(request.path)
+        path = request.path
+        pool, upstream_path = self.registry.resolve(path)
+        if upstream_path == path:
+            target = request.raw_path  # as the client encoded it, query included
+        else:
+            qs = request.query_string
+            target = URL.build(path=upstream_path, query_string=qs).raw_path_qs
         admission = self.admissions[pool.name]
-        headers = self._request_headers(request, rid)
+        method = request.method
+        headers = self._request_headers(request, rid, body)
+        # The request line is ``method + upstream's path prefix + target``, made per attempt.
+        request_line = (f"{method} ".encode(), target.encode("utf-8", "surrogateescape"))
         key = request.headers.get(self._sticky)
         now = self._clock()
         deadline = now + settings.timeout_s
-        qs = request.query_string
-        target = path + "?" + qs if qs else path
         tried: list[str] = []
         last: _NotRun | None = None
         for _attempt in range(settings.retries + 1):
@@ -163,41 +182,57 @@ class Proxy:
                     return last.answer
                 raise
             tried.append(upstream.id)
-            headers[_TIMEOUT] = f"{max(deadline - self._clock(), 0.001):.3f}"
             try:
-                return await self._attempt(request, upstream, target, headers, body, deadline, rid)
+                return await self._attempt(
+                    request, upstream, request_line, headers, body, deadline, rid
+                )
             except _NotRun as exc:
                 last = exc
                 self.totals.retries += 1
-                log.debug("retrying %s %s: %s on %s", request.method, target, exc, upstream.url)
+                log.debug("retrying %s %s: %s on %s", method, target, exc, upstream.url)
         if last is not None and last.answer is not None:
             return last.answer
         raise NoHealthyBackend(f"no upstream took the request after {len(tried)} attempt(s)")
 
-    def _request_headers(self, request: web.Request, rid: str) -> CIMultiDict[str]:
-        headers = CIMultiDict(request.headers)
-        named = headers.get(_CONNECTION)
-        for h in _REQUEST_DROP:
-            headers.popall(h, None)
+    def _request_headers(self, request: web.Request, rid: str, body: bytes | None) -> bytes:
+        """The header lines passed upstream (all but Host and the deadline), as bytes."""
+        named = request.headers.get(_CONNECTION)
+        drop = _REQUEST_DROP
         if named:
-            for token in named.split(","):
-                headers.popall(token.strip(), None)
-        peer = request.remote or ""
-        prior = headers.get(_XFF)
-        headers[_XFF] = f"{prior}, {peer}" if prior else peer
-        if _XFH not in headers:
-            headers[_XFH] = request.host
-        if _XFP not in headers:
-            headers[_XFP] = request.scheme
-        headers[_RID] = rid
-        return headers
+            drop = drop | {t.strip().lower().encode("latin-1") for t in named.split(",")}
+        lines: list[bytes] = []
+        prior: bytes | None = None
+        has_xfh = has_xfp = False
+        for name, value in request.raw_headers:
+            lower = name.lower()
+            if lower in drop:
+                if lower == _XFF:
+                    prior = value if prior is None else prior + b", " + value
+                continue
+            if lower == _XFH:
+                has_xfh = True
+            elif lower == _XFP:
+                has_xfp = True
+            lines += (name, b": ", value, _CRLF)
+        peer = (request.remote or "").encode("latin-1")
+        lines += (b"X-Forwarded-For: ", prior + b", " + peer if prior else peer, _CRLF)
+        if not has_xfh:
+            lines += (b"X-Forwarded-Host: ", request.host.encode("latin-1"), _CRLF)
+        if not has_xfp:
+            lines += (b"X-Forwarded-Proto: ", request.scheme.encode("latin-1"), _CRLF)
+        lines += (_RID_LINE, rid.encode("latin-1"), _CRLF)
+        if body is not None:
+            lines += (b"Content-Length: ", str(len(body)).encode(), _CRLF)
+        elif request.method in _BODY_METHODS:
+            lines.append(b"Content-Length: 0\r\n")
+        return b"".join(lines)
 
     async def _attempt(
         self,
         request: web.Request,
         upstream: Upstream,
-        target: str,
-        headers: CIMultiDict[str],
+        request_line: tuple[bytes, bytes],
+        headers: bytes,
         body: bytes | None,
         deadline: float,
         rid: str,
@@ -206,87 +241,82 @@ class Proxy:
         started = self._clock()
         latency: float | None = None
         stream: web.StreamResponse | None = None
+        resp: Response | None = None
+        pool = self.client.pool(upstream.base)
+        head = b"".join(
+            (
+                request_line[0],
+                pool.prefix,
+                request_line[1],
+                b" HTTP/1.1\r\n",
+                pool.host_line,
+                headers,
+                _TIMEOUT_LINE,
+                f"{max(deadline - started, 0.001):.3f}".encode(),
+                b"\r\n\r\n",
+            )
+        )
         try:
             async with asyncio.timeout(deadline - started):
-                resp = await self._send(request.method, upstream, target, headers, body)
-                async with resp:
-                    status = resp.status
-                    out = _response_headers(resp, rid, upstream.id)
-                    length = resp.content_length
-                    small = length is not None and length <= _SMALL_BODY
-                    if status >= 500:
-                        data = await resp.read() if small else b""
-                        if (
-                            status == 503
-                            and _SERVER in resp.headers
-                            and (wire.is_overloaded_body(data))
-                        ):
-                            answer = web.Response(status=status, headers=out, body=data)
-                            raise _NotRun("worker overloaded", answer)
-                        self._failed(upstream)
-                        if small:
-                            self.totals.count(status)
-                            return web.Response(status=status, headers=out, body=data)
-                    elif small and not out.get(_CT, "").startswith("text/event-stream"):
-                        data = await resp.read()
-                        latency = self._clock() - started
+                try:
+                    resp = await pool.request(head, body, no_body=request.method == "HEAD")
+                except NotSent as exc:
+                    # Refused, or closed before any answer byte: the request did not run.
+                    self._failed(upstream)
+                    raise _NotRun(str(exc)) from exc
+                status = resp.status
+                out = _response_headers(resp, rid, upstream.id)
+                length = resp.content_length
+                small = length is not None and length <= _SMALL_BODY
+                if status >= 500:
+                    data = await resp.read() if small else b""
+                    if (
+                        status == 503
+                        and resp.header(_SERVER) is not None
+                        and wire.is_overloaded_body(data)
+                    ):
+                        answer = web.Response(status=status, headers=out, body=data)
+                        raise _NotRun("worker overloaded", answer)
+                    self._failed(upstream)
+                    if small:
                         self.totals.count(status)
                         return web.Response(status=status, headers=out, body=data)
-                    # A stream (or a large body): pass it on chunk by chunk.
-                    out[_ACCEL] = "no"
-                    stream = web.StreamResponse(status=status, headers=out)
-                    if length is not None:
-                        stream.content_length = length
-                    await stream.prepare(request)
-                    async for chunk in resp.content.iter_any():
-                        await stream.write(chunk)
-                    await stream.write_eof()
-                    if status < 500:
-                        latency = self._clock() - started
+                elif small and not out.get(_CT, "").startswith("text/event-stream"):
+                    data = await resp.read()
+                    latency = self._clock() - started
                     self.totals.count(status)
-                    return stream
+                    return web.Response(status=status, headers=out, body=data)
+                # A stream (or a large body): pass it on chunk by chunk.
+                out[_ACCEL] = "no"
+                stream = web.StreamResponse(status=status, headers=out)
+                if length is not None:
+                    stream.content_length = length
+                await stream.prepare(request)
+                async for chunk in resp.iter_chunks():
+                    await stream.write(chunk)
+                await stream.write_eof()
+                if status < 500:
+                    latency = self._clock() - started
+                self.totals.count(status)
+                return stream
         except TimeoutError:
             self._failed(upstream)
             if stream is not None:
                 raise ConnectionResetError(f"{rid}: deadline passed mid-answer") from None
             raise UpstreamTimeout(f"no answer from {upstream.url} in time") from None
-        except ConnectionResetError:
-            raise  # the client went away while we wrote to it: not the upstream's fault
-        except aiohttp.ClientError as exc:
-            # Only a broken answer gets here: failures to send are _NotRun from _send.
+        except AnswerBroken as exc:
             self._failed(upstream)
             log.warning("%s: answer from %s broke: %s", rid, upstream.url, exc)
             if stream is not None:
                 raise ConnectionResetError(f"{rid}: upstream answer broke") from None
             raise RoutingError(f"answer from {upstream.url} broke: {exc}") from None
         finally:
+            if resp is not None and not resp.is_done:
+                resp.close()  # the client left, or time ran out: the upstream sees it go
             upstream.give_back(latency)
             admission = self.admissions.get(upstream.pool)
             if admission is not None and admission.depth:
                 admission.dispatch()
-
-    async def _send(
-        self,
-        method: str,
-        upstream: Upstream,
-        target: str,
-        headers: CIMultiDict[str],
-        body: bytes | None,
-    ) -> aiohttp.ClientResponse:
-        """Send the request and read the answer's head."""
-        try:
-            return await self.session.request(
-                method,
-                upstream.base + target,
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                skip_auto_headers=_SKIP_AUTO,
-            )
-        except _RETRYABLE as exc:
-            # Refused, or reset before any answer byte: the request did not run.
-            self._failed(upstream)
-            raise _NotRun(f"{type(exc).__name__}: {exc}") from exc
 
     def _failed(self, upstream: Upstream) -> None:
         """Count a failure against ``upstream``; eject it passively past max_fails."""
@@ -306,14 +336,15 @@ class Proxy:
             self.registry.set_state(upstream, EJECTED)
 
 
-def _response_headers(resp: aiohttp.ClientResponse, rid: str, upstream_id: str) -> CIMultiDict[str]:
-    out = CIMultiDict(resp.headers)
-    named = out.get(_CONNECTION)
-    for h in _RESPONSE_DROP:
-        out.popall(h, None)
+def _response_headers(resp: Response, rid: str, upstream_id: str) -> CIMultiDict[str]:
+    """The answer's headers for the client: hop-by-hop ones out, ours in."""
+    drop = _RESPONSE_DROP
+    named = resp.header("connection")
     if named:
-        for token in named.split(","):
-            out.popall(token.strip(), None)
+        drop = drop | {t.strip().lower() for t in named.split(",")}
+    out: CIMultiDict[str] = CIMultiDict(
+        [(name, value) for name, value in resp.headers if name.lower() not in drop]
+    )
     out[_RID] = rid
     out[_UPSTREAM] = upstream_id
     return out
