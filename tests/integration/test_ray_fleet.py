@@ -8,16 +8,27 @@ node's address instead of the machine's own.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gpufleet.testing import run_router, run_server
 from gpufleet.testing.upstreams import run_upstream
-from tests.integration._fleet import wait_state
+from tests.integration._fleet import is_alive, post, wait_state
 
 FAST = ["--model", "synthetic", "--model-arg", "base_ms=5", "--model-arg", "per_item_ms=1"]
 TOKEN = "test-token-ray"
@@ -87,3 +98,154 @@ def test_a_local_fleet_tells_the_router_where_each_worker_runs(tmp_path: Path) -
         assert labelled, _get(fleet.url + "/stats")
         assert {labels["device"] for labels in labelled.values()} == {"cpu"}
         assert sorted(labels["index"] for labels in labelled.values()) == ["0", "1"]
+
+
+# Ray on loopback only, and never phoning home.
+RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+needs_ray = pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None, reason="needs Ray: pip install 'gpufleet[ray]'"
+)
+
+
+def _ray(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("ray")), *args],
+        env={**os.environ, **RAY_ENV},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if text.encode() in cmdline and is_alive(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    """A one-node Ray cluster with two fake GPUs; its address. Stopped (all of it) after."""
+    # Short: Ray's socket paths live under it and must stay below 108 bytes.
+    temp = tempfile.mkdtemp(prefix="gfray", dir="/tmp")
+    try:
+        started = _ray(
+            "start",
+            "--head",
+            "--port=0",
+            "--node-ip-address=127.0.0.1",
+            "--num-gpus=2",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            "--object-store-memory=100000000",
+            f"--temp-dir={temp}",
+        )
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield (Path(temp) / "ray_current_cluster").read_text().strip()
+    finally:
+        _ray("stop", "--force")
+        left = _processes_mentioning(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+        assert not left, f"Ray processes left behind: {left}"
+
+
+def _ready_workers(state: dict[str, Any]) -> list[dict[str, Any]]:
+    return [w for w in state.get("workers", []) if w["state"] == "ready"]
+
+
+def _served_by(url: str, n: int) -> list[dict[str, Any]]:
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: post(f"{url}/predict", {"input": i}), range(n)))
+    assert {status for status, _ in answers} == {200}, answers
+    return [body["output"] for _, body in answers]
+
+
+@needs_ray
+@pytest.mark.ray
+def test_up_on_ray_pins_a_gpu_per_actor_serves_and_survives_a_killed_actor(
+    ray_cluster: str, tmp_path: Path
+) -> None:
+    args = ["up", "--ray-address", ray_cluster, *FAST, "--restart-backoff", "0.2"]
+    with run_server(args, cwd=tmp_path, env=RAY_ENV, timeout=150) as fleet:
+        state = wait_state(tmp_path, lambda s: len(_ready_workers(s)) == 2, timeout=60)
+        workers = {w["name"]: w for w in state["workers"]}
+        assert set(workers) == {"worker-ray-0", "worker-ray-1"}
+        # Ray gave each actor its own GPU, and the worker under it saw exactly that one.
+        masks = {w["cuda_visible_devices"] for w in workers.values()}
+        assert masks == {"0", "1"}
+        assert {w["device"] for w in workers.values()} == {"127.0.0.1/gpu0", "127.0.0.1/gpu1"}
+        assert "Ray cluster at 127.0.0.1:" in fleet.log()
+        assert "2 GPU(s)" in fleet.log()
+
+        # Requests through the router reach every worker, each on its own GPU.
+        outputs = _served_by(fleet.url, 60)
+        by_pid = {w["pid"]: w["cuda_visible_devices"] for w in workers.values()}
+        assert {o["pid"] for o in outputs} == set(by_pid)
+        assert all(o["cuda_visible_devices"] == by_pid[o["pid"]] for o in outputs)
+
+        # The router's /stats and `gpufleet status` say node and GPU of each worker.
+        labelled = _wait(
+            lambda: (
+                (seen := _router_labels(fleet.url)).keys() == {w["url"] for w in workers.values()}
+                and all("node" in v for v in seen.values())
+                and seen
+            )
+        )
+        assert labelled, _get(fleet.url + "/stats")
+        assert sorted((v["node"], v["gpu"]) for v in labelled.values()) == [
+            ("127.0.0.1", "0"),
+            ("127.0.0.1", "1"),
+        ]
+        status = subprocess.run(
+            [sys.executable, "-m", "gpufleet", "status"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        assert "127.0.0.1/gpu0" in status, status
+        assert "127.0.0.1/gpu1" in status, status
+
+        # Kill one actor's process: its worker dies with it, Ray restarts the actor, the
+        # fleet starts the worker again through it, and the router learns the new address.
+        victim = workers["worker-ray-0"]
+        actor_pid = int(victim["labels"]["actor_pid"])
+        os.kill(actor_pid, signal.SIGKILL)
+        assert _wait(lambda: not is_alive(victim["pid"]), timeout=15), "worker outlived its actor"
+        back = wait_state(
+            tmp_path,
+            lambda s: any(
+                w["name"] == "worker-ray-0" and w["state"] == "ready" and w["restarts"] >= 1
+                for w in s["workers"]
+            ),
+            timeout=60,
+        )
+        reborn = next(w for w in back["workers"] if w["name"] == "worker-ray-0")
+        assert reborn["pid"] != victim["pid"]
+        assert reborn["url"] != victim["url"]
+        assert int(reborn["labels"]["actor_pid"]) != actor_pid
+        assert reborn["cuda_visible_devices"] in {"0", "1"}
+        new_url = reborn["url"]
+        assert _wait(lambda: new_url in _router_labels(fleet.url), timeout=30), _get(
+            fleet.url + "/stats"
+        )
+        survivor = next(w for w in back["workers"] if w["name"] == "worker-ray-1")
+        outputs = _served_by(fleet.url, 60)
+        assert {o["pid"] for o in outputs} == {reborn["pid"], survivor["pid"]}
+        masks = {o["cuda_visible_devices"] for o in outputs}
+        assert masks == {"0", "1"}
+
+        pids = [reborn["pid"], survivor["pid"], int(reborn["labels"]["actor_pid"])]
+        assert fleet.stop(timeout=60) == 0, fleet.log()
+    # The fleet's stop ends its actors too (Ray frees their GPUs), and every worker.
+    assert _wait(lambda: not any(is_alive(pid) for pid in pids), timeout=20), pids
