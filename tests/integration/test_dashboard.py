@@ -165,6 +165,10 @@ def test_dashboard_page_and_its_stats_are_served() -> None:
             page = resp.read().decode()
         post(router.url + "/predict", {"input": "x"})
         data = get_json(router.url + "/dashboard/stats")
+        deadline = time.monotonic() + 30
+        while len(samples := get_json(router.url + "/dashboard/stats?history=1")["history"]) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
     # Self-contained: nothing fetched from anywhere but the router itself.
     assert "<script src" not in page
     assert "<link" not in page
@@ -178,6 +182,12 @@ def test_dashboard_page_and_its_stats_are_served() -> None:
     assert entry["worker"]["device"] == "cpu"
     assert "gpu" not in entry["worker"]  # no GPU here: no made-up numbers
     assert data["totals"]["requests"] == 1
+    assert "history" not in data  # only asked for on a page's first poll
+    assert abs(data["now"] - time.time()) < 60
+    # Sampled by the router every 2 s: [served, p50 ms, p99 ms] per upstream.
+    assert samples[-1]["workers"][entry["id"]][0] == 1
+    assert samples[-1]["workers"][entry["id"]][1] > 0
+    assert [s["t"] for s in samples] == sorted(s["t"] for s in samples)
 
 
 def test_dashboard_stats_says_why_a_worker_is_unreadable() -> None:
@@ -298,3 +308,39 @@ async def test_dashboard_counts_a_worker_restart_in_a_fleet(tmp_path: Path) -> N
     other = next(i for i in rows if i != victim["id"])
     assert cells(rows[other])["restarts"] == "0"
     assert cells(rows[victim["id"]])["state"] == "ready"
+
+
+@needs_chromium
+async def test_dashboard_opens_with_the_minutes_before(tmp_path: Path) -> None:
+    with (
+        run_worker("synthetic", "--model-arg", "base_ms=5") as a,
+        run_router([a.url]) as router,
+    ):
+        stop = threading.Event()
+
+        def load() -> None:
+            while not stop.is_set():
+                post(router.url + "/predict", {"input": "earlier"})
+                time.sleep(0.01)
+
+        loader = threading.Thread(target=load)
+        loader.start()
+        try:
+            deadline = time.monotonic() + 60
+            while len(get_json(router.url + "/dashboard/stats?history=1")["history"]) < 5:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.5)
+        finally:
+            stop.set()
+            await asyncio.to_thread(loader.join, 15)
+        async with Browser(tmp_path / "profile") as browser:
+            html = await browser.open(router.url + "/dashboard", polls=1)
+            errors = browser.errors
+
+    assert errors == []
+    # One poll: without the router's history there would be no rate at all yet.
+    series, points, _ = chart(html, "chart-rps")
+    assert series == 1
+    assert points >= 4
+    series, points, _ = chart(html, "chart-latency")
+    assert points >= 2  # p50 and p99 of the minutes with traffic

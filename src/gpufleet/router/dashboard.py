@@ -5,6 +5,8 @@
 could not be read under ``"worker_error"``. A browser often cannot reach the workers (they
 listen on 127.0.0.1 or a private network), so the router reads them: concurrently, each
 within ``timeout_s``, and at most once per ``max_age_s`` however many pages poll.
+``?history=1`` adds the last five minutes of each upstream's served count and latency,
+sampled by the router every two seconds, so a page opened now draws them at once.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -22,13 +25,16 @@ from aiohttp import web
 from gpufleet import wire
 from gpufleet.router.pool import Registry
 from gpufleet.router.stats import stats_payload
-from gpufleet.router.upstream import REMOVED, Upstream
+from gpufleet.router.upstream import REMOVED, Upstream, percentile_ms
 
 if TYPE_CHECKING:
     from gpufleet.router.app import RouterState
 
 PAGE_PATH = "/dashboard"
 STATS_PATH = "/dashboard/stats"
+#: Seconds of history kept for the charts, and seconds between two samples.
+HISTORY_S = 300.0
+HISTORY_EVERY_S = 2.0
 
 
 def page() -> bytes:
@@ -100,14 +106,59 @@ class WorkerStatsReader:
         return {"worker": data}
 
 
+class History:
+    """Each upstream's served count and p50/p99 over the last ``window_s``, every ``every_s``.
+
+    Only what the router already holds: sampling sends nothing to the workers.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        every_s: float = HISTORY_EVERY_S,
+        window_s: float = HISTORY_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry
+        self.every_s = every_s
+        self.clock = clock
+        self._samples: deque[dict[str, Any]] = deque(maxlen=int(window_s / every_s) + 1)
+
+    def sample(self) -> None:
+        """Take one sample: ``{"t": epoch s, "workers": {id: [served, p50 ms, p99 ms]}}``."""
+        workers: dict[str, list[float]] = {}
+        for u in self.registry.all():
+            lat = sorted(u.latencies)
+            workers[u.id] = [u.served, percentile_ms(lat, 0.5), percentile_ms(lat, 0.99)]
+        self._samples.append({"t": round(self.clock(), 3), "workers": workers})
+
+    def samples(self) -> list[dict[str, Any]]:
+        """The samples kept, oldest first."""
+        return list(self._samples)
+
+    async def run(self) -> None:
+        """Sample every ``every_s`` until cancelled."""
+        while True:
+            self.sample()
+            await asyncio.sleep(self.every_s)  # a clock, not a wait for something
+
+
 def register(app: web.Application, state: RouterState) -> None:
     """Add ``/dashboard`` and ``/dashboard/stats`` to the router's ``app``."""
     body = page()
     reader = WorkerStatsReader(state.registry)
+    history = History(state.registry)
 
     async def reader_lifecycle(app: web.Application) -> AsyncIterator[None]:
-        async with reader:
-            yield
+        sampler = asyncio.create_task(history.run(), name="gpufleet-dashboard-history")
+        try:
+            async with reader:
+                yield
+        finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
 
     app.cleanup_ctx.append(reader_lifecycle)
 
@@ -131,10 +182,13 @@ def register(app: web.Application, state: RouterState) -> None:
         for entry in data["workers"]:
             with contextlib.suppress(KeyError):
                 entry.update(own[entry["id"]])
+        data["now"] = round(history.clock(), 3)  # the page charts on the router's clock
+        if request.query.get("history") == "1":
+            data["history"] = history.samples()
         return web.json_response(data, headers={"Cache-Control": "no-store"})
 
     app.router.add_get(PAGE_PATH, dashboard)
     app.router.add_get(STATS_PATH, dashboard_stats)
 
 
-__all__ = ["PAGE_PATH", "STATS_PATH", "WorkerStatsReader", "page", "register"]
+__all__ = ["PAGE_PATH", "STATS_PATH", "History", "WorkerStatsReader", "page", "register"]
