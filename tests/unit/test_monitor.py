@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 from rich.console import Console
@@ -22,7 +23,7 @@ def view(*workers: WorkerView, at: float = 0.0) -> FleetView:
     return FleetView("http://router", True, workers, {"policy": "capacity"}, at, {})
 
 
-def text(cells: list[object]) -> list[str]:
+def text(cells: Sequence[object]) -> list[str]:
     return [str(c) for c in cells]
 
 
