@@ -4,7 +4,9 @@ Run (a script, not a test; it takes about a minute on 2 CPU cores)::
 
     .venv/bin/python benchmarks/worker_batching.py --requests 2000 --concurrency 64
 
-Three phases, one after the other so they never share the CPU:
+Three phases, interleaved in ``--rounds`` rounds (on a shared machine the load of other
+processes drifts; the median of interleaved rounds is fairer than one long run each), one
+phase at a time so they never share the CPU:
 
 1. ``in-process``: ``MiniLM.predict`` called directly with batches of ``--batch`` texts.
 2. ``worker``: ``gpufleet worker --model minilm --max-batch-size BATCH``, driven over HTTP
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import os
 import platform
@@ -46,13 +47,8 @@ def texts(n: int) -> list[str]:
     return out
 
 
-def in_process(corpus: list[str], batch: int, seconds: float) -> dict[str, Any]:
-    """Items/s of ``MiniLM.predict`` on batches of ``batch`` for about ``seconds``."""
-    from gpufleet.models.minilm import MiniLM
-
-    model = MiniLM()
-    model.setup("cpu")
-    model.predict(corpus[:batch])  # warm-up
+def in_process(model: Any, corpus: list[str], batch: int, seconds: float) -> dict[str, Any]:
+    """Items/s of ``model.predict`` on batches of ``batch`` for about ``seconds``."""
     done, i = 0, 0
     started = time.perf_counter()
     while time.perf_counter() - started < seconds:
@@ -61,9 +57,15 @@ def in_process(corpus: list[str], batch: int, seconds: float) -> dict[str, Any]:
         done += len(chunk)
         i = (i + batch) % len(corpus)
     elapsed = time.perf_counter() - started
-    del model
-    gc.collect()
     return {"phase": "in-process", "items": done, "seconds": elapsed, "items_per_s": done / elapsed}
+
+
+async def compute_seconds(session: aiohttp.ClientSession, url: str) -> float:
+    """Seconds the worker's model has spent in ``predict`` so far (from /metrics)."""
+    async with session.get(url + "/metrics") as r:
+        text = await r.text()
+    prefix = "gpufleet_worker_compute_seconds_sum"
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
 
 
 async def drive(url: str, corpus: list[str], requests: int, concurrency: int) -> dict[str, Any]:
@@ -93,11 +95,13 @@ async def drive(url: str, corpus: list[str], requests: int, concurrency: int) ->
         )
         async with session.get(url + "/stats") as r:
             before = await r.json()
+        compute_before = await compute_seconds(session, url)
         started = time.perf_counter()
         await asyncio.gather(*(caller(session) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
         async with session.get(url + "/stats") as r:
             after = await r.json()
+        compute = await compute_seconds(session, url) - compute_before
     latencies.sort()
     batches = after["batches"] - before["batches"]
     return {
@@ -106,56 +110,98 @@ async def drive(url: str, corpus: list[str], requests: int, concurrency: int) ->
         "items_per_s": requests / elapsed,
         "failures": failures,
         "avg_batch_size": requests / batches if batches else 0.0,
+        # The share of wall time the model spent in predict: 1.0 means the worker kept the
+        # model busy all the time, whatever else the machine was doing.
+        "model_busy": compute / elapsed,
         "p50_ms": latencies[len(latencies) // 2] * 1000,
         "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
     }
 
 
-def through_worker(
-    corpus: list[str], batch: int, requests: int, concurrency: int, phase: str
-) -> dict[str, Any]:
-    """Start a minilm worker with ``--max-batch-size batch`` and drive it."""
-    args = ["--max-batch-size", str(batch), "--max-queue", "4096", "--device", "cpu"]
-    with run_worker("minilm", *args, timeout=180) as w:
-        result = asyncio.run(drive(w.url, corpus, requests, concurrency))
-    return {"phase": phase, **result}
+def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the median throughput, with the spread of all rounds."""
+    ordered = sorted(rows, key=lambda r: r["items_per_s"])
+    row = dict(ordered[len(ordered) // 2])
+    row["min_items_per_s"] = ordered[0]["items_per_s"]
+    row["max_items_per_s"] = ordered[-1]["items_per_s"]
+    return row
 
 
 def main() -> None:
-    """Run the three phases and print the table."""
+    """Run the phases in interleaved rounds and print the median of each."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--requests", type=int, default=2000)
+    p.add_argument("--requests", type=int, default=1500, help="per round, batched worker")
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--in-process-seconds", type=float, default=15.0)
-    p.add_argument("--unbatched-requests", type=int, default=0, help="default: requests / 2")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--in-process-seconds", type=float, default=6.0, help="per round")
+    p.add_argument("--unbatched-requests", type=int, default=0, help="default: requests / 3")
     p.add_argument("--json", type=Path, help="also write the figures here")
     a = p.parse_args()
+    from gpufleet.models.minilm import MiniLM
+
     corpus = texts(max(a.requests, 512))
-    rows = [in_process(corpus, a.batch, a.in_process_seconds)]
-    rows.append(through_worker(corpus, a.batch, a.requests, a.concurrency, "worker"))
-    unbatched = a.unbatched_requests or a.requests // 2
-    rows.append(through_worker(corpus, 1, unbatched, a.concurrency, "worker-unbatched"))
+    unbatched_n = a.unbatched_requests or a.requests // 3
+    model = MiniLM()
+    model.setup("cpu")
+    # Warm-up: every sequence length once, so no phase pays first-shape costs.
+    for i in range(0, len(corpus), a.batch):
+        model.predict(corpus[i : i + a.batch])
+    common = ["--max-queue", "4096", "--device", "cpu"]
+    results: dict[str, list[dict[str, Any]]] = {
+        "in-process": [],
+        "worker": [],
+        "worker-unbatched": [],
+    }
+    with (
+        run_worker("minilm", "--max-batch-size", str(a.batch), *common, timeout=180) as batched,
+        run_worker("minilm", "--max-batch-size", "1", *common, timeout=180) as unbatched,
+    ):
+        asyncio.run(drive(batched.url, corpus, len(corpus), a.concurrency))  # warm-up
+        asyncio.run(drive(unbatched.url, corpus, a.concurrency * 2, a.concurrency))
+        for r in range(a.rounds):
+            results["in-process"].append(in_process(model, corpus, a.batch, a.in_process_seconds))
+            w = asyncio.run(drive(batched.url, corpus, a.requests, a.concurrency))
+            results["worker"].append({"phase": "worker", **w})
+            u = asyncio.run(drive(unbatched.url, corpus, unbatched_n, a.concurrency))
+            results["worker-unbatched"].append({"phase": "worker-unbatched", **u})
+            print(
+                f"round {r + 1}: "
+                + ", ".join(f"{k} {v[-1]['items_per_s']:.0f}/s" for k, v in results.items()),
+                flush=True,
+            )
+    rows = [median_row(v) for v in results.values()]
     base = rows[0]["items_per_s"]
-    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}"
-    print(f"machine: {machine}; concurrency {a.concurrency}; max batch {a.batch}")
-    print("| phase | items | items/s | vs in-process | avg batch | p50 ms | p99 ms |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
+    )
+    print(
+        f"machine: {machine}; concurrency {a.concurrency}; max batch {a.batch}; "
+        f"median of {a.rounds} interleaved rounds"
+    )
+    print(
+        "| phase | items/s (median) | min–max | vs in-process | avg batch | model busy "
+        "| p50 ms | p99 ms |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         avg = f"{r['avg_batch_size']:.1f}" if "avg_batch_size" in r else f"{a.batch}"
         p50 = f"{r['p50_ms']:.0f}" if "p50_ms" in r else "-"
         p99 = f"{r['p99_ms']:.0f}" if "p99_ms" in r else "-"
+        busy = f"{r['model_busy']:.0%}" if "model_busy" in r else "100%"
         print(
-            f"| {r['phase']} | {r['items']} | {r['items_per_s']:.0f} | "
-            f"{r['items_per_s'] / base:.0%} | {avg} | {p50} | {p99} |"
+            f"| {r['phase']} | {r['items_per_s']:.0f} | "
+            f"{r['min_items_per_s']:.0f}–{r['max_items_per_s']:.0f} | "
+            f"{r['items_per_s'] / base:.0%} | {avg} | {busy} | {p50} | {p99} |"
         )
     if a.json:
-        a.json.write_text(
-            json.dumps(
-                {"machine": machine, "args": vars(a) | {"json": str(a.json)}, "rows": rows},
-                indent=2,
-            )
-        )
+        payload = {
+            "machine": machine,
+            "args": {**vars(a), "json": str(a.json)},
+            "median": rows,
+            "rounds": results,
+        }
+        a.json.write_text(json.dumps(payload, indent=2))
 
 
 if __name__ == "__main__":
