@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 from pathlib import Path
 
@@ -212,6 +213,19 @@ async def test_the_output_buffer_drops_the_oldest_past_its_cap() -> None:
     assert await waiting == b"d"
     await out.close()
     assert await out.take() == b""
+
+
+def test_an_address_where_nothing_listens_fails_fast() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # Closed now: the connection is refused at once.
+    with pytest.raises(ConfigError, match=f"nothing answers at the Ray address 127.0.0.1:{port}"):
+        ray_cluster.check_reachable(f"127.0.0.1:{port}")
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        ray_cluster.check_reachable("head-node")
+    for left_to_ray in (None, "auto", "ray://head:10001"):
+        ray_cluster.check_reachable(left_to_ray)
 
 
 def test_without_ray_import_ray_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:

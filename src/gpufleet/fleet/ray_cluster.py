@@ -12,6 +12,7 @@ import asyncio
 import importlib
 import secrets
 import shlex
+import socket
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ def connect(ray: Any, cfg: RayConfig) -> ClusterInfo:
     Raises:
         ConfigError: no cluster answers at the address.
     """
+    check_reachable(cfg.address)
     _use_token_if_present()
     try:
         ctx = ray.init(
@@ -86,6 +88,27 @@ def connect(ray: Any, cfg: RayConfig) -> ClusterInfo:
     alive = [n for n in ray.nodes() if n.get("Alive")]
     address = str(getattr(ctx, "address_info", {}).get("gcs_address", cfg.address))
     return ClusterInfo(address, len(alive), resources.get("GPU", 0.0), resources.get("CPU", 0.0))
+
+
+def check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """Fail fast when nothing listens at a ``HOST:PORT`` address (``ray.init`` would retry
+    for minutes); ``auto`` and ``ray://`` addresses are left to Ray.
+
+    Raises:
+        ConfigError: the connection was refused or timed out.
+    """
+    if address is None or address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"ray address must be auto, HOST:PORT or ray://HOST:PORT, got {address}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"nothing answers at the Ray address {address} ({exc.strerror or exc}): "
+            "is `ray start --head` running there, and is its port open from here?"
+        ) from exc
 
 
 def _use_token_if_present() -> None:
@@ -256,6 +279,7 @@ __all__ = [
     "INSTALL_HINT",
     "ClusterInfo",
     "RayOptions",
+    "check_reachable",
     "connect",
     "forwarded_env",
     "import_ray",
