@@ -100,6 +100,35 @@ def test_a_local_fleet_tells_the_router_where_each_worker_runs(tmp_path: Path) -
         assert sorted(labels["index"] for labels in labelled.values()) == ["0", "1"]
 
 
+_PARENT = """
+import subprocess, sys, time
+from gpufleet.fleet.ray_actor import death_signal_setter
+sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+child = subprocess.Popen(sleeper, preexec_fn=death_signal_setter())
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_worker_dies_with_the_actor_that_started_it(tmp_path: Path) -> None:
+    script = tmp_path / "actor.py"
+    script.write_text(_PARENT)
+    actor = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert actor.stdout is not None
+        child = int(actor.stdout.readline())
+        assert is_alive(child)
+        actor.kill()
+        actor.wait(timeout=10)
+        # Orphaned, it would sleep on (and hold its GPU); the death signal ends it.
+        assert _wait(lambda: not is_alive(child), timeout=10), f"pid {child} outlived its parent"
+    finally:
+        actor.kill()
+        actor.wait(timeout=10)
+        if actor.stdout is not None:
+            actor.stdout.close()
+
+
 # Ray on loopback only, and never phoning home.
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 needs_ray = pytest.mark.skipif(

@@ -30,7 +30,7 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,14 +98,24 @@ def pick_free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def die_with_parent() -> None:
-    """``preexec_fn``: SIGKILL this child when the thread that forked it dies (Linux)."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def death_signal_setter() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the child SIGKILLed when the thread that forked it dies.
+
+    Linux only (None elsewhere). libc is looked up here, in the parent: between fork and
+    exec in a threaded process (a Ray actor) the child must do as little as possible.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def set_death_signal() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         # The parent may have died between fork and prctl: then nobody will signal us.
-        if os.getppid() == 1:
+        if os.getppid() != parent:
             os._exit(1)
+
+    return set_death_signal
 
 
 async def read_port_file(path: Path, proc: asyncio.subprocess.Process, timeout_s: float) -> int:
@@ -221,7 +231,7 @@ class WorkerActor:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env=env,
-            preexec_fn=die_with_parent,
+            preexec_fn=death_signal_setter(),
         )
         self._proc, self._info = proc, None
         self._pump = asyncio.create_task(self._copy_output(proc, self._output))
@@ -310,7 +320,7 @@ __all__ = [
     "RayWorkerInfo",
     "RayWorkerSpec",
     "WorkerActor",
-    "die_with_parent",
+    "death_signal_setter",
     "fill_placeholders",
     "pick_free_port",
     "read_port_file",
