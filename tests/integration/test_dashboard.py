@@ -23,6 +23,8 @@ import pytest
 
 from gpufleet.testing import run_router, run_server, run_worker
 
+TOKEN = "token-for-tests"
+PLACED = {"placement": "10.0.0.7/gpu3", "hostname": "gpu-node-7", "node": "10.0.0.7"}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="needs Debian's chromium (scripts/system-deps installs it)"
@@ -126,10 +128,11 @@ def get_json(url: str) -> Any:
         return json.load(resp)
 
 
-def post(url: str, body: object) -> None:
-    req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
+def post(url: str, body: object, token: str | None = None) -> None:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
     with urllib.request.urlopen(req, timeout=10) as resp:
         resp.read()
 
@@ -209,8 +212,14 @@ async def test_dashboard_draws_every_worker_and_live_numbers(tmp_path: Path) -> 
     with (
         run_worker("synthetic", "--model-arg", "base_ms=5", "--model-arg", "fail_on=bad") as a,
         run_worker("synthetic", "--model-arg", "base_ms=5") as b,
-        run_router([a.url, b.url]) as router,
+        run_router([a.url], "--admin-token", TOKEN) as router,
     ):
+        # b joins as a fleet adds a placed worker: labels say where it runs.
+        post(router.url + "/admin/workers", {"url": b.url, "labels": PLACED}, token=TOKEN)
+        deadline = time.monotonic() + 30
+        while [w["state"] for w in get_json(router.url + "/stats")["workers"]] != ["ready"] * 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
         for i in range(12):
             post(router.url + "/predict", {"input": i})
         with pytest.raises(urllib.error.HTTPError, match="500"):
@@ -252,7 +261,12 @@ async def test_dashboard_draws_every_worker_and_live_numbers(tmp_path: Path) -> 
             assert float(numbers["p99"]) >= float(numbers["p50"])
             assert float(numbers["avg-batch"]) >= 1.0  # from the worker's own /stats
         assert numbers["queue"] != "–"
-        assert numbers["device"] == "cpu"
+        if w["url"] == b.url:
+            assert numbers["node"] == "gpu-node-7"
+            assert numbers["device"] == "10.0.0.7/gpu3 · cpu"  # placement, then its own
+        else:
+            assert numbers["node"] == "127.0.0.1"
+            assert numbers["device"] == "cpu"
         assert numbers["restarts"] == "0"
         assert numbers["gpu-util"] == "–"  # CPU workers report no GPU
     assert sum(drawn.values()) > sum(before.values()) >= 12  # numbers from while it ran
