@@ -8,7 +8,7 @@ from dataclasses import replace
 from rich.console import Console
 
 from gpufleet.operate.fleetview import FleetView, WorkerView
-from gpufleet.operate.monitor import MonitorState, render, row_cells
+from gpufleet.operate.monitor import MonitorState, render, row_cells, where
 
 GPU = {
     "index": 3,
@@ -57,3 +57,12 @@ def test_restarts_errors_and_state_changes_are_remembered() -> None:
     out = console.export_text()
     assert "restarted (pid 100 → 101)" in out
     assert "http://router · 2 worker(s)" in out
+
+
+def test_device_column_says_where_the_fleet_placed_a_worker() -> None:
+    w = WorkerView("w0", "http://10.0.0.7:8001", device="cuda")
+    assert where(w) == "cuda"
+    assert where(replace(w, labels={"placement": "10.0.0.7/gpu3"})) == "10.0.0.7/gpu3 · cuda"
+    assert where(replace(w, labels={"device": "2"})) == "gpu2 · cuda"
+    assert where(replace(w, device="cpu", labels={"device": "cpu"})) == "cpu"
+    assert where(replace(w, device=None)) == "-"

@@ -46,6 +46,8 @@ class WorkerView:
     model: str | None = None
     kind: str | None = None
     gpu: dict[str, Any] = field(default_factory=dict)
+    #: Where the fleet says it runs (router ``labels``: ``placement``, ``node``, ``device``…).
+    labels: dict[str, str] = field(default_factory=dict)
     recent_errors: tuple[str, ...] = ()
     #: Items the worker itself counts as served (its /stats; the router counts requests).
     items: int | None = None
@@ -122,6 +124,8 @@ def _merge(view: WorkerView, data: dict[str, Any]) -> WorkerView:
         changes["p99_ms"] = p99
     if isinstance(data.get("gpu"), dict):
         changes["gpu"] = dict(data["gpu"])
+    if isinstance(data.get("labels"), dict):
+        changes["labels"] = {str(k): str(v) for k, v in data["labels"].items()}
     if errors := _recent_errors(data):
         changes["recent_errors"] = errors
     return replace(view, **changes)

@@ -100,6 +100,17 @@ def worker_table(view: FleetView, rps: dict[str, float], state: MonitorState) ->
     return t
 
 
+def where(w: WorkerView) -> str:
+    """Where a worker runs: the fleet's placement (or GPU index), then its own device."""
+    placed = w.labels.get("placement") or w.labels.get("device")
+    if placed and placed.isdigit():
+        placed = f"gpu{placed}"
+    parts = [p for p in (placed, w.device) if p]
+    if len(parts) == 2 and parts[0] == parts[1]:
+        parts.pop()
+    return " · ".join(parts) or "-"
+
+
 def short_id(w: WorkerView) -> str:
     """A worker's name for a narrow column: its id (``host:port`` when the id is a URL)."""
     name = w.id.split("://", 1)[-1].rstrip("/") if "://" in w.id else w.id
@@ -113,7 +124,7 @@ def row_cells(w: WorkerView, rps: float | None, seen_restarts: int) -> list[str 
     name = short_id(w)
     return [
         name,
-        w.device or "-",
+        where(w),
         _state(w.state),
         _n(w.in_flight),
         _n(w.queue_depth),
