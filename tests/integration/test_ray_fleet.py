@@ -278,3 +278,30 @@ def test_up_on_ray_pins_a_gpu_per_actor_serves_and_survives_a_killed_actor(
         assert fleet.stop(timeout=60) == 0, fleet.log()
     # The fleet's stop ends its actors too (Ray frees their GPUs), and every worker.
     assert _wait(lambda: not any(is_alive(pid) for pid in pids), timeout=20), pids
+
+
+@needs_ray
+@pytest.mark.ray
+def test_an_actor_out_of_restarts_is_replaced_by_a_new_one(
+    ray_cluster: str, tmp_path: Path
+) -> None:
+    args = ["up", "--ray-address", ray_cluster, *FAST, "--workers", "1"]
+    args += ["--ray-max-restarts", "0", "--restart-backoff", "0.2"]
+    with run_server(args, cwd=tmp_path, env=RAY_ENV, timeout=150) as fleet:
+        state = wait_state(tmp_path, lambda s: len(_ready_workers(s)) == 1, timeout=60)
+        (first,) = state["workers"]
+        os.kill(int(first["labels"]["actor_pid"]), signal.SIGKILL)
+        back = wait_state(
+            tmp_path,
+            lambda s: s["workers"][0]["state"] == "ready" and s["workers"][0]["restarts"] >= 1,
+            timeout=60,
+        )
+        (again,) = back["workers"]
+        assert again["labels"]["actor_pid"] != first["labels"]["actor_pid"]
+        assert again["url"] != first["url"]
+        assert "gone for good; creating a new one" in fleet.log()
+        assert _wait(lambda: again["url"] in _router_labels(fleet.url), timeout=30)
+        assert {o["pid"] for o in _served_by(fleet.url, 8)} == {again["pid"]}
+        pids = [again["pid"], int(again["labels"]["actor_pid"])]
+        assert fleet.stop(timeout=60) == 0, fleet.log()
+    assert _wait(lambda: not any(is_alive(pid) for pid in pids), timeout=20), pids

@@ -187,6 +187,7 @@ class RayLauncher:
         #: The spec as planned, by name: a restart gets the placed one, whose env holds
         #: the old node's CUDA_VISIBLE_DEVICES (a new actor must get Ray's, not that).
         self._planned: dict[str, ChildSpec] = {}
+        self._made: dict[str, int] = {}
 
     def _worker_spec(self, spec: ChildSpec) -> RayWorkerSpec:
         return RayWorkerSpec(
@@ -200,8 +201,10 @@ class RayLauncher:
 
     def _new_actor(self, spec: ChildSpec) -> Any:
         opts = self._options
+        # A replacement gets a name of its own: the dead one's may not be free yet.
+        self._made[spec.name] = made = self._made.get(spec.name, 0) + 1
         remote = self._ray.remote(WorkerActor).options(
-            name=f"{opts.run_id}-{spec.name}",
+            name=f"{opts.run_id}-{spec.name}-{made}",
             namespace=opts.namespace,
             num_gpus=opts.gpus_per_worker,
             num_cpus=opts.cpus_per_worker,
@@ -224,17 +227,12 @@ class RayLauncher:
         if spec.labels.get("launcher") != RAY_LABEL:
             return await self._local.start(spec)
         spec = self._planned.setdefault(spec.name, spec)
-        actor = self._actors.get(spec.name) or self._new_actor(spec)
         try:
-            info = await self._launch(spec.name, actor)
-        except self._ray.exceptions.ActorDiedError:
-            # Out of restarts (or killed for good): a new actor, placed anew by Ray.
-            log.warning("%s: its Ray actor is gone for good; creating a new one", spec.name)
-            info = await self._launch(spec.name, self._new_actor(spec))
-            actor = self._actors[spec.name]
+            actor, info = await self._launch_or_replace(spec)
         except self._ray.exceptions.RayActorError as exc:
             raise OSError(f"the Ray actor of {spec.name} died while starting it: {exc}") from exc
-        except (RuntimeError, TimeoutError) as exc:
+        except (self._ray.exceptions.RayError, RuntimeError, TimeoutError) as exc:
+            # RayError: what the actor raised (the worker exited before binding, …).
             raise OSError(str(exc)) from exc
         placed = placed_spec(spec, info)
         log.info(
@@ -246,6 +244,18 @@ class RayLauncher:
             info.pid,
         )
         return RayChild(spec.name, actor, info, placed)
+
+    async def _launch_or_replace(self, spec: ChildSpec) -> tuple[Any, RayWorkerInfo]:
+        actor = self._actors.get(spec.name) or self._new_actor(spec)
+        try:
+            return actor, await self._launch(spec.name, actor)
+        except self._ray.exceptions.ActorDiedError:
+            # Out of restarts (or killed for good): a new actor, placed anew by Ray.
+            log.warning("%s: its Ray actor is gone for good; creating a new one", spec.name)
+            with contextlib.suppress(Exception):  # make sure it holds no GPU any more
+                self._ray.kill(actor, no_restart=True)
+            actor = self._new_actor(spec)
+            return actor, await self._launch(spec.name, actor)
 
     async def _launch(self, name: str, actor: Any) -> RayWorkerInfo:
         pending = asyncio.ensure_future(self._await_ref(actor.launch.remote()))
