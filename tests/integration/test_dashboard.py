@@ -48,8 +48,11 @@ class Browser:
             "--disable-sync", "--disable-dev-shm-usage", "--remote-debugging-port=0",
             f"--user-data-dir={profile}", "about:blank",
         ]  # fmt: skip
+        # A file, not a pipe: chromium is chatty on stderr and a full pipe would stall it.
+        self.log_path = profile.with_name(profile.name + ".log")
+        self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+            args, stdout=subprocess.DEVNULL, stderr=self._log, start_new_session=True
         )
         self.errors: list[str] = []
         self._ids = itertools.count(1)
@@ -57,11 +60,19 @@ class Browser:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
 
     async def __aenter__(self) -> Browser:
+        try:
+            await self._connect()
+        except BaseException:
+            await self.__aexit__(None, None, None)  # never leave a browser behind
+            raise
+        return self
+
+    async def _connect(self) -> None:
         port_file = self.profile / "DevToolsActivePort"
         deadline = time.monotonic() + 60
         while not port_file.exists() or not port_file.read_text().strip():
-            assert self.proc.poll() is None, "chromium exited at start"
-            assert time.monotonic() < deadline, "chromium wrote no DevToolsActivePort"
+            assert self.proc.poll() is None, f"chromium exited at start: {self.log_tail()}"
+            assert time.monotonic() < deadline, f"no DevToolsActivePort: {self.log_tail()}"
             await asyncio.sleep(0.1)
         port = int(port_file.read_text().split()[0])
         self._session = aiohttp.ClientSession()
@@ -70,7 +81,6 @@ class Browser:
         page = next(t for t in targets if t["type"] == "page")
         self._ws = await self._session.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0)
         await self.call("Runtime.enable")
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._ws is not None:
@@ -80,8 +90,11 @@ class Browser:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         await asyncio.to_thread(self.proc.wait, 30)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
+        self._log.close()
+
+    def log_tail(self) -> str:
+        """The end of chromium's own output (for a failure message)."""
+        return self.log_path.read_bytes()[-2000:].decode("utf-8", "replace")
 
     async def call(self, method: str, **params: Any) -> dict[str, Any]:
         """Send one DevTools command; note page exceptions that arrive meanwhile."""
