@@ -20,7 +20,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
+from gpufleet.router.dashboard import WorkerStatsReader
+from gpufleet.router.pool import Registry, WorkerSpec
 from gpufleet.testing import run_router, run_server, run_worker
 
 TOKEN = "token-for-tests"
@@ -376,3 +379,44 @@ async def test_dashboard_opens_with_the_minutes_before(tmp_path: Path) -> None:
     assert points >= 4
     series, points, _ = chart(html, "chart-latency")
     assert points >= 2  # p50 and p99 of the minutes with traffic
+
+
+async def test_worker_stats_are_read_once_per_interval_and_never_wait_long() -> None:
+    hits = {"fast": 0, "slow": 0}
+
+    async def fast(request: web.Request) -> web.Response:
+        hits["fast"] += 1
+        return web.json_response({"server": "gpufleet-worker", "queue_depth": 3})
+
+    async def slow(request: web.Request) -> web.Response:
+        hits["slow"] += 1
+        await asyncio.sleep(30)  # a wedged worker
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_get("/fast/stats", fast)
+    app.router.add_get("/slow/stats", slow)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    registry = Registry()
+    for name in ("fast", "slow"):
+        registry.add(WorkerSpec(f"http://127.0.0.1:{port}/{name}")).is_gpufleet = True
+    try:
+        async with WorkerStatsReader(registry, timeout_s=0.5, max_age_s=0.3) as reader:
+            started = time.monotonic()
+            answers = await asyncio.gather(*(reader.read() for _ in range(20)))
+            took = time.monotonic() - started
+            assert hits == {"fast": 1, "slow": 1}  # 20 pages polling: one read each
+            assert took < 5  # bounded by the timeout, not by the wedged worker
+            first = answers[0]
+            assert all(a == first for a in answers)
+            assert first["w0"] == {"worker": {"server": "gpufleet-worker", "queue_depth": 3}}
+            assert "did not answer within 0.5s" in first["w1"]["worker_error"]
+            await asyncio.sleep(0.35)
+            await reader.read()
+            assert hits["fast"] == 2  # stale after max_age_s: read again
+    finally:
+        await runner.cleanup()
