@@ -6,11 +6,13 @@ import json
 import re
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
-from gpufleet.testing import run_router, run_worker
+from gpufleet.testing import run_router, run_server, run_worker
 
 
 def monitor(*args: str) -> subprocess.CompletedProcess[str]:
@@ -121,3 +123,25 @@ def test_monitor_once_says_when_nothing_answers() -> None:
     assert result.returncode == 1
     assert "gpufleet: error:" in result.stderr
     assert url in result.stderr
+
+
+def test_monitor_once_against_a_fleet(tmp_path: Path) -> None:
+    args = ["up", "--model", "synthetic", "--model-arg", "base_ms=1", "--cpu-workers", "2"]
+    with run_server(args, cwd=tmp_path) as fleet:
+        deadline = time.monotonic() + 60
+        while [w["state"] for w in get_json(fleet.url + "/stats")["workers"]] != ["ready"] * 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        for i in range(6):
+            assert post(fleet.url + "/predict", {"input": i}) == 200
+        stats = get_json(fleet.url + "/stats")
+        result = monitor(fleet.url, "--once", "--errors")
+
+    assert result.returncode == 0, result.stderr
+    assert f"{fleet.url} · 2 worker(s)" in result.stdout
+    for w in stats["workers"]:
+        named = dict(zip(HEAD, row(result.stdout, w["id"]), strict=False))
+        assert named["device"] == "cpu"  # the fleet's label and the worker's own agree
+        assert int(named["served"]) == w["served"]
+    assert sum(w["served"] for w in stats["workers"]) == 6
+    assert result.stdout.count("no recent errors") == 2
