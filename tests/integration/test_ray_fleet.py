@@ -214,6 +214,9 @@ def test_up_on_ray_pins_a_gpu_per_actor_serves_and_survives_a_killed_actor(
         assert {w["device"] for w in workers.values()} == {"127.0.0.1/gpu0", "127.0.0.1/gpu1"}
         assert "Ray cluster at 127.0.0.1:" in fleet.log()
         assert "2 GPU(s)" in fleet.log()
+        # Placeholders were filled on the node: its address, a port file of the actor's.
+        assert "placed by Ray on" in fleet.log()
+        assert "--host 127.0.0.1 --port 0 --port-file /" in fleet.log()
 
         # Requests through the router reach every worker, each on its own GPU.
         outputs = _served_by(fleet.url, 60)

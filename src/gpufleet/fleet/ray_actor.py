@@ -79,6 +79,8 @@ class RayWorkerInfo:
     cuda_visible_devices: str | None
     pid: int
     actor_pid: int
+    #: The command line as run on the node (placeholders filled).
+    argv: tuple[str, ...] = ()
 
     @property
     def gpu(self) -> str:
@@ -225,8 +227,9 @@ class WorkerActor:
         }
         env = {**os.environ, **spec.env}
         self._output = OutputBuffer()
+        argv = fill_placeholders(spec.argv, values)
         proc = await asyncio.create_subprocess_exec(
-            *fill_placeholders(spec.argv, values),
+            *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -252,6 +255,7 @@ class WorkerActor:
             cuda_visible_devices=env.get("CUDA_VISIBLE_DEVICES"),
             pid=proc.pid,
             actor_pid=os.getpid(),
+            argv=tuple(argv),
         )
         return self._info
 

@@ -236,12 +236,13 @@ class RayLauncher:
             raise OSError(str(exc)) from exc
         placed = placed_spec(spec, info)
         log.info(
-            "%s placed by Ray on %s (%s), GPU %s, pid %d",
+            "%s placed by Ray on %s (%s), GPU %s, pid %d: %s",
             spec.name,
             info.hostname,
             info.node_ip,
             info.gpu,
             info.pid,
+            " ".join(info.argv),
         )
         return RayChild(spec.name, actor, info, placed)
 
