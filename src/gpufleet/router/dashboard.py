@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +30,8 @@ from gpufleet.router.upstream import REMOVED, Upstream, percentile_ms
 
 if TYPE_CHECKING:
     from gpufleet.router.app import RouterState
+
+log = logging.getLogger("gpufleet.router.dashboard")
 
 PAGE_PATH = "/dashboard"
 STATS_PATH = "/dashboard/stats"
@@ -140,7 +143,10 @@ class History:
     async def run(self) -> None:
         """Sample every ``every_s`` until cancelled."""
         while True:
-            self.sample()
+            try:
+                self.sample()
+            except Exception:  # the charts may miss a point; the router must not stop
+                log.exception("dashboard history sample failed")
             await asyncio.sleep(self.every_s)  # a clock, not a wait for something
 
 
