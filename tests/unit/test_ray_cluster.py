@@ -246,3 +246,11 @@ def test_up_ray_without_ray_exits_2_with_the_install_line(
         assert INSTALL_HINT in result.output
     # Nothing was started: no run directory was claimed.
     assert not (tmp_path / ".gpufleet").exists()
+
+
+def test_ray_flags_without_ray_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["up", "--model", "synthetic", "--workers", "3"])
+    assert result.exit_code == 2, result.output
+    assert "need --ray" in result.output
+    assert not (tmp_path / ".gpufleet").exists()

@@ -127,6 +127,7 @@ def up(
         }  # fmt: skip
         cfg = load_fleet_config(flags=flags, config_path=config)
         from gpufleet.config.ray import load_ray_config
+        from gpufleet.errors import ConfigError
 
         ray_flags = {
             "address": ray_address or ("auto" if ray else None),
@@ -134,6 +135,8 @@ def up(
             "max_restarts": ray_max_restarts,
         }  # fmt: skip
         ray_cfg = load_ray_config(flags=ray_flags, config_path=config)
+        if not ray_cfg.enabled and any(v is not None for v in ray_flags.values()):
+            raise ConfigError("--workers, --gpus-per-worker and --ray-max-restarts need --ray")
         if ray_cfg.enabled:
             from gpufleet.fleet.ray_cluster import import_ray
 
