@@ -224,3 +224,14 @@ async def test_a_stuck_reading_is_dropped_and_not_piled_up() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_a_failing_opener_leaves_the_worker_without_gpu_numbers() -> None:
+    def broken(device: str) -> FakeReader:
+        raise RuntimeError("driver exploded")
+
+    sampler = GpuSampler(lambda: "cuda", broken, interval_s=0.05)
+    async with asyncio.timeout(10):
+        await sampler.run()  # returns instead of raising
+    assert sampler.latest is None
+    assert sampler.settled.is_set()

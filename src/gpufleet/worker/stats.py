@@ -233,7 +233,10 @@ class GpuSampler:
             while reader is None:
                 device = self._device()
                 if device is not None:
-                    reader = await asyncio.to_thread(self._open_reader, device)
+                    try:
+                        reader = await asyncio.to_thread(self._open_reader, device)
+                    except Exception:  # GPU numbers are a nicety: never take the worker down
+                        log.exception("could not open NVML for %s", device)
                     if reader is None:
                         return
                     break
