@@ -330,7 +330,7 @@ async def test_dashboard_counts_a_worker_restart_in_a_fleet(tmp_path: Path) -> N
                     if w["id"] == victim["id"]
                 )  # fmt: skip
                 pid = entry.get("worker", {}).get("pid")
-                if pid not in (None, victim["worker"]["pid"]):
+                if pid not in (None, victim["worker"]["pid"]) and entry["state"] == "ready":
                     break
                 assert time.monotonic() < deadline + 60, entry
                 await asyncio.sleep(0.2)
