@@ -212,3 +212,26 @@ async def test_request_id_forwarded_for_and_hop_by_hop_headers() -> None:
         )
         assert status == 413
         assert headers["X-Request-Id"] == "big"
+
+
+async def test_cap_is_two_batches_of_a_gpufleet_worker_else_four() -> None:
+    with (
+        run_upstream("--gpufleet", "--max-batch-size", "3") as worker_like,
+        run_upstream() as plain,
+        run_router([worker_like.url, plain.url]) as router,
+    ):
+        for u in (worker_like, plain):
+            await wait_state(router.url, u.url, "ready", within=10)
+        stats = await get_json(router.url + "/stats")
+        caps = {w["url"]: (w["max_outstanding"], w["gpufleet_worker"]) for w in stats["workers"]}
+        assert caps == {worker_like.url: (6, True), plain.url: (4, False)}
+        # Ten slow requests at once fill both caps exactly: six on the worker, four on the other.
+        calls = [
+            asyncio.create_task(_post(router.url + "/slow?ms=1500", json={})) for _ in range(10)
+        ]
+        await asyncio.sleep(0.7)
+        stats = await get_json(router.url + "/stats")
+        assert [w["in_flight"] for w in stats["workers"]] == [6, 4]
+        assert stats["totals"]["queue_depth"] == 0
+        results = await asyncio.gather(*calls)
+        assert {status for status, _, _ in results} == {200}

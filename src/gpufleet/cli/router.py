@@ -25,7 +25,7 @@ def router(
     port: int | None = typer.Option(None, help="port to bind; 0 picks a free one (default 8000)"),
     port_file: str | None = typer.Option(None, help="write the bound port here once listening"),
     max_outstanding: int | None = typer.Option(
-        None, help="cap per upstream; 0 = a gpufleet worker's batch size, else 4 (default 0)"
+        None, help="cap per upstream; 0 = 2 x a gpufleet worker's batch size, else 4 (default 0)"
     ),
     max_queue: int | None = typer.Option(
         None, help="requests that may wait when all upstreams are at their cap (default 1024)"

@@ -34,7 +34,8 @@ class RouterConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     port_file: str | None = None
-    #: Cap of outstanding requests per upstream; 0: the worker's batch size, else 4.
+    #: Cap of outstanding requests per upstream; 0: twice a gpufleet worker's batch size
+    #: (one batch running, the next one queued), else 4.
     max_outstanding: int = 0
     #: Requests that may wait at the router when every upstream is at its cap.
     max_queue: int = 1024
