@@ -1,13 +1,14 @@
 """`gpufleet up --ray` on a local Ray cluster with fake GPUs; where workers run, in /stats.
 
-The Ray test starts one head node (`ray start --head --num-gpus 2`) for the module, runs
-the fleet on it with the synthetic model, and stops the cluster at the end. Every address
-stays on loopback: `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` makes Ray take 127.0.0.1 as the
-node's address instead of the machine's own.
+The Ray tests start one head node (`ray start --head --num-gpus 2`) for the module, run
+the fleet on it with the synthetic model, add a second node to lose one, and stop the
+cluster at the end. Every address stays on loopback: each node gets its own 127.0.0.x
+(Ray would turn 127.0.0.1 itself into the machine's address).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -129,8 +130,8 @@ def test_a_worker_dies_with_the_actor_that_started_it(tmp_path: Path) -> None:
             actor.stdout.close()
 
 
-# Ray on loopback only, and never phoning home.
-RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+HEAD_IP, NODE_IP = "127.0.0.2", "127.0.0.3"
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
 needs_ray = pytest.mark.skipif(
     importlib.util.find_spec("ray") is None, reason="needs Ray: pip install 'gpufleet[ray]'"
 )
@@ -170,7 +171,7 @@ def ray_cluster() -> Iterator[str]:
             "start",
             "--head",
             "--port=0",
-            "--node-ip-address=127.0.0.1",
+            f"--node-ip-address={HEAD_IP}",
             "--num-gpus=2",
             "--num-cpus=2",
             "--include-dashboard=false",
@@ -211,12 +212,12 @@ def test_up_on_ray_pins_a_gpu_per_actor_serves_and_survives_a_killed_actor(
         # Ray gave each actor its own GPU, and the worker under it saw exactly that one.
         masks = {w["cuda_visible_devices"] for w in workers.values()}
         assert masks == {"0", "1"}
-        assert {w["device"] for w in workers.values()} == {"127.0.0.1/gpu0", "127.0.0.1/gpu1"}
-        assert "Ray cluster at 127.0.0.1:" in fleet.log()
+        assert {w["device"] for w in workers.values()} == {f"{HEAD_IP}/gpu0", f"{HEAD_IP}/gpu1"}
+        assert f"Ray cluster at {HEAD_IP}:" in fleet.log()
         assert "2 GPU(s)" in fleet.log()
         # Placeholders were filled on the node: its address, a port file of the actor's.
         assert "placed by Ray on" in fleet.log()
-        assert "--host 127.0.0.1 --port 0 --port-file /" in fleet.log()
+        assert f"--host {HEAD_IP} --port 0 --port-file /" in fleet.log()
 
         # Requests through the router reach every worker, each on its own GPU.
         outputs = _served_by(fleet.url, 60)
@@ -234,8 +235,8 @@ def test_up_on_ray_pins_a_gpu_per_actor_serves_and_survives_a_killed_actor(
         )
         assert labelled, _get(fleet.url + "/stats")
         assert sorted((v["node"], v["gpu"]) for v in labelled.values()) == [
-            ("127.0.0.1", "0"),
-            ("127.0.0.1", "1"),
+            (HEAD_IP, "0"),
+            (HEAD_IP, "1"),
         ]
         status = subprocess.run(
             [sys.executable, "-m", "gpufleet", "status"],
@@ -245,8 +246,8 @@ def test_up_on_ray_pins_a_gpu_per_actor_serves_and_survives_a_killed_actor(
             timeout=30,
             check=True,
         ).stdout
-        assert "127.0.0.1/gpu0" in status, status
-        assert "127.0.0.1/gpu1" in status, status
+        assert f"{HEAD_IP}/gpu0" in status, status
+        assert f"{HEAD_IP}/gpu1" in status, status
 
         # Kill one actor's process: its worker dies with it, Ray restarts the actor, the
         # fleet starts the worker again through it, and the router learns the new address.
@@ -308,3 +309,56 @@ def test_an_actor_out_of_restarts_is_replaced_by_a_new_one(
         pids = [again["pid"], int(again["labels"]["actor_pid"])]
         assert fleet.stop(timeout=60) == 0, fleet.log()
     assert _wait(lambda: not any(is_alive(pid) for pid in pids), timeout=20), pids
+
+
+def _kill_node(ip: str) -> None:
+    """SIGKILL every Ray process of the node at ``ip``, as if the machine went away."""
+    for pid in _processes_mentioning(f"ode-ip-address={ip}") + _processes_mentioning(
+        f"ode_ip_address={ip}"
+    ):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@needs_ray
+@pytest.mark.ray
+def test_a_worker_on_a_lost_node_comes_back_on_another(ray_cluster: str, tmp_path: Path) -> None:
+    # Runs last: the cluster gets a second node (one GPU), and loses it.
+    joined = _ray(
+        "start",
+        f"--address={ray_cluster}",
+        f"--node-ip-address={NODE_IP}",
+        "--num-gpus=1",
+        "--num-cpus=1",
+        "--object-store-memory=100000000",
+        "--disable-usage-stats",
+    )
+    assert joined.returncode == 0, joined.stdout + joined.stderr
+    args = ["up", "--ray-address", ray_cluster, *FAST, "--workers", "2"]
+    args += ["--restart-backoff", "0.2"]
+    with run_server(args, cwd=tmp_path, env=RAY_ENV, timeout=150) as fleet:
+        state = wait_state(tmp_path, lambda s: len(_ready_workers(s)) == 2, timeout=60)
+        assert "2 node(s), 3 GPU(s)" in fleet.log()
+        # SPREAD: one worker on each node.
+        nodes = {w["labels"]["node"]: w for w in state["workers"]}
+        assert set(nodes) == {HEAD_IP, NODE_IP}, state["workers"]
+        lost, kept = nodes[NODE_IP], nodes[HEAD_IP]
+        _kill_node(NODE_IP)
+        assert _wait(lambda: not is_alive(lost["pid"]), timeout=15), "worker outlived its node"
+        # Ray notices the node is gone and restarts the actor on the head's free GPU.
+        back = wait_state(
+            tmp_path,
+            lambda s: any(
+                w["name"] == lost["name"]
+                and w["state"] == "ready"
+                and w["labels"]["node"] == HEAD_IP
+                for w in s["workers"]
+            ),
+            timeout=90,
+        )
+        moved = next(w for w in back["workers"] if w["name"] == lost["name"])
+        assert moved["cuda_visible_devices"] != kept["cuda_visible_devices"]
+        assert _wait(lambda: moved["url"] in _router_labels(fleet.url), timeout=30)
+        outputs = _served_by(fleet.url, 40)
+        assert {o["pid"] for o in outputs} == {moved["pid"], kept["pid"]}
+        assert fleet.stop(timeout=60) == 0, fleet.log()

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import logging
 import signal
+import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,6 +39,8 @@ RAY_LABEL = "ray"
 ACTOR_LOST = -int(signal.SIGKILL)
 #: How often to say that a worker still waits for Ray to place it.
 _PLACEMENT_NOTICE_S = 30.0
+#: How often to ask a restarting actor again.
+_UNAVAILABLE_RETRY_S = 1.0
 
 
 def worker_labels(info: RayWorkerInfo) -> dict[str, str]:
@@ -259,21 +262,38 @@ class RayLauncher:
             return actor, await self._launch(spec.name, actor)
 
     async def _launch(self, name: str, actor: Any) -> RayWorkerInfo:
-        pending = asyncio.ensure_future(self._await_ref(actor.launch.remote()))
-        try:
-            while True:
-                done, _ = await asyncio.wait({pending}, timeout=_PLACEMENT_NOTICE_S)
-                if done:
-                    return pending.result()
-                log.warning(
-                    "%s: still waiting for Ray to place and start it (needs %g GPU each; "
-                    "free now: %s)",
-                    name,
-                    self._options.gpus_per_worker,
-                    await asyncio.to_thread(self._free_gpus),
-                )
-        finally:
-            pending.cancel()
+        # A restarting actor (its node was lost, say) refuses calls with
+        # ActorUnavailableError until Ray has placed it again, which needs a node with
+        # room: ask again until then. Ray offers nothing to wait on, hence the poll.
+        unavailable = getattr(self._ray.exceptions, "ActorUnavailableError", ())
+        waited_since = time.monotonic()
+        notice_at = waited_since + _PLACEMENT_NOTICE_S
+        while True:
+            pending = asyncio.ensure_future(self._await_ref(actor.launch.remote()))
+            try:
+                while True:
+                    timeout = max(0.0, notice_at - time.monotonic())
+                    done, _ = await asyncio.wait({pending}, timeout=timeout)
+                    if done:
+                        return pending.result()
+                    await self._placement_notice(name, waited_since)
+                    notice_at = time.monotonic() + _PLACEMENT_NOTICE_S
+            except unavailable:
+                if time.monotonic() >= notice_at:
+                    await self._placement_notice(name, waited_since)
+                    notice_at = time.monotonic() + _PLACEMENT_NOTICE_S
+                await asyncio.sleep(_UNAVAILABLE_RETRY_S)
+            finally:
+                pending.cancel()
+
+    async def _placement_notice(self, name: str, since: float) -> None:
+        log.warning(
+            "%s: waiting %.0fs for Ray to place and start it (needs %g GPU; free now: %s)",
+            name,
+            time.monotonic() - since,
+            self._options.gpus_per_worker,
+            await asyncio.to_thread(self._free_gpus),
+        )
 
     @staticmethod
     async def _await_ref(ref: Any) -> RayWorkerInfo:
