@@ -495,9 +495,20 @@ class UpstreamPool:
             NotSent: the request cannot have run.
             AnswerBroken: the answer's head was not HTTP.
         """
-        conn = self._take_idle() or await self._connect()
-        loop = asyncio.get_running_loop()
-        head_fut: asyncio.Future[None] = loop.create_future()
+        conn = self._take_idle()
+        if conn is not None:
+            try:
+                return await self._exchange(conn, head, body, no_body)
+            except NotSent:
+                # A kept-alive connection the upstream had just closed (its idle timeout,
+                # a restart): it never read this request. Once more, on a new connection.
+                pass
+        return await self._exchange(await self._connect(), head, body, no_body)
+
+    async def _exchange(
+        self, conn: _Connection, head: bytes, body: bytes | None, no_body: bool
+    ) -> Response:
+        head_fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         response = Response(conn, head_fut, no_body)
         conn.response = response
         transport = conn.transport

@@ -1,0 +1,122 @@
+"""The router's upstream client against raw servers on loopback: reuse, stale connections."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from gpufleet.router.http1 import Client, NotSent
+
+Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+async def _server(serve: Serve) -> tuple[asyncio.Server, str, list[int]]:
+    """A TCP server calling ``serve(reader, writer, connection_number)``."""
+    connections: list[int] = []
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(len(connections))
+        try:
+            await serve(reader, writer, len(connections) - 1)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}", connections
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+def _head(client: Client, url: str) -> bytes:
+    return b"GET /x HTTP/1.1\r\n" + client.pool(url).host_line + b"\r\n"
+
+
+async def test_connections_are_reused() -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            try:
+                await _read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(OK)
+            await writer.drain()
+
+    server, url, connections = await _server(serve)
+    client = Client(connect_timeout_s=2)
+    try:
+        for _ in range(5):
+            resp = await client.pool(url).request(_head(client, url), None, no_body=False)
+            assert (resp.status, await resp.read()) == (200, b"ok")
+        assert connections == [0]
+    finally:
+        client.close()
+        server.close()
+
+
+async def test_a_kept_connection_closed_by_the_upstream_is_replaced_once() -> None:
+    # Each connection answers one request, then reads the next and hangs up unanswered,
+    # like a server whose idle timeout fired just as the request went out.
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await _read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        await _read_request(reader)
+
+    server, url, connections = await _server(serve)
+    client = Client(connect_timeout_s=2)
+    try:
+        for _ in range(3):
+            resp = await client.pool(url).request(_head(client, url), None, no_body=False)
+            assert (resp.status, await resp.read()) == (200, b"ok")
+        assert connections == [0, 1, 2]
+    finally:
+        client.close()
+        server.close()
+
+
+async def test_a_fresh_connection_closed_unanswered_is_not_sent() -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await _read_request(reader)  # and hang up
+
+    server, url, connections = await _server(serve)
+    client = Client(connect_timeout_s=2)
+    try:
+        with pytest.raises(NotSent):
+            await client.pool(url).request(_head(client, url), None, no_body=False)
+        assert connections == [0]  # no second try on a new connection
+    finally:
+        client.close()
+        server.close()
+    with pytest.raises(NotSent):  # nothing listens there any more
+        await Client(connect_timeout_s=2).pool(url).request(b"", None, no_body=False)
+
+
+async def test_a_cancelled_wait_closes_the_connection() -> None:
+    closed = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await _read_request(reader)
+        await reader.read()  # returns at EOF: the client went away
+        closed.set()
+
+    server, url, _ = await _server(serve)
+    client = Client(connect_timeout_s=2)
+    try:
+        task = asyncio.create_task(
+            client.pool(url).request(_head(client, url), None, no_body=False)
+        )
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with asyncio.timeout(5):
+            await closed.wait()
+    finally:
+        client.close()
+        server.close()
