@@ -183,9 +183,12 @@ def ray_cluster() -> Iterator[str]:
         yield (Path(temp) / "ray_current_cluster").read_text().strip()
     finally:
         _ray("stop", "--force")
-        left = _processes_mentioning(temp)
+        # SIGKILLed processes may still be exiting (and writing) for a moment.
+        left = _wait(lambda: not _processes_mentioning(temp), timeout=15) or (
+            _processes_mentioning(temp)
+        )
         shutil.rmtree(temp, ignore_errors=True)
-        assert not left, f"Ray processes left behind: {left}"
+        assert left is True, f"Ray processes left behind: {left}"
 
 
 def _ready_workers(state: dict[str, Any]) -> list[dict[str, Any]]:
@@ -280,8 +283,11 @@ def test_up_on_ray_pins_a_gpu_per_actor_serves_and_survives_a_killed_actor(
 
         pids = [reborn["pid"], survivor["pid"], int(reborn["labels"]["actor_pid"])]
         assert fleet.stop(timeout=60) == 0, fleet.log()
-    # The fleet's stop ends its actors too (Ray frees their GPUs), and every worker.
+    # The fleet's stop ends its actors too (Ray frees their GPUs), and every worker; their
+    # work folders (port file, config) go with them.
     assert _wait(lambda: not any(is_alive(pid) for pid in pids), timeout=20), pids
+    actor_pid = pids[2]
+    assert not list(Path(tempfile.gettempdir()).glob(f"gpufleet-ray-{actor_pid}-*"))
 
 
 @needs_ray

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +17,12 @@ from gpufleet.config.fleet import load_fleet_config
 from gpufleet.config.ray import RayConfig, load_ray_config
 from gpufleet.errors import ConfigError
 from gpufleet.fleet import ray_cluster
-from gpufleet.fleet.ray_actor import OutputBuffer, RayWorkerInfo, fill_placeholders
+from gpufleet.fleet.ray_actor import (
+    OutputBuffer,
+    RayWorkerInfo,
+    fill_placeholders,
+    sweep_stale_workdirs,
+)
 from gpufleet.fleet.ray_cluster import (
     INSTALL_HINT,
     ClusterInfo,
@@ -254,3 +261,23 @@ def test_ray_flags_without_ray_are_refused(tmp_path: Path, monkeypatch: pytest.M
     assert result.exit_code == 2, result.output
     assert "need --ray" in result.output
     assert not (tmp_path / ".gpufleet").exists()
+
+
+def test_work_folders_of_dead_actors_are_swept(tmp_path: Path) -> None:
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(gone.stdout)
+    dead = tmp_path / f"gpufleet-ray-{dead_pid}-abcd"
+    mine = tmp_path / f"gpufleet-ray-{os.getpid()}-efgh"
+    other = tmp_path / "gpufleet-ray-notapid"
+    for folder in (dead, mine, other):
+        folder.mkdir()
+        (folder / "port").write_text("41000\n")
+    assert sweep_stale_workdirs(tmp_path) == [dead]
+    assert not dead.exists()
+    assert mine.exists()
+    assert other.exists()

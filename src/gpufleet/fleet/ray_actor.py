@@ -26,6 +26,7 @@ import ctypes
 import importlib
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -42,6 +43,7 @@ _PR_SET_PDEATHSIG = 1
 #: Output of the worker kept in the actor for the driver's log file (oldest dropped past it).
 _OUTPUT_BUFFER_BYTES = 4 * 1024 * 1024
 _CHUNK = 64 * 1024
+_WORKDIR_PREFIX = "gpufleet-ray-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,28 @@ class RayWorkerInfo:
     def gpu(self) -> str:
         """The GPUs of this worker, as one label (``"0"``, ``"2,3"``, ``"-"`` for none)."""
         return ",".join(self.gpu_ids) or "-"
+
+
+def sweep_stale_workdirs(root: Path) -> list[Path]:
+    """Remove the work folders of actors that are gone (their pid is in the name)."""
+    removed = []
+    for folder in root.glob(f"{_WORKDIR_PREFIX}*"):
+        pid = folder.name[len(_WORKDIR_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or _is_running(int(pid)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's
+    return True
 
 
 def fill_placeholders(argv: Sequence[str], values: Mapping[str, str]) -> list[str]:
@@ -190,7 +214,11 @@ class WorkerActor:
         self._output = OutputBuffer()
         self._pump: asyncio.Task[None] | None = None
         self._launching = asyncio.Lock()
-        self._workdir = Path(tempfile.mkdtemp(prefix=f"gpufleet-ray-{spec.index}-"))
+        # Port file and config of the worker; named after this process, so the next actor
+        # on the node can remove what a killed one left.
+        root = Path(tempfile.gettempdir())
+        sweep_stale_workdirs(root)
+        self._workdir = Path(tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-", dir=root))
 
     async def launch(self) -> RayWorkerInfo:
         """Start the worker unless it runs; where it serves, once its port is known.
@@ -208,6 +236,7 @@ class WorkerActor:
         spec = self._spec
         host = ray.util.get_node_ip_address()
         gpu_ids = tuple(str(g) for g in ray.get_gpu_ids())
+        self._workdir.mkdir(mode=0o700, exist_ok=True)  # gone after a stop
         port_file = self._workdir / "port"
         port_file.unlink(missing_ok=True)
         port = 0 if spec.port_from_file else pick_free_port(host)
@@ -301,6 +330,9 @@ class WorkerActor:
                 return await proc.wait()
         except TimeoutError:
             return await self._kill(proc)
+        finally:
+            # The fleet is stopping: nothing is left to start here.
+            await asyncio.to_thread(shutil.rmtree, self._workdir, True)
 
     async def kill(self) -> int | None:
         """SIGKILL the worker; its exit status."""
@@ -328,4 +360,5 @@ __all__ = [
     "fill_placeholders",
     "pick_free_port",
     "read_port_file",
+    "sweep_stale_workdirs",
 ]
