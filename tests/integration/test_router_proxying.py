@@ -15,7 +15,7 @@ from multidict import CIMultiDict
 
 from gpufleet.testing import run_router, run_worker
 from gpufleet.testing.upstreams import drive, run_upstream
-from tests.integration._router import get_json, wait_state
+from tests.integration._router import get_json, wait_for, wait_state
 
 
 async def _post(url: str, **kwargs: Any) -> tuple[int, CIMultiDict[str], bytes]:
@@ -144,7 +144,11 @@ async def test_a_500_is_not_retried_but_a_workers_full_queue_is() -> None:
                 asyncio.create_task(session.post(full.url + "/predict", json={"input": "hang"}))
                 for _ in range(2)
             ]
-            await asyncio.sleep(0.5)
+
+            async def is_full() -> bool:
+                return bool((await get_json(full.url + "/stats"))["queue_depth"] >= 1)
+
+            await wait_for(is_full, within=10, what="the first worker's queue is full")
             status, _, body = await _post(full.url + "/predict", json={"input": "x"})
             assert status == 503, body
             assert b"WorkerOverloaded" in body
