@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from gpufleet.cli import client as client_cmds
@@ -32,6 +34,29 @@ for _module in (worker_cmds, router_cmds, fleet_cmds, client_cmds, operate_cmds,
     _module.register(app)
 
 
+def _ray_address_form(argv: list[str]) -> list[str]:
+    """Accept ``up --ray ADDRESS`` and ``up --ray=ADDRESS`` as ``--ray --ray-address ADDRESS``.
+
+    Click cannot give one option an optional value, and ``up`` takes no positional
+    arguments, so a word after ``--ray`` that is not an option can only be an address.
+    """
+    if argv[:1] != ["up"]:
+        return argv
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--ray="):
+            out += ["--ray", "--ray-address", arg.removeprefix("--ray=")]
+        elif arg == "--ray" and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+            out += ["--ray", "--ray-address", argv[i + 1]]
+            i += 1
+        else:
+            out.append(arg)
+        i += 1
+    return out
+
+
 def main() -> None:
     """Run the CLI."""
-    app()
+    app(args=_ray_address_form(sys.argv[1:]), prog_name="gpufleet")
