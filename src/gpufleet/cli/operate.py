@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -68,6 +70,8 @@ def bench(
         "admin_token": admin_token, "timeout_s": timeout, "max_duration_s": max_duration,
         "warmup": warmup, "report": report, "json": json_out or None, "seed": seed,
     }  # fmt: skip
+    if scaling and not admin_token and "GPUFLEET_ADMIN_TOKEN" not in os.environ:
+        flags["admin_token"] = _fleet_admin_token(os.environ.get("GPUFLEET_RUN_DIR", ".gpufleet"))
     with config_errors_exit():
         cfg = load(BenchConfig, "bench", flags=flags, config_path=config)
         if not cfg.json:
@@ -144,3 +148,13 @@ def register(app: typer.Typer) -> None:
     """Add this part's commands to ``app``."""
     app.command()(bench)
     app.command()(monitor)
+
+
+def _fleet_admin_token(run_dir: str = ".gpufleet") -> str | None:
+    """The admin token a local ``gpufleet up`` keeps in its run directory, if there is one."""
+    from gpufleet.fleet.up import ADMIN_TOKEN_FILE
+
+    try:
+        return (Path(run_dir) / ADMIN_TOKEN_FILE).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None

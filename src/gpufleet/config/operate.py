@@ -71,7 +71,10 @@ class BenchConfig:
         if self.max_in_flight < 1 or self.timeout_s <= 0 or self.warmup < 0:
             raise ConfigError("max_in_flight must be >= 1, timeout_s > 0 and warmup >= 0")
         if self.scaling and not self.admin_token:
-            raise ConfigError("--scaling drains workers through the admin API: give --admin-token")
+            raise ConfigError(
+                "--scaling drains workers through the admin API: give --admin-token "
+                "(a fleet started by `gpufleet up` keeps it in .gpufleet/admin-token)"
+            )
 
     @property
     def mode(self) -> str:

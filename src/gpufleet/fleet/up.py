@@ -121,7 +121,10 @@ async def run_up(
             )
         for line in startup_lines(cfg, plan) if intro is None else intro:
             report(line)
-        token = secrets.token_urlsafe(24)
+        # The router's admin token: the user's (GPUFLEET_ADMIN_TOKEN) or a fresh one, kept
+        # in the run directory (owner-only) so `bench --scaling` and scripts can find it.
+        token = env.get("GPUFLEET_ADMIN_TOKEN") or secrets.token_urlsafe(24)
+        write_admin_token(run_dir.path, token)
 
         def make_router(ready: Sequence[Member], port: int) -> ChildSpec:
             return router_spec(
@@ -164,3 +167,16 @@ async def run_up(
 
 
 __all__ = ["ready_hint", "run_up", "startup_lines"]
+
+
+ADMIN_TOKEN_FILE = "admin-token"
+
+
+def write_admin_token(run_dir: Path, token: str) -> None:
+    """Write the router's admin token to ``run_dir/admin-token``, readable by the owner only."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / ADMIN_TOKEN_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(token + "\n")
+    os.chmod(path, 0o600)  # an older file keeps its mode through O_TRUNC
