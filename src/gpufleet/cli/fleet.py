@@ -179,7 +179,9 @@ def _detach(cfg: Any, cwd: str) -> None:
     from gpufleet.fleet.rundir import RunDir
 
     argv = [sys.executable, "-m", "gpufleet", *(a for a in sys.argv[1:] if a != "--detach")]
-    env = {k: v for k, v in os.environ.items() if k != "GPUFLEET_DETACH"}
+    # The child must run attached even when the YAML file says ``detach: true``: env beats
+    # the file, so it does not fork itself again (and again).
+    env = {**os.environ, "GPUFLEET_DETACH": "0"}
     run_dir = RunDir(Path(cwd, cfg.run_dir))
     started = start_detached(argv, run_dir, env=env, cwd=cwd, timeout_s=cfg.startup_timeout_s + 60)
     if started.outcome != "running":
@@ -224,7 +226,7 @@ def status(
     state = run_async(collect(rd))
     if state is None:
         typer.echo(f"gpufleet: no fleet state in {rd.path} (start one with `gpufleet up`)")
-        raise typer.Exit(1)
+        raise typer.Exit(3)
     typer.echo(json.dumps(state, indent=2) if json_out else format_status(state))
     if not state.get("alive"):
         raise typer.Exit(3)

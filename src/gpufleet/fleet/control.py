@@ -34,7 +34,13 @@ def start_detached(
     cwd: str,
     timeout_s: float,
 ) -> Detached:
-    """Run ``argv`` (an ``up`` without ``--detach``) in its own session; wait until it serves."""
+    """Run ``argv`` (an ``up`` without ``--detach``) in its own session; wait until it serves.
+
+    Raises:
+        ConfigError: a live fleet already runs from ``run_dir`` (its state is left alone).
+    """
+    # Before anything is touched: the state file below belongs to the live fleet, if any.
+    run_dir.check_free()
     run_dir.path.mkdir(parents=True, exist_ok=True)
     run_dir.state_file.unlink(missing_ok=True)
     with run_dir.log_file.open("ab") as log:
@@ -64,7 +70,8 @@ def stop_fleet(
 ) -> tuple[int | None, bool]:
     """SIGTERM the fleet of ``run_dir`` and wait; ``force`` sends the second signal at once.
 
-    Returns the pid (None when nothing runs) and whether it has exited.
+    Returns the pid (None when nothing runs) and whether it has exited. A pid file whose
+    process is gone, or is no gpufleet process (a reused pid), counts as nothing running.
     """
     pid = run_dir.running_pid()
     if pid is None:

@@ -44,6 +44,25 @@ def is_alive(pid: int) -> bool:
     return True
 
 
+def is_gpufleet(pid: int) -> bool:
+    """True when ``pid`` runs and its command line names gpufleet.
+
+    A pid file can outlive its fleet (a crash, a reboot) and the pid be reused by another
+    program: nothing is signalled, and no directory stays taken, on a pid alone. Without
+    ``/proc`` (not Linux) the pid is trusted.
+    """
+    if not is_alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        # No /proc at all: nothing to check against. Else the process has just gone.
+        return not Path("/proc/self").exists()
+    except OSError:
+        return True
+    return b"gpufleet" in cmdline
+
+
 class RunDir:
     """Files of one running fleet, in ``path`` (``.gpufleet`` by default)."""
 
@@ -68,15 +87,15 @@ class RunDir:
         return self.path / "fleet.log"
 
     def running_pid(self) -> int | None:
-        """The pid of the fleet that owns this directory, if it still runs."""
+        """The pid of the fleet that owns this directory, if it still runs (as gpufleet)."""
         try:
             pid = int(self.pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        return pid if is_alive(pid) else None
+        return pid if is_gpufleet(pid) else None
 
-    def claim(self, pid: int) -> None:
-        """Make ``pid`` the owner.
+    def check_free(self, pid: int | None = None) -> None:
+        """Raise unless no live fleet other than ``pid`` owns the directory.
 
         Raises:
             ConfigError: another live fleet owns the directory.
@@ -87,6 +106,14 @@ class RunDir:
                 f"a fleet (pid {other}) already runs from {self.path}; "
                 "stop it with `gpufleet down` or use another --run-dir"
             )
+
+    def claim(self, pid: int) -> None:
+        """Make ``pid`` the owner.
+
+        Raises:
+            ConfigError: another live fleet owns the directory.
+        """
+        self.check_free(pid)
         write_atomic(self.pid_file, f"{pid}\n")
 
     def release(self, pid: int) -> None:
@@ -108,4 +135,4 @@ class RunDir:
         return data if isinstance(data, dict) else None
 
 
-__all__ = ["RunDir", "is_alive", "write_atomic"]
+__all__ = ["RunDir", "is_alive", "is_gpufleet", "write_atomic"]

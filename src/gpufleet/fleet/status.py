@@ -7,7 +7,7 @@ from typing import Any
 
 import aiohttp
 
-from gpufleet.fleet.rundir import RunDir, is_alive
+from gpufleet.fleet.rundir import RunDir, is_gpufleet
 
 
 async def _get_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
@@ -31,7 +31,7 @@ async def collect(run_dir: RunDir) -> dict[str, Any] | None:
     if state is None:
         return None
     pid = state.get("pid")
-    state["alive"] = isinstance(pid, int) and is_alive(pid)
+    state["alive"] = isinstance(pid, int) and is_gpufleet(pid)
     workers: list[dict[str, Any]] = state.get("workers", [])
     async with aiohttp.ClientSession() as session:
         router_stats, *worker_stats = await asyncio.gather(
