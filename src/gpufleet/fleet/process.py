@@ -2,17 +2,21 @@
 
 Each child leads its own process group, so a foreign server's own children (vLLM's
 engine processes, say) are signalled with it, and whatever the group still holds once
-the child has exited is killed: no GPU memory or port is left held by an orphan.
+the child has exited is killed: no GPU memory or port is left held by an orphan. On
+Linux each child also gets ``PR_SET_PDEATHSIG`` = SIGTERM: its own session keeps it out
+of reach of a terminal's signals, so without that a SIGKILLed ``up`` would leave it running.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +52,33 @@ class ChildSpec:
         return f"http://{host}:{self.port}"
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def parent_death_signal(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the child sent ``sig`` when this process dies (Linux).
+
+    The kernel sends it when the thread that forked the child exits: children are
+    spawned from the event loop's thread, which lives as long as ``up``. libc is looked
+    up here, in the parent, so the child does as little as possible between fork and exec.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def set_death_signal() -> None:
+        prctl(_PR_SET_PDEATHSIG, sig)
+        # The parent may have died between fork and prctl: then nobody would signal us.
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return set_death_signal
+
+
 class LocalProcess:
     """A running child of this machine (the ``ChildHandle`` of ``LocalLauncher``)."""
 
@@ -71,6 +102,7 @@ class LocalProcess:
                 env=dict(spec.env),
                 cwd=spec.cwd,
                 start_new_session=True,
+                preexec_fn=parent_death_signal(),
             )
         except OSError:
             log_file.close()
@@ -153,4 +185,4 @@ class LocalProcess:
                 await self._pump
 
 
-__all__ = ["ChildSpec", "LocalProcess"]
+__all__ = ["ChildSpec", "LocalProcess", "parent_death_signal"]
