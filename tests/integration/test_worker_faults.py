@@ -53,6 +53,25 @@ async def test_queue_overflow_is_503_with_retry_after() -> None:
     assert stats["rejected"] == len(rejected)
 
 
+async def test_more_inputs_than_max_queue_is_413_naming_the_limit() -> None:
+    args = [*_synthetic("base_ms=5"), "--max-queue", "2"]
+    with run_worker("synthetic", *args) as w:
+        async with aiohttp.ClientSession() as s:
+            # The queue is empty: a 503 + Retry-After would send the caller back forever.
+            async with s.post(w.url + "/predict", json={"inputs": [1, 2, 3]}) as r:
+                assert r.status == 413
+                assert "Retry-After" not in r.headers
+                body = await r.json()
+            async with s.post(w.url + "/predict", json={"inputs": [1, 2]}) as r:
+                assert r.status == 200
+            stats = await _stats(s, w)
+    assert body["error"] == "TooManyInputs"
+    assert "at most 2" in body["message"]
+    assert "--max-queue" in body["message"]
+    assert stats["rejected"] == 0
+    assert stats["errors"] == 1
+
+
 async def test_disconnected_caller_never_reaches_predict() -> None:
     # Any batch holding "victim" would raise; errors stay 0 only if it never ran.
     args = [*_synthetic("base_ms=400", "fail_on=victim"), "--max-batch-size", "1"]
@@ -143,7 +162,7 @@ async def test_sigterm_drains_in_flight_work_and_exits_0() -> None:
 
 
 async def test_drain_timeout_bounds_a_hung_predict_and_second_signal_exits_at_once() -> None:
-    args = [*_synthetic("hang_on=hang"), "--drain-timeout-s", "0.5"]
+    args = [*_synthetic("hang_on=hang"), "--drain-timeout", "0.5"]
     with run_worker("synthetic", *args) as w:
         async with aiohttp.ClientSession() as s:
             hung = asyncio.create_task(s.post(w.url + "/predict", json={"input": "hang"}))
@@ -153,7 +172,7 @@ async def test_drain_timeout_bounds_a_hung_predict_and_second_signal_exits_at_on
             assert await asyncio.to_thread(w.proc.wait, 10) == 0
             assert time.monotonic() - started < 5
             hung.cancel()
-    args = [*_synthetic("hang_on=hang"), "--drain-timeout-s", "60"]
+    args = [*_synthetic("hang_on=hang"), "--drain-timeout-s", "60"]  # the older spelling
     with run_worker("synthetic", *args) as w:
         async with aiohttp.ClientSession() as s:
             hung = asyncio.create_task(s.post(w.url + "/predict", json={"input": "hang"}))

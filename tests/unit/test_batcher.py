@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from gpufleet.config.worker import BatchConfig
 from gpufleet.errors import WorkerOverloaded
-from gpufleet.worker.batcher import Batcher, Item
+from gpufleet.worker.batcher import Batcher, Item, TooManyInputs
 
 
 class FakeClock:
@@ -70,7 +70,11 @@ def simulate(
             new = [Item((len(items) + i), at, deadline) for i in range(n)]
             try:
                 b.put(new)
+            except TooManyInputs:
+                assert n > cfg.max_queue  # only what could never fit
+                continue
             except WorkerOverloaded:
+                assert n <= cfg.max_queue
                 continue
             items.extend(new)
             if cancelled:  # the caller left at once: its items must never be handed out
@@ -144,6 +148,33 @@ def test_put_is_all_or_nothing() -> None:
         b.put([Item(2, 0.0), Item(3, 0.0)])
     assert b.depth == 2
     b.put([Item(2, 0.0)])
+    assert b.free_slots() == 0
+
+
+def test_more_inputs_than_the_queue_holds_is_413_not_overloaded() -> None:
+    b = Batcher(BatchConfig(max_batch_size=2, max_wait_ms=1, max_queue=2))
+    # Even on an empty queue: three inputs can never fit, so retrying would not help.
+    with pytest.raises(TooManyInputs) as info:
+        b.put([Item(i, 0.0) for i in range(3)])
+    assert info.value.http_status == 413
+    assert info.value.retry_after_s is None
+    assert "at most 2" in info.value.message
+    assert b.depth == 0
+    b.put([Item(0, 0.0), Item(1, 0.0)])
+    with pytest.raises(WorkerOverloaded):
+        b.put([Item(2, 0.0)])
+
+
+def test_streams_hold_slots_against_max_queue() -> None:
+    b = Batcher(BatchConfig(max_batch_size=2, max_wait_ms=1, max_queue=2))
+    b.reserve()
+    b.put([Item(0, 0.0)])
+    with pytest.raises(WorkerOverloaded, match="1 streams open"):
+        b.reserve()
+    with pytest.raises(WorkerOverloaded):
+        b.put([Item(1, 0.0)])
+    b.release()
+    b.put([Item(1, 0.0)])
     assert b.free_slots() == 0
 
 

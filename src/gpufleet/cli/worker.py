@@ -49,7 +49,10 @@ def worker(
     ),
     max_body_mb: float | None = typer.Option(None, help="largest request body (default 32)"),
     drain_timeout_s: float | None = typer.Option(
-        None, help="how long SIGTERM waits for in-flight work (default 30)"
+        None,
+        "--drain-timeout",
+        "--drain-timeout-s",
+        help="seconds SIGTERM waits for in-flight work (default 30)",
     ),
     request_timeout_s: float | None = typer.Option(
         None, help="budget of a request that sends no deadline header (default 600)"

@@ -16,9 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpufleet.config.worker import BatchConfig
-from gpufleet.errors import WorkerOverloaded
+from gpufleet.errors import PayloadTooLarge, WorkerOverloaded
 
 Clock = Callable[[], float]
+
+
+class TooManyInputs(PayloadTooLarge):
+    """One request holds more inputs than the queue can ever hold (413: retrying cannot help)."""
 
 
 @dataclass(eq=False, slots=True)
@@ -57,6 +61,8 @@ class Batcher:
         self._clock = clock
         self._on_drop = on_drop
         self._queue: deque[Item] = deque()
+        #: Slots held by open streams: they count against ``max_queue`` like queued items.
+        self.reserved = 0
         self._changed: asyncio.Event | None = None
 
     @property
@@ -66,21 +72,44 @@ class Batcher:
 
     def free_slots(self) -> int:
         """How many more items the queue takes before it answers ``WorkerOverloaded``."""
-        return self.cfg.max_queue - len(self._queue)
+        return self.cfg.max_queue - len(self._queue) - self.reserved
+
+    def _check_room(self, n: int) -> None:
+        if n > self.cfg.max_queue:
+            raise TooManyInputs(
+                f"the request holds {n} inputs; this worker queues at most "
+                f"{self.cfg.max_queue} (--max-queue): send at most {self.cfg.max_queue} per request"
+            )
+        if n > self.free_slots():
+            raise WorkerOverloaded(
+                f"queue full ({len(self._queue)} items queued, {self.reserved} streams open; "
+                f"max {self.cfg.max_queue})"
+            )
 
     def put(self, items: Sequence[Item]) -> None:
         """Queue all of ``items`` or none of them.
 
         Raises:
-            WorkerOverloaded: the queue has no room for all of them.
+            TooManyInputs: more items than ``max_queue``: they could never fit.
+            WorkerOverloaded: the queue has no room for all of them now.
         """
-        if len(items) > self.free_slots():
-            raise WorkerOverloaded(
-                f"queue full ({len(self._queue)}/{self.cfg.max_queue} items queued)"
-            )
+        self._check_room(len(items))
         self._queue.extend(items)
         if self._changed is not None:
             self._changed.set()
+
+    def reserve(self) -> None:
+        """Hold one slot for a stream until ``release()``.
+
+        Raises:
+            WorkerOverloaded: the queue is full.
+        """
+        self._check_room(1)
+        self.reserved += 1
+
+    def release(self) -> None:
+        """Give back a slot taken by ``reserve()``."""
+        self.reserved = max(0, self.reserved - 1)
 
     def drop_dead(self, now: float) -> int:
         """Remove cancelled and expired items anywhere in the queue; return how many."""
