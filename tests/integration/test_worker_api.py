@@ -112,11 +112,45 @@ async def test_oversized_body_is_413_from_content_length(worker: ServerProcess) 
     assert "limit" in body["message"]
 
 
+async def test_oversized_chunked_body_is_413(worker: ServerProcess) -> None:
+    # No Content-Length: the limit (10 KiB here) must hold while the body is read.
+    chunk = b"x" * 1024
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{worker.port}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    body = b'{"input": "' + chunk * 20 + b'"}'
+    pieces = [body[i : i + 1024] for i in range(0, len(body), 1024)]
+    reader, writer = await asyncio.open_connection("127.0.0.1", worker.port)
+    try:
+        writer.write(head)
+        for piece in pieces:
+            writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        raw = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    assert status_line.split()[1] == b"413", status_line
+    answer = json.loads(raw.split(b"\r\n\r\n", 1)[1])
+    assert answer["error"] == "PayloadTooLarge"
+    assert "limit" in answer["message"]
+    # The worker keeps serving.
+    status, _, _ = await _post(worker.url + "/predict", {"input": 1})
+    assert status == 200
+
+
 async def test_unknown_route_and_wrong_kind_are_json_404(worker: ServerProcess) -> None:
     status, headers, body = await _post(worker.url + "/v1/embeddings", {"input": "x"})
     assert status == 404
     assert "embeddings" in body["message"]
     assert headers[wire.SERVER_HEADER] == "1"
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    status, _, body = await _post(worker.url + "/v1/chat/completions", chat)
+    assert status == 404
+    assert "'chat'" in body["message"]
 
 
 async def test_stream_is_server_sent_events(worker: ServerProcess) -> None:

@@ -48,7 +48,10 @@ class Model:
 
         The worker calls it with ``{"input": x, "seed"?: ..., "parameters"?: ...}`` for each
         input of a request; the default returns ``x`` (a body without ``"input"`` is
-        returned as it is). Override it to read ``seed`` or ``parameters``.
+        returned as it is). Override it to read ``seed`` or ``parameters``. It runs on the
+        event loop so that its errors answer 400/422 at once: keep it to checking and light
+        parsing, and leave heavy work to ``predict``. For kind ``chat`` the body is
+        ``{"input": messages, "seed"?: ..., "parameters": {"max_tokens", "temperature", ...}}``.
         """
         if isinstance(request, dict) and "input" in request:
             return request["input"]
@@ -60,14 +63,22 @@ class Model:
         return cls.decode is not Model.decode
 
     def encode(self, output: Any) -> Any:
-        """Turn one ``predict`` output into a JSON value or ``bytes`` (sent as base64)."""
+        """Turn one ``predict`` output into a JSON value or ``bytes`` (sent as base64).
+
+        Runs on the device thread right after ``predict`` (and after each piece of
+        ``predict_stream``), never on the event loop: a slow ``encode`` delays the next
+        batch but not ``/health`` or ``/stats``. If it raises, only that output's caller
+        gets a 500.
+        """
         return output
 
     def predict_stream(self, item: Any) -> Iterator[Any]:
         """Optional streaming variant: yield the pieces of one item's answer.
 
         The worker serves it as server-sent events on ``POST /predict`` with
-        ``"stream": true``. The default yields the whole ``predict`` answer once.
+        ``"stream": true`` (and ``/v1/chat/completions`` for kind ``chat``), stepping it on
+        the device thread. When the caller leaves early the generator is closed there, so
+        a ``finally`` in it runs. The default yields the whole ``predict`` answer once.
         """
         yield self.predict([item])[0]
 

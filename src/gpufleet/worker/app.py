@@ -33,6 +33,10 @@ ERROR_KEY = "gpufleet_error"
 ERROR_MESSAGE_KEY = "gpufleet_error_message"
 #: Routes whose answers count as served/errors in /stats.
 _INFERENCE_PREFIXES = ("/predict", "/v1/")
+#: Routes with their own label on the request counter.
+_ROUTES = frozenset(
+    {"/predict", "/v1/embeddings", "/v1/images/generations", "/v1/chat/completions"}
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -89,7 +93,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 def _count(service: WorkerService, path: str, response: web.StreamResponse, took: float) -> None:
     status = response.status
-    route = path if path in ("/predict", "/v1/embeddings", "/v1/images/generations") else "other"
+    route = path if path in _ROUTES else "other"
     service.metrics.requests.labels(route=route, status=str(status)).inc()
     c = service.counters
     if status < 400:
@@ -144,7 +148,11 @@ def deadline_of(request: web.Request) -> float:
 
 
 def decode_items(service: WorkerService, items: list[dict[str, Any]], *, custom: bool) -> list[Any]:
-    """Run the model's ``decode`` on each per-item body; its errors become 400s."""
+    """Run the model's ``decode`` on each per-item body; its errors become 400s.
+
+    ``decode`` runs here, on the event loop (it checks the body and maps errors to 4xx);
+    ``encode`` runs on the device thread right after ``predict`` (see ``runner.py``).
+    """
     model = service.runner.model
     if model is None or not custom:
         return [item["input"] for item in items]
@@ -154,14 +162,6 @@ def decode_items(service: WorkerService, items: list[dict[str, Any]], *, custom:
         raise
     except Exception as exc:
         raise codec.Unprocessable(f"the model could not decode the input: {exc}") from exc
-
-
-def encode_outputs(service: WorkerService, outputs: list[Any]) -> list[Any]:
-    """Run the model's ``encode`` on each output."""
-    model = service.runner.model
-    if model is None:
-        return outputs
-    return [model.encode(o) for o in outputs]
 
 
 async def health(request: web.Request) -> web.Response:
@@ -206,7 +206,7 @@ async def _sample_gpu(app: web.Application) -> AsyncIterator[None]:
 
 def build_app(service: WorkerService) -> web.Application:
     """The aiohttp application of one worker."""
-    from gpufleet.worker import openai_routes, predict
+    from gpufleet.worker import chat, openai_routes, predict
 
     app = web.Application(
         middlewares=[errors_middleware], client_max_size=service.cfg.max_body_bytes
@@ -225,6 +225,7 @@ def build_app(service: WorkerService) -> web.Application:
     app.router.add_post("/predict", predict.handle)
     app.router.add_post("/v1/embeddings", openai_routes.embeddings)
     app.router.add_post("/v1/images/generations", openai_routes.images)
+    app.router.add_post("/v1/chat/completions", chat.completions)
     return app
 
 

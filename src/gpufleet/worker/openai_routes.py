@@ -1,5 +1,7 @@
 """The OpenAI-shaped routes: ``POST /v1/embeddings`` and ``POST /v1/images/generations``.
 
+(``POST /v1/chat/completions`` lives in ``chat.py``.)
+
 Each is mounted for every worker but answers 404 unless the model's ``kind`` matches, so
 a router in front can tell "wrong model" from "wrong URL". Items go through the same
 batcher as ``/predict``.
@@ -20,7 +22,6 @@ from gpufleet.worker.app import (
     SERVICE,
     deadline_of,
     decode_items,
-    encode_outputs,
     json_response,
     read_json,
 )
@@ -37,7 +38,8 @@ class NotServed(BadRequest):
     http_status = 404
 
 
-def _require_kind(service: WorkerService, kind: str, route: str) -> None:
+def require_kind(service: WorkerService, kind: str, route: str) -> None:
+    """Raises NotServed (404) unless the worker is ready and serves a model of ``kind``."""
     service.check_ready()
     info = service.info
     if info is None or info.kind != kind:
@@ -45,7 +47,8 @@ def _require_kind(service: WorkerService, kind: str, route: str) -> None:
         raise NotServed(f"{route} needs a model of kind {kind!r}; this worker serves {have!r}")
 
 
-def _object(body: Any) -> dict[str, Any]:
+def as_object(body: Any) -> dict[str, Any]:
+    """``body`` when it is a JSON object; raises Unprocessable (422) otherwise."""
     if not isinstance(body, dict):
         raise Unprocessable("the body must be a JSON object")
     return body
@@ -54,10 +57,10 @@ def _object(body: Any) -> dict[str, Any]:
 async def embeddings(request: web.Request) -> web.Response:
     """OpenAI ``/v1/embeddings``: ``input`` is a string or a list of strings."""
     service = request.app[SERVICE]
-    _require_kind(service, "embeddings", "/v1/embeddings")
+    require_kind(service, "embeddings", "/v1/embeddings")
     with service.request():
         deadline = deadline_of(request)
-        body = _object(await read_json(request))
+        body = as_object(await read_json(request))
         texts = body.get("input")
         if isinstance(texts, str):
             texts = [texts]
@@ -72,7 +75,7 @@ async def embeddings(request: web.Request) -> web.Response:
             raise Unprocessable('"dimensions" is not supported by this model')
         custom = bool(service.info and service.info.custom_decode)
         payloads = decode_items(service, [{"input": t} for t in texts], custom=custom)
-        vectors = encode_outputs(service, await service.submit(payloads, deadline))
+        vectors = await service.submit(payloads, deadline)
         data = [
             {"object": "embedding", "index": i, "embedding": _vector(v, fmt)}
             for i, v in enumerate(vectors)
@@ -99,10 +102,10 @@ def _vector(value: Any, fmt: str) -> Any:
 async def images(request: web.Request) -> web.Response:
     """OpenAI ``/v1/images/generations``: ``prompt``, ``n``, ``seed``, ``size``, b64_json."""
     service = request.app[SERVICE]
-    _require_kind(service, "images", "/v1/images/generations")
+    require_kind(service, "images", "/v1/images/generations")
     with service.request():
         deadline = deadline_of(request)
-        body = _object(await read_json(request))
+        body = as_object(await read_json(request))
         prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise Unprocessable('"prompt" must be a non-empty string')
@@ -126,7 +129,7 @@ async def images(request: web.Request) -> web.Response:
             for i in range(n)
         ]
         payloads = decode_items(service, items, custom=True)
-        outputs = encode_outputs(service, await service.submit(payloads, deadline))
+        outputs = await service.submit(payloads, deadline)
         data = []
         for out in outputs:
             if not isinstance(out, (bytes, bytearray)):

@@ -1,18 +1,21 @@
 """The device owner: loads the model and runs ``predict`` on one dedicated thread.
 
 CUDA state is per thread in practice, so everything that touches the model (import,
-``__init__``, ``setup``, ``predict``, ``predict_stream``) runs on the same single-thread
-executor, never on the event loop. Out-of-memory errors split the batch and lower the
+``__init__``, ``setup``, ``predict``, ``encode``, ``predict_stream`` and its ``close``) runs
+on the same single-thread executor, never on the event loop. ``encode`` runs right after
+``predict`` in the same call, so outputs cross back to the loop already encoded and a heavy
+``encode`` cannot stall ``/health``. Out-of-memory errors split the batch and lower the
 effective batch size instead of failing the callers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +53,13 @@ def _free_cuda_cache() -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class EncodeFailed:
+    """Stands for one output whose ``encode`` raised: only that item's caller gets a 500."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class ModelInfo:
     """What the worker learns about the model once it has loaded."""
 
@@ -74,6 +84,8 @@ class Runner:
         #: Called with the new effective max batch size after an OOM split.
         self.on_oom: Callable[[int], None] | None = None
         self.busy = False
+        #: Streams whose generator was closed before its end (caller gone, deadline).
+        self.streams_closed = 0
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -141,40 +153,84 @@ class Runner:
             raise ModelError(f"predict() returned {got} outputs for a batch of {len(batch)}")
         return list(outputs)
 
+    def _encode(self, output: Any) -> Any:
+        encode = getattr(self.model, "encode", None)
+        return output if encode is None else encode(output)
+
+    def _predict_encoded(self, batch: list[Any]) -> list[Any]:
+        outputs = self._predict_split(batch)
+        encoded: list[Any] = []
+        for out in outputs:
+            try:
+                encoded.append(self._encode(out))
+            except Exception as exc:
+                log.error("encode failed: %s: %s", type(exc).__name__, exc)
+                encoded.append(EncodeFailed(f"encode raised {type(exc).__name__}: {exc}"))
+        return encoded
+
     async def predict(self, batch: list[Any]) -> list[Any]:
-        """Run ``predict`` on the device thread.
+        """Run ``predict`` then ``encode`` on each output, on the device thread.
+
+        An output whose ``encode`` raised comes back as ``EncodeFailed``.
 
         Raises:
             ModelError: predict raised (the message says what), or answered the wrong count.
         """
         try:
-            result: list[Any] = await self._call(self._predict_split, batch)
+            result: list[Any] = await self._call(self._predict_encoded, batch)
         except ModelError:
             raise
         except Exception as exc:
             raise ModelError(f"{type(exc).__name__}: {exc}") from exc
         return result
 
-    async def stream(self, item: Any) -> AsyncIterator[Any]:
-        """Yield the pieces of ``predict_stream(item)``; each step runs on the device thread.
+    def _next_encoded(self, it: Iterator[Any]) -> Any:
+        piece = next(it, _DONE)
+        return piece if piece is _DONE else self._encode(piece)
 
-        Stepping piece by piece lets batches run between the pieces of a long stream.
+    def _close_stream(self, it: Iterator[Any]) -> None:
+        close = getattr(it, "close", None)
+        if close is None:
+            return
+        try:
+            close()
+        except Exception:
+            log.exception("closing the model's stream raised")
+        self.streams_closed += 1
+
+    async def stream(self, item: Any) -> AsyncGenerator[Any, None]:
+        """Yield the encoded pieces of ``predict_stream(item)``, each step on the device thread.
+
+        Stepping piece by piece lets batches run between the pieces of a long stream. When
+        the consumer stops early (caller gone, deadline), the model's generator is closed
+        on the device thread, after any step still running there, so its ``finally`` runs.
 
         Raises:
             ModelError: the model raised while streaming.
         """
         model = self._loaded()
+        it: Iterator[Any] | None = None
+        finished = False
         try:
-            it: Iterator[Any] = await self._call(lambda: iter(model.predict_stream(item)))
+            it = await self._call(lambda: iter(model.predict_stream(item)))
             while True:
-                piece = await self._call(next, it, _DONE)
+                piece = await self._call(self._next_encoded, it)
                 if piece is _DONE:
+                    finished = True
                     return
                 yield piece
         except ModelError:
             raise
         except Exception as exc:
+            finished = True  # the generator raised: it is closed already
             raise ModelError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            if it is not None and not finished:
+                # Not awaited: this may run under cancellation. The one device thread
+                # orders it after a next() still in progress (a running generator
+                # cannot be closed from another thread).
+                with contextlib.suppress(RuntimeError):  # executor already shut down
+                    self._executor.submit(self._on_thread, self._close_stream, it)
 
     def shutdown(self, *, wait: bool) -> None:
         """Stop the device thread (``wait=False`` when a predict may hang forever)."""

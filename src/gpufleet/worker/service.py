@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from typing import Any, Literal
 
 from gpufleet import wire
@@ -20,7 +20,7 @@ from gpufleet.config.worker import WorkerConfig
 from gpufleet.errors import ModelError, WorkerOverloaded, WorkerUnavailable
 from gpufleet.worker.batcher import Batcher, Item
 from gpufleet.worker.metrics import WorkerMetrics
-from gpufleet.worker.runner import ModelInfo, Runner
+from gpufleet.worker.runner import EncodeFailed, ModelInfo, Runner
 from gpufleet.worker.stats import WorkerCounters
 
 log = logging.getLogger("gpufleet.worker")
@@ -130,7 +130,10 @@ class WorkerService:
     async def submit(self, payloads: Sequence[Any], deadline: float | None) -> list[Any]:
         """Queue ``payloads`` as items and return their outputs in order.
 
+        Outputs come back already through the model's ``encode`` (run on the device thread).
+
         Raises:
+            TooManyInputs: more payloads than ``max_queue``: they could never fit (413).
             WorkerOverloaded: the queue has no room for all of them (nothing was queued).
             WorkerUnavailable: loading, draining, or stopped while waiting.
             ModelError: predict raised for a batch holding one of them.
@@ -165,11 +168,40 @@ class WorkerService:
                     item.future.cancel()
             batcher.notify()
 
-    async def stream(self, payload: Any) -> AsyncIterator[Any]:
-        """The pieces of the model's streaming answer for one input."""
+    @contextlib.contextmanager
+    def stream_slot(self) -> Iterator[None]:
+        """Hold one queue slot for a stream's whole life (streams count against max_queue).
+
+        Raises:
+            WorkerOverloaded: the queue is full (before any response byte: a clean 503).
+            WorkerUnavailable: loading or draining.
+        """
         self.check_ready()
-        async for piece in self.runner.stream(payload):
-            yield piece
+        batcher = self.batcher
+        if batcher is None:
+            raise WorkerUnavailable("the worker is loading")
+        try:
+            batcher.reserve()
+        except WorkerOverloaded as exc:
+            exc.retry_after_s = self.retry_after_s()
+            raise
+        self.counters.streams += 1
+        try:
+            yield
+        finally:
+            batcher.release()
+            self.counters.streams -= 1
+
+    async def stream(self, payload: Any) -> AsyncGenerator[Any, None]:
+        """The encoded pieces of the model's streaming answer for one input.
+
+        Consume it inside ``stream_slot()`` and ``contextlib.aclosing`` so that a caller who
+        leaves closes the model's generator.
+        """
+        self.check_ready()
+        async with contextlib.aclosing(self.runner.stream(payload)) as pieces:
+            async for piece in pieces:
+                yield piece
 
     def retry_after_s(self) -> float:
         """A guess at when the queue will have room: its depth at the recent batch rate."""
@@ -212,7 +244,11 @@ class WorkerService:
         finally:
             self.metrics.compute_time.observe(self.clock() - started)
         for item, out in zip(batch, outputs, strict=True):
-            if item.future is not None and not item.future.done():
+            if isinstance(out, EncodeFailed):
+                self.counters.failed_items += 1
+                if item.future is not None and not item.future.done():
+                    item.future.set_exception(ModelError(out.message))
+            elif item.future is not None and not item.future.done():
                 item.future.set_result(out)
 
     def _on_drop(self, item: Item, now: float) -> None:
@@ -261,6 +297,8 @@ class WorkerService:
             "configured_max_batch_size": self.batcher.cfg.max_batch_size if self.batcher else 0,
             "oom_splits": c.oom_splits,
             "max_queue": self.cfg.max_queue,
+            "streams": c.streams,
+            "streams_closed": self.runner.streams_closed,
             "latency_ms": c.latency_ms(),
             "uptime_s": round(self.clock() - self.started_at, 3),
         }

@@ -42,12 +42,14 @@ class WorkerCounters:
     rejected: int = 0
     #: Items removed before predict because their caller left or their deadline passed.
     dropped: int = 0
-    #: Items that ran in a predict call that raised.
+    #: Items that ran in a predict call that raised, or whose encode raised.
     failed_items: int = 0
     batches: int = 0
     batched_items: int = 0
     oom_splits: int = 0
     in_flight: int = 0
+    #: Streams open now (each holds one slot of ``max_queue``).
+    streams: int = 0
     #: Latency (seconds) of the last ``window`` served requests.
     window: int = 2048
     _latencies: deque[float] = field(default_factory=deque)
