@@ -38,9 +38,9 @@ def test_each_process_gets_its_gpu(
     flags = ["up", "--cmd", cmd, "--discovery", "nvidia-smi", *args]
     with run_server(flags, env=full_env, cwd=tmp_path) as fleet:
         records = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
-        seen = sorted(r["cvd"] for r in records)
-        assert seen == sorted(expected), fleet.log()
-        # {index} counts the workers; {gpu} is the GPU as the fleet numbers it.
-        assert sorted(r["index"] for r in records) == [str(i) for i in range(len(expected))]
+        # Worker k ({index} counts the workers) got exactly the k-th selected GPU.
+        seen = {r["index"]: r["cvd"] for r in records}
+        assert len(records) == len(expected), fleet.log()
+        assert seen == {str(k): cvd for k, cvd in enumerate(expected)}, fleet.log()
         assert "GPU(s) found via nvidia-smi" in fleet.log()
         assert "ready at http://127.0.0.1:" in fleet.log()
