@@ -110,6 +110,20 @@ async def closed_loop(
     }
 
 
+async def paced_loop(url: str, requests: int, gap_s: float) -> dict[str, Any]:
+    """One request at a time, ``gap_s`` apart."""
+    latencies: list[float] = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(requests):
+            started = time.perf_counter()
+            async with session.get(url) as resp:
+                await resp.read()
+            latencies.append(time.perf_counter() - started)
+            await asyncio.sleep(gap_s)
+    latencies.sort()
+    return {"requests": requests, "p50_ms": pct(latencies, 0.5), "p99_ms": pct(latencies, 0.99)}
+
+
 async def open_loop(url: str, rate: float, seconds: float, seed: int = 1) -> dict[str, Any]:
     """Poisson arrivals at ``rate`` per second for ``seconds``, whatever the answers do."""
     rng = random.Random(seed)
@@ -217,6 +231,11 @@ async def proxy_cost(requests: int, concurrency: int, rounds: int) -> dict[str, 
                 row = await closed_loop([bare_url], requests, concurrency)
                 row["server_cpu_us"] = (cpu_seconds(bare_pid) - cpu0) / requests * 1e6
                 bare_rows.append(row)
+            # The same server, one request every 10 ms (as a 10 ms worker paces a router):
+            # each request now wakes an idle process, which costs CPU of its own.
+            cpu0 = cpu_seconds(bare_pid)
+            paced = await paced_loop(bare_url, requests // 20, 0.010)
+            paced["server_cpu_us"] = (cpu_seconds(bare_pid) - cpu0) / (requests // 20) * 1e6
         # One request at a time: the CPU of waking up for each request shows here.
         single_direct = await closed_loop(direct_urls, requests // 5, 1)
         cpu0 = cpu_seconds(router.pid)
@@ -226,6 +245,7 @@ async def proxy_cost(requests: int, concurrency: int, rounds: int) -> dict[str, 
         "direct": _median(direct_rows),
         "router": _median(router_rows),
         "bare": _median(bare_rows),
+        "bare_paced": paced,
         "direct_c1": single_direct,
         "router_c1": single,
         "rounds": {"direct": direct_rows, "router": router_rows},
@@ -342,9 +362,19 @@ async def scaling(sizes: Sequence[int], seconds_each: float) -> list[dict[str, A
         one_rate = 1000.0 / SCALE_MS
         n_single = int(one_rate * seconds_each)
         await closed_loop([workers[0].url + "/predict"], 50, 4, method="POST")
-        single = await closed_loop([workers[0].url + "/predict"], n_single, 4, method="POST")
+        # The median of three runs: one worker's rate drifts with the machine's load.
+        singles = [
+            await closed_loop([workers[0].url + "/predict"], n_single // 2, 4, method="POST")
+            for _ in range(3)
+        ]
+        single = sorted(singles, key=lambda r: float(r["rps"]))[1]
         print(f"  one worker straight: {single['rps']:.1f}/s", flush=True)
         for n in sizes:
+            # The same N workers driven straight (requests spread over them in turn).
+            count = int(one_rate * n * seconds_each)
+            urls = [w.url + "/predict" for w in workers[:n]]
+            await closed_loop(urls, 20 * n, 4 * n, method="POST")
+            straight = await closed_loop(urls, count, 4 * n, method="POST")
             for cap in ("default", "1"):
                 extra = [] if cap == "default" else ["--max-outstanding", cap]
                 with run_router([w.url for w in workers[:n]], *extra) as router:
@@ -357,6 +387,8 @@ async def scaling(sizes: Sequence[int], seconds_each: float) -> list[dict[str, A
                 row["workers"] = n
                 row["cap"] = cap
                 row["efficiency"] = row["rps"] / (n * single["rps"])
+                row["of_straight"] = row["rps"] / straight["rps"]
+                row["straight_rps"] = straight["rps"]
                 rows.append(row)
                 print(
                     f"  {n} worker(s), cap {cap}: {row['rps']:.1f}/s, "
@@ -386,6 +418,9 @@ def report(results: dict[str, Any]) -> str:
         f"| bare aiohttp server, fixed answer (CPU: that server's) | {c} | "
         f"{p['bare']['rps']:.0f} | {p['bare']['p50_ms']:.2f} | {p['bare']['p99_ms']:.2f} | "
         f"{p['bare']['server_cpu_us']:.0f} |",
+        f"| bare aiohttp server, one request every 10 ms | 1 | 100 | "
+        f"{p['bare_paced']['p50_ms']:.2f} | {p['bare_paced']['p99_ms']:.2f} | "
+        f"{p['bare_paced']['server_cpu_us']:.0f} |",
         f"| straight to the echo upstreams | 1 | {d1['rps']:.0f} | {d1['p50_ms']:.2f} | "
         f"{d1['p99_ms']:.2f} | — |",
         f"| through the router | 1 | {r1['rps']:.0f} | {r1['p50_ms']:.2f} | "
@@ -404,19 +439,20 @@ def report(results: dict[str, Any]) -> str:
         )
     out += [
         "",
-        "| workers | cap | requests/s | / (N × one worker) | p50 ms | p99 ms "
-        "| router CPU µs/request |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| workers | cap | requests/s | / (N × one worker) | N straight, requests/s "
+        "| / N straight | p50 ms | p99 ms | router CPU µs/request |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in results["scaling"]:
         if row.get("single"):
             out.append(
-                f"| 1, straight | — | {row['rps']:.1f} | 1.000 | {row['p50_ms']:.1f} | "
+                f"| 1, straight | — | {row['rps']:.1f} | 1.000 | — | — | {row['p50_ms']:.1f} | "
                 f"{row['p99_ms']:.1f} | — |"
             )
         else:
             out.append(
                 f"| {row['workers']} | {row['cap']} | {row['rps']:.1f} | {row['efficiency']:.3f} | "
+                f"{row['straight_rps']:.1f} | {row['of_straight']:.3f} | "
                 f"{row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['router_cpu_us']:.0f} |"
             )
     return "\n".join(out)
