@@ -39,7 +39,10 @@ def _ready(state: dict[str, Any]) -> bool:
 def test_default_model_on_every_worker_and_a_killed_up_takes_its_children(
     tmp_path: Path,
 ) -> None:
-    with run_server(["up", "--cpu-workers", "2"], cwd=tmp_path, timeout=150) as fleet:
+    # `make run` is `HF_HUB_OFFLINE=1 gpufleet up` (run_server sets the env); `--gpus none`
+    # keeps the two CPU workers on a runner that has a GPU too.
+    args = ["up", "--gpus", "none", "--cpu-workers", "2"]
+    with run_server(args, cwd=tmp_path, timeout=150) as fleet:
         state = wait_state(tmp_path, _ready, timeout=60)
         assert {w["serves"] for w in state["workers"]} == {"minilm"}, state["workers"]
         with ThreadPoolExecutor(8) as pool:
