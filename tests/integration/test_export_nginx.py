@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -147,3 +148,57 @@ def test_requests_through_nginx_reach_both_workers(tmp_path: Path) -> None:
             status, body = _post(url + "/predict", {"input": "s", "stream": True})
             assert status == 200
             assert body.count(b"data:") >= 2, body
+            # `proxy_next_upstream error`: a worker that refuses connections is passed over.
+            w2.stop()
+            answers = [_post(url + "/predict", {"input": f"y{i}"}) for i in range(6)]
+            assert [status for status, _ in answers] == [200] * 6
+            assert {json.loads(body)["output"]["pid"] for _, body in answers} == {w1.pid}
+
+
+def _post_status(url: str, body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+    try:
+        status, answer = _post(url, body)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, dict(exc.headers), exc.read()
+    return status, {}, answer
+
+
+def test_a_full_worker_503_reaches_the_client_through_nginx(tmp_path: Path) -> None:
+    # nginx does not pass on a POST it began to send, so it cannot do the router's retry of
+    # a full queue: the worker's 503 + Retry-After is what the client gets (as the file says).
+    port = free_port()
+    layout = layout_of({"model": "synthetic", "cpu_workers": 2, "port": port})
+    full_args = ("--max-queue", "1", "--model-arg", "stream_chunks=400")
+    with (
+        run_worker("synthetic", *full_args, "--model-arg", "per_item_ms=25") as full,
+        run_worker("synthetic", "--model-arg", "base_ms=1") as free,
+    ):
+        pool = layout.pools[0]
+        slots = tuple(
+            dataclasses.replace(s, port=w.port)
+            for s, w in zip(pool.slots, (full, free), strict=True)
+        )
+        layout = dataclasses.replace(layout, pools=(dataclasses.replace(pool, slots=slots),))
+        assert isinstance(layout, ExportLayout)
+        text = render("nginx", layout, ExportOptions())
+        # A stream straight to `full` holds its one queue slot (10 s): it answers 503 now.
+        req = urllib.request.Request(
+            full.url + "/predict",
+            data=json.dumps({"input": "hold", "stream": True}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with (
+            urllib.request.urlopen(req, timeout=30) as stream,
+            _running_nginx(tmp_path, text, port) as url,
+        ):
+            assert stream.readline().startswith(b"data:")
+            answers = [_post_status(url + "/predict", {"input": f"z{i}"}) for i in range(6)]
+    statuses = [status for status, _, _ in answers]
+    assert sorted(set(statuses)) == [200, 503], statuses
+    for status, headers, body in answers:
+        if status == 503:
+            assert json.loads(body)["error"] == "WorkerOverloaded"
+            assert "Retry-After" in headers
+        else:
+            assert json.loads(body)["output"]["pid"] == free.pid

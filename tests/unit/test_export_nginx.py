@@ -31,11 +31,17 @@ def test_one_pool_upstream_and_sse_safe_server() -> None:
         'proxy_set_header Connection "";',
         "proxy_buffering off;",
         "proxy_read_timeout 300s;",
-        "proxy_next_upstream error timeout http_503;",
+        "proxy_next_upstream error timeout;",
         "location / {",
         "proxy_pass http://gpufleet_default;",
     ):
         assert line in server, line
+    # nginx never passes on a POST it began to send (no non_idempotent, and the body is not
+    # buffered), so an http_503 condition would be dead config: none, and the comment says so.
+    assert re.findall(r"^\s*proxy_next_upstream\s.*$", text, re.M) == [
+        "    proxy_next_upstream error timeout;"
+    ]
+    assert "full queue is not reproduced" in server
     # How to start the workers it points at, pinned like `up` pins them.
     assert "#   CUDA_VISIBLE_DEVICES=1 gpufleet worker --model synthetic" in text
 

@@ -3,7 +3,8 @@
 The file goes in nginx's ``http`` context (``/etc/nginx/conf.d/gpufleet.conf``). nginx then
 does the router's job, with fewer tricks: ``least_conn`` instead of shortest expected wait,
 passive health (``max_fails``/``fail_timeout``, the router's own numbers), a retry only
-where the request was never sent (nginx does not resend a POST that reached a worker).
+where the request was never sent (nginx does not resend a POST it began to send, so a
+worker's full-queue 503 reaches the client: the router's retry of it is not reproduced).
 The proxy settings keep streams flowing: HTTP/1.1 with keep-alive to the workers, no
 buffering of the answer, read timeouts as long as the router's request timeout.
 """
@@ -108,9 +109,11 @@ def render_nginx(layout: ExportLayout, opts: ExportOptions) -> str:
         f"    proxy_connect_timeout {_duration(min(r.connect_timeout_s, 75.0))};",
         f"    proxy_send_timeout {_duration(r.timeout_s)};",
         f"    proxy_read_timeout {_duration(r.timeout_s)};",
-        "    # Another worker only when this one was not reached or answered 503 (queue full);",
-        "    # nginx never resends a POST that a worker received.",
-        "    proxy_next_upstream error timeout http_503;",
+        "    # Another worker only when this one could not be reached (refused, connect timeout):",
+        "    # nginx never passes on a POST it began to send (not non_idempotent, and with",
+        "    # proxy_request_buffering off it cannot resend the body). The router's retry of a",
+        "    # full queue is not reproduced: a worker's 503 + Retry-After reaches the client.",
+        "    proxy_next_upstream error timeout;",
         f"    proxy_next_upstream_tries {tries};",
         f"    proxy_next_upstream_timeout {_duration(r.timeout_s)};",
         "",
