@@ -179,6 +179,7 @@ class Proxy:
                 upstream = await admission.acquire(key, tried, deadline)
             except NoHealthyBackend:
                 if last is not None and last.answer is not None:
+                    self.totals.count(last.answer.status)
                     return last.answer
                 raise
             tried.append(upstream.id)
@@ -191,6 +192,7 @@ class Proxy:
                 self.totals.retries += 1
                 log.debug("retrying %s %s: %s on %s", method, target, exc, upstream.url)
         if last is not None and last.answer is not None:
+            self.totals.count(last.answer.status)
             return last.answer
         raise NoHealthyBackend(f"no upstream took the request after {len(tried)} attempt(s)")
 
