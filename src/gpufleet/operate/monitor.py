@@ -1,8 +1,10 @@
 """``gpufleet monitor [URL]``: a live terminal table of every worker behind a router.
 
 Each poll reads the router's /stats and every worker's own /stats (batch size, queue,
-GPU); requests per second come from the served counts of two polls, restarts from a
-worker's pid changing (or the count a fleet reports). ``--errors`` adds the recent
+GPU); requests per second come from the served counts of two polls, restarts from the
+count a fleet reports (its ``restarts`` label: ``gpufleet up`` knows every restart, also
+those before the monitor started and those at a new address) or else from a worker's pid
+changing while the monitor watches. ``--errors`` adds the recent
 errors: those the workers report, and what the monitor saw change (new errors, a worker
 leaving the serving state, a restart).
 """
@@ -68,7 +70,10 @@ class MonitorState:
             log = self.events.setdefault(w.id, deque(maxlen=20))
             if prev is None:
                 continue
-            if prev.pid and w.pid and prev.pid != w.pid:
+            counted, before = fleet_restarts(w), fleet_restarts(prev)
+            if counted is not None and before is not None and counted > before:
+                log.append(f"{stamp} restarted by the fleet ({counted} in all)")
+            elif prev.pid and w.pid and prev.pid != w.pid:
                 self.restarts[w.id] = self.restarts.get(w.id, 0) + 1
                 log.append(f"{stamp} restarted (pid {prev.pid} → {w.pid})")
             if w.errors is not None and prev.errors is not None and w.errors > prev.errors:
@@ -79,12 +84,20 @@ class MonitorState:
         return rps
 
 
+def fleet_restarts(w: WorkerView) -> int | None:
+    """Restarts the fleet counted for ``w`` (its router label), None when no fleet says."""
+    value = w.labels.get("restarts", "")
+    return int(value) if value.isdigit() else None
+
+
 def _n(value: float | None, fmt: str = "{:,.0f}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def _state(state: str) -> Text:
+def _state(state: str, fleet_state: str | None = None) -> Text:
     style = "green" if state in GOOD_STATES else "yellow" if state == "draining" else "red"
+    if fleet_state and fleet_state != "ready" and state not in GOOD_STATES:
+        state = f"{state} ({fleet_state})"  # why the fleet took it out: backoff, crash-looping
     return Text(state, style=style)
 
 
@@ -120,12 +133,14 @@ def short_id(w: WorkerView) -> str:
 def row_cells(w: WorkerView, rps: float | None, seen_restarts: int) -> list[str | Text]:
     """The cells of one worker's row."""
     mem = gpu_memory(w.gpu)
-    restarts = (w.restarts or 0) if w.restarts is not None else seen_restarts
+    restarts = fleet_restarts(w)
+    if restarts is None:
+        restarts = (w.restarts or 0) if w.restarts is not None else seen_restarts
     name = short_id(w)
     return [
         name,
         where(w),
-        _state(w.state),
+        _state(w.state, w.labels.get("fleet_state")),
         _n(w.in_flight),
         _n(w.queue_depth),
         _n(w.served),
