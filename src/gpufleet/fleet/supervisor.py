@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 
 from gpufleet.config.fleet import FleetConfig
-from gpufleet.fleet.admin import AdminError, RouterAdmin
+from gpufleet.fleet.admin import AdminError, Membership, PoolSync, RouterAdmin
 from gpufleet.fleet.launcher import ChildHandle, Launcher
 from gpufleet.fleet.member import (
     BACKOFF,
@@ -390,29 +390,39 @@ class Supervisor:
 
     # Router membership and the state file ---------------------------------------------
 
+    def _membership(self, m: Member) -> Membership:
+        # restarts and fleet_state ride along so /stats, monitor and the dashboard can show
+        # what only the fleet knows (a restart at a new address is a new upstream there).
+        labels = {**m.spec.labels, "restarts": str(m.restarts), "fleet_state": m.state}
+        return Membership(m.url, m.router_pool, m.state == READY, labels)
+
     async def _sync_loop(self) -> None:
         if self._http is None:
             return
         admin = RouterAdmin(self._http, self._token)
-        managed: set[str] = set()
+        pool = PoolSync(admin, stale_drain_s=self.cfg.drain_timeout_s)
+        recheck: float | None = None
         while not self._stop.is_set():
-            await _first(self._changed.wait(), self._stop.wait())
+            await _first(self._changed.wait(), self._stop.wait(), within=recheck)
             self._changed.clear()
             if self._stop.is_set() or self.router.state != READY:
                 continue
-            ready = [m for m in self.workers if m.state == READY]
-            want = {(m.router_pool, m.url) for m in ready}
-            labels = {m.url: m.spec.labels for m in ready}
-            managed.update(m.url for m in self.workers)
             try:
-                added, removed = await admin.sync(self.endpoint, want, managed, labels)
+                done = await pool.sync(self.endpoint, [self._membership(m) for m in self.workers])
             except AdminError as exc:
                 log.warning("could not update the router's pool: %s; retrying", exc)
                 await _first(self._stop.wait(), within=1.0)
                 self._changed.set()
                 continue
-            if added or removed:
-                log.info("router pool: %d admitted, %d drained", added, removed)
+            # A stale address still finishing requests: look again soon, not only on a change.
+            recheck = 0.5 if done.pending else None
+            if done.changed:
+                log.info(
+                    "router pool: %d admitted, %d drained, %d removed",
+                    done.admitted,
+                    done.drained,
+                    done.removed,
+                )
 
     async def _publish_loop(self) -> None:
         while True:
