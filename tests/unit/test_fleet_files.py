@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,21 +41,55 @@ def test_base_port_counts_up_and_names_a_busy_port() -> None:
         busy = s.getsockname()[1]
         with pytest.raises(ConfigError, match=f"port {busy}"):
             PortAllocator("127.0.0.1", busy).take()
-    alloc = PortAllocator("127.0.0.1", 41000, avoid={41001})
-    assert [alloc.take(), alloc.take()] == [41000, 41002]
+    base = _free_pair_below_ephemeral()
+    alloc = PortAllocator("127.0.0.1", base, avoid={base + 1})
+    assert [alloc.take(), alloc.take()] == [base, base + 2]
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_pair_below_ephemeral() -> int:
+    """A port ``p`` with ``p`` and ``p + 2`` free, below Linux's ephemeral range (32768+),
+    where other tests' outgoing connections would take ports at random."""
+    return next(p for p in range(20000, 32000, 3) if _is_free(p) and _is_free(p + 2))
 
 
 def test_run_dir_claim(tmp_path: Path) -> None:
-    rd = RunDir(tmp_path / "run")
-    assert rd.running_pid() is None
-    rd.claim(os.getpid())
-    assert rd.running_pid() == os.getpid()
-    with pytest.raises(ConfigError, match="already runs"):
-        rd.claim(os.getpid() + 100000)
-    rd.write_state({"phase": "running"})
-    assert rd.read_state() == {"phase": "running"}
-    rd.release(os.getpid())
-    assert rd.running_pid() is None
+    # A pid counts as a fleet only when its command line names gpufleet (as `up`'s does).
+    fleet = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "gpufleet"])
+    # Not a substring match: a Python whose path holds gpufleet is still not a fleet.
+    stranger = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "--dir", "/x/gpufleet/.venv"]
+    )
+    try:
+        rd = RunDir(tmp_path / "run")
+        assert rd.running_pid() is None
+        rd.claim(fleet.pid)
+        assert rd.running_pid() == fleet.pid
+        with pytest.raises(ConfigError, match="already runs"):
+            rd.claim(fleet.pid + 100000)
+        with pytest.raises(ConfigError, match=f"pid {fleet.pid}"):
+            rd.check_free()
+        rd.write_state({"phase": "running"})
+        assert rd.read_state() == {"phase": "running"}
+        rd.release(fleet.pid)
+        assert rd.running_pid() is None
+        rd.check_free()
+        # A pid file whose pid now belongs to another program (reused) is no fleet.
+        rd.pid_file.write_text(f"{stranger.pid}\n")
+        assert rd.running_pid() is None
+        rd.check_free()
+    finally:
+        for proc in (fleet, stranger):
+            proc.kill()
+            proc.wait(timeout=10)
     # A pid file left by a dead fleet does not block a new one.
     rd.pid_file.write_text("999999999\n")
     rd.claim(os.getpid())

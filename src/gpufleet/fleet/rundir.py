@@ -45,7 +45,7 @@ def is_alive(pid: int) -> bool:
 
 
 def is_gpufleet(pid: int) -> bool:
-    """True when ``pid`` runs and its command line names gpufleet.
+    """True when ``pid`` runs and its command line names gpufleet (``-m gpufleet``, ``…/gpufleet``).
 
     A pid file can outlive its fleet (a crash, a reboot) and the pid be reused by another
     program: nothing is signalled, and no directory stays taken, on a pid alone. Without
@@ -60,7 +60,10 @@ def is_gpufleet(pid: int) -> bool:
         return not Path("/proc/self").exists()
     except OSError:
         return True
-    return b"gpufleet" in cmdline
+    # Whole arguments, not a substring: any Python of a checkout named gpufleet has it in
+    # its path.
+    names = (os.path.basename(arg) for arg in cmdline.split(b"\0"))
+    return any(n == b"gpufleet" or n.startswith(b"gpufleet.") for n in names)
 
 
 class RunDir:
