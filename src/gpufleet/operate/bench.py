@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,18 +154,22 @@ def shares_from_headers(samples: list[load.Sample]) -> list[WorkerShare]:
 async def run_load(
     session: aiohttp.ClientSession, cfg: BenchConfig, target: load.Target, max_s: float
 ) -> tuple[list[load.Sample], float]:
-    """One load run of the configured mode, bounded by ``max_s`` seconds."""
+    """One load run of the configured mode, bounded by ``max_s`` seconds.
+
+    The bound is hard: requests still in flight at ``max_s`` are cut off, not awaited.
+    """
     if cfg.mode == "burst":
-        return await load.burst(session, target, n=cfg.burst)
+        return await load.burst(session, target, n=cfg.burst, max_duration_s=max_s)
     if cfg.mode == "open":
         return await load.open_loop(
             session,
             target,
             rate=cfg.rate,
-            duration_s=min(cfg.duration_s, max_s),
+            duration_s=cfg.duration_s,
             max_in_flight=cfg.max_in_flight,
             arrival=cfg.arrival,
             rng=random.Random(cfg.seed),
+            max_duration_s=max_s,
         )
     return await load.closed_loop(
         session, target, concurrency=cfg.concurrency, requests=cfg.requests, max_duration_s=max_s
@@ -185,6 +190,8 @@ async def run_bench(cfg: BenchConfig) -> BenchResult:
         RequestFailed: the target does not answer (or, for ``--scaling``, its admin API).
     """
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    # --max-duration bounds the measured load and the warm-up before it together.
+    end = time.monotonic() + cfg.max_duration_s
     connector = aiohttp.TCPConnector(limit=connector_limit(cfg), limit_per_host=0)
     timeout = aiohttp.ClientTimeout(total=None)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -210,10 +217,12 @@ async def run_bench(cfg: BenchConfig) -> BenchResult:
                 target,
                 concurrency=min(cfg.concurrency, cfg.warmup),
                 requests=cfg.warmup,
-                max_duration_s=cfg.max_duration_s,
+                max_duration_s=end - time.monotonic(),
             )
             if before is not None:
                 before = await read_fleet(session, cfg.url)
+            if end <= time.monotonic():
+                notes.append("the warm-up took all of --max-duration: nothing was measured")
         result = BenchResult(
             url=cfg.url,
             path=cfg.path,
@@ -232,7 +241,7 @@ async def run_bench(cfg: BenchConfig) -> BenchResult:
 
             await run_scaling(session, cfg, target, result)
             return result
-        samples, took = await run_load(session, cfg, target, cfg.max_duration_s)
+        samples, took = await run_load(session, cfg, target, end - time.monotonic())
         result.samples, result.summary = samples, summarize(samples, took)
         if before is not None:
             after = await read_fleet(session, cfg.url)
@@ -250,5 +259,10 @@ def settings_of(cfg: BenchConfig) -> dict[str, Any]:
         "burst": ("burst",),
     }[cfg.mode]
     out: dict[str, Any] = {k: getattr(cfg, k) for k in keys}
-    out.update(timeout_s=cfg.timeout_s, payload_file=cfg.payload_file, scaling=cfg.scaling)
+    out.update(
+        timeout_s=cfg.timeout_s,
+        max_duration_s=cfg.max_duration_s,
+        payload_file=cfg.payload_file,
+        scaling=cfg.scaling,
+    )
     return out

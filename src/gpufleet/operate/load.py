@@ -2,7 +2,10 @@
 
 Every run is bounded: a closed loop by its request count and a deadline, an open loop by
 its duration and a cap on requests in flight (arrivals past the cap are recorded as not
-sent rather than queued, so the client never hides the server's queueing in its own).
+sent rather than queued, so the client never hides the server's queueing in its own), a
+burst by its size. A run's ``max_duration_s`` is a hard bound: no request is sent past it,
+and one still in flight then is cut off (each request's budget is its timeout or what is
+left of the run, whichever ends first).
 Open-loop latencies count from the *scheduled* send time, so a stalled client cannot hide
 a stalled server (coordinated omission).
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -21,6 +25,8 @@ import aiohttp
 from gpufleet.wire import UPSTREAM_HEADER
 
 NOT_SENT = "not sent (client at --max-in-flight)"
+#: The error of a request still in flight when the run's ``--max-duration`` ran out.
+CUT_OFF = "cut off at --max-duration"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,15 +70,31 @@ def error_kind(status: int, body: bytes) -> str:
 
 
 async def send(
-    session: aiohttp.ClientSession, target: Target, i: int, t0: float, due: float
+    session: aiohttp.ClientSession,
+    target: Target,
+    i: int,
+    t0: float,
+    due: float,
+    deadline: float | None = None,
 ) -> Sample:
-    """Send request ``i`` (due ``due`` s after ``t0``) and record how it went."""
+    """Send request ``i`` (due ``due`` s after ``t0``) and record how it went.
+
+    With ``deadline`` (a ``time.monotonic()`` instant, the end of the run) the request is
+    given up there if its own timeout would end later: it then ends as :data:`CUT_OFF`.
+    """
     status: int | None = None
     upstream: str | None = None
     error: str | None = None
+    budget = target.timeout_s
+    left = math.inf if deadline is None else deadline - time.monotonic()
+    is_capped = left < budget
+    if is_capped:
+        budget = left
+    if budget <= 0:
+        return Sample(due, 0.0, None, CUT_OFF)
     try:
         async with (
-            asyncio.timeout(target.timeout_s),
+            asyncio.timeout(budget),
             session.post(target.url, data=target.body(i), headers=list(target.headers)) as resp,
         ):
             status = resp.status
@@ -81,7 +103,7 @@ async def send(
             if status >= 400:
                 error = error_kind(status, body)
     except TimeoutError:
-        error = "timeout"
+        error = CUT_OFF if is_capped else "timeout"
     except aiohttp.ClientConnectorError:
         error = "connection refused"
     except aiohttp.ServerDisconnectedError:
@@ -101,7 +123,8 @@ async def closed_loop(
 ) -> tuple[list[Sample], float]:
     """Keep ``concurrency`` requests in flight until ``requests`` were sent or time is up.
 
-    Returns the samples and the wall time the run took.
+    Returns the samples and the wall time the run took (at most ``max_duration_s``, give or
+    take the scheduling of the loop).
     """
     samples: list[Sample] = []
     next_i = 0
@@ -113,7 +136,7 @@ async def closed_loop(
         while next_i < requests and time.monotonic() < deadline:
             i = next_i
             next_i += 1
-            samples.append(await send(session, target, i, t0, time.monotonic() - t0))
+            samples.append(await send(session, target, i, t0, time.monotonic() - t0, deadline))
 
     async with asyncio.TaskGroup() as tg:
         for _ in range(min(concurrency, requests)):
@@ -130,17 +153,24 @@ async def open_loop(
     max_in_flight: int,
     arrival: str = "poisson",
     rng: random.Random | None = None,
+    max_duration_s: float | None = None,
 ) -> tuple[list[Sample], float]:
-    """Send at ``rate`` per second for ``duration_s`` (Poisson or evenly spaced arrivals)."""
+    """Send at ``rate`` per second for ``duration_s`` (Poisson or evenly spaced arrivals).
+
+    Requests still in flight ``max_duration_s`` after the start (default: their timeout
+    after ``duration_s``) are cut off.
+    """
     rng = rng or random.Random(0)
     samples: list[Sample] = []
     in_flight = 0
     t0 = time.monotonic()
+    deadline = None if max_duration_s is None else t0 + max_duration_s
+    duration_s = duration_s if max_duration_s is None else min(duration_s, max_duration_s)
 
     async def one(i: int, due: float) -> None:
         nonlocal in_flight
         try:
-            samples.append(await send(session, target, i, t0, due))
+            samples.append(await send(session, target, i, t0, due, deadline))
         finally:
             in_flight -= 1
 
@@ -162,9 +192,13 @@ async def open_loop(
 
 
 async def burst(
-    session: aiohttp.ClientSession, target: Target, *, n: int
+    session: aiohttp.ClientSession, target: Target, *, n: int, max_duration_s: float | None = None
 ) -> tuple[list[Sample], float]:
-    """Send ``n`` requests at the same moment and wait for all of them."""
+    """Send ``n`` requests at the same moment and wait for all of them.
+
+    Those still unanswered ``max_duration_s`` after the start are cut off.
+    """
     t0 = time.monotonic()
-    samples = await asyncio.gather(*(send(session, target, i, t0, 0.0) for i in range(n)))
+    deadline = None if max_duration_s is None else t0 + max_duration_s
+    samples = await asyncio.gather(*(send(session, target, i, t0, 0.0, deadline) for i in range(n)))
     return list(samples), time.monotonic() - t0
