@@ -1,0 +1,106 @@
+"""``gpufleet monitor URL`` live (no ``--once``): a real process, real polls, Ctrl-C ends it.
+
+Piped (not a terminal), rich's ``Live`` draws nothing while it runs and prints its last
+frame once when it stops: that frame is what is checked here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from typing import Any
+
+from gpufleet.testing import run_router, run_worker
+
+
+def post(url: str, body: object) -> None:
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        resp.read()
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.load(resp)
+
+
+def row(out: str, name: str) -> list[str]:
+    """The cells of the table row that starts with ``name``."""
+    for line in out.splitlines():
+        cells = [c.strip() for c in re.split(r"[│┃|]", line) if c.strip()]
+        if cells and cells[0] == name:
+            return cells
+    raise AssertionError(f"no row {name!r} in:\n{out}")
+
+
+def test_live_monitor_polls_until_ctrl_c_then_exits_130() -> None:
+    with (
+        run_worker("synthetic", "--model-arg", "base_ms=5") as a,
+        run_worker("synthetic", "--model-arg", "base_ms=5") as b,
+        run_router([a.url, b.url]) as router,
+    ):
+        stop = threading.Event()
+        sent = 0
+
+        def traffic() -> None:
+            nonlocal sent
+            while not stop.is_set():
+                post(router.url + "/predict", {"input": sent})
+                sent += 1
+
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gpufleet", "monitor", router.url, "--interval", "0.3"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        sender = threading.Thread(target=traffic)
+        try:
+            sender.start()
+            # Several polls while requests flow, so the last frame has a rate to show.
+            time.sleep(2.5)
+            assert proc.poll() is None, "the live monitor exited on its own"
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=20)
+        finally:
+            stop.set()
+            sender.join(timeout=15)
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=10)
+        stats = get_json(router.url + "/stats")
+
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert f"{router.url} · 2 worker(s)" in out
+    head = row(out, "worker")
+    assert head[:8] == [
+        "worker",
+        "device",
+        "state",
+        "in-flight",
+        "queue",
+        "served",
+        "errors",
+        "req/s",
+    ]
+    served_now = {w["id"]: w["served"] for w in stats["workers"]}
+    rates = []
+    for wid in ("w0", "w1"):
+        cells = dict(zip(head, row(out, wid), strict=True))
+        assert cells["state"] == "ready"
+        # The last frame came from a poll taken while requests flowed: some served then,
+        # no more than the router counted by the end.
+        assert 0 < int(cells["served"].replace(",", "")) <= served_now[wid]
+        rates.append(float(cells["req/s"]))
+    # A rate needs two polls: a live one proves the monitor kept polling, not one snapshot.
+    assert sum(rates) > 0, out
+    assert sent > 0
