@@ -1,0 +1,50 @@
+"""The headers the router hands back to the client: hop-by-hop out, its own in."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gpufleet.router.http1 import Response
+from gpufleet.router.proxy import _response_headers
+
+
+class _Conn:
+    def done(self, response: Response) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def pause(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
+
+
+async def test_hop_by_hop_and_connection_named_headers_are_dropped() -> None:
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    resp = Response(_Conn(), fut, False)  # type: ignore[arg-type]
+    resp.feed(
+        b"HTTP/1.1 200 OK\r\n"
+        b"Content-Type: text/plain\r\n"
+        b"Connection: keep-alive, X-Hop\r\n"
+        b"X-Hop: secret\r\n"
+        b"Keep-Alive: timeout=5\r\n"
+        b"Transfer-Encoding: chunked\r\n"
+        b"Trailer: X-T\r\n"
+        b"Upgrade: h2c\r\n"
+        b"Proxy-Authenticate: Basic\r\n"
+        b"X-Request-Id: from-upstream\r\n"
+        b"Set-Cookie: a=1\r\n"
+        b"Set-Cookie: b=2\r\n"
+        b"\r\n"
+        b"0\r\n\r\n"
+    )
+    out = _response_headers(resp, "rid-1", "w3")
+    assert sorted(k for k, _ in out.items()) == sorted(
+        ["Content-Type", "Set-Cookie", "Set-Cookie", "X-Request-Id", "X-Gpufleet-Upstream"]
+    )
+    assert out.getall("Set-Cookie") == ["a=1", "b=2"]
+    assert out["X-Request-Id"] == "rid-1"
+    assert out["X-Gpufleet-Upstream"] == "w3"
