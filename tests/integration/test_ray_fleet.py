@@ -275,6 +275,15 @@ def test_up_on_ray_pins_a_gpu_per_actor_serves_and_survives_a_killed_actor(
         assert _wait(lambda: new_url in _router_labels(fleet.url), timeout=30), _get(
             fleet.url + "/stats"
         )
+        # The old address belongs to no member any more: the router forgets it (no row
+        # left "draining" in /stats for every actor death), and the new one carries the
+        # fleet's restart count (a new id to the router, a pid change nobody saw).
+        old_url = victim["url"]
+        assert _wait(
+            lambda: old_url not in {w["url"] for w in _get(fleet.url + "/stats")["workers"]},
+            timeout=30,
+        ), _get(fleet.url + "/stats")
+        assert _wait(lambda: _router_labels(fleet.url).get(new_url, {}).get("restarts") == "1")
         survivor = next(w for w in back["workers"] if w["name"] == "worker-ray-1")
         outputs = _served_by(fleet.url, 60)
         assert {o["pid"] for o in outputs} == {reborn["pid"], survivor["pid"]}
