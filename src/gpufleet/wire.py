@@ -105,13 +105,21 @@ class WorkerStats(TypedDict, total=False):
     in_flight: int
     served: int
     errors: int
+    rejected: int  # answered 503 (queue full) without running
+    dropped: int  # left the queue unserved (caller gone, deadline passed)
+    failed_items: int
     batches: int
     avg_batch_size: float
-    max_batch_size: int
+    max_batch_size: int  # effective: lowered after an out-of-memory split
+    configured_max_batch_size: int
+    oom_splits: int
     max_queue: int
+    streams: int  # open now, each holding one queue slot
+    streams_closed: int  # model generators closed because the caller left
     latency_ms: LatencyMs
     uptime_s: float
-    gpu: dict[str, Any]
+    gpu: dict[str, Any]  # only on a CUDA device with NVML
+    recent_errors: list[dict[str, Any]]
 
 
 __all__ = [
