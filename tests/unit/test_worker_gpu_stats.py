@@ -235,3 +235,23 @@ async def test_a_failing_opener_leaves_the_worker_without_gpu_numbers() -> None:
         await sampler.run()  # returns instead of raising
     assert sampler.latest is None
     assert sampler.settled.is_set()
+
+
+def test_gpu_gauges_appear_only_with_a_reading() -> None:
+    from gpufleet.worker.metrics import WorkerMetrics
+
+    m = WorkerMetrics("synthetic")
+    m.set_gpu(None)
+    assert b"gpufleet_worker_gpu_utilization_percent{" not in m.render()
+    m.set_gpu(
+        {"index": 3, "utilization_pct": 87, "memory_used_mb": 1024.0, "memory_total_mb": 81920.0}
+    )
+    text = m.render().decode()
+    assert 'gpufleet_worker_gpu_utilization_percent{gpu="3"} 87.0' in text
+    used = [
+        line for line in text.splitlines() if line.startswith("gpufleet_worker_gpu_memory_used")
+    ]
+    assert len(used) == 1
+    assert used[0].startswith('gpufleet_worker_gpu_memory_used_bytes{gpu="3"} ')
+    assert float(used[0].split()[-1]) == 1024 * 2**20
+    assert 'gpufleet_worker_gpu_memory_total_bytes{gpu="3"}' in text

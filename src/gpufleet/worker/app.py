@@ -191,6 +191,7 @@ async def metrics(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     if service.batcher is not None:
         service.metrics.queue_depth.set(service.batcher.depth)
+    service.metrics.set_gpu(request.app[GPU].latest)
     return web.Response(
         body=service.metrics.render(), headers={"Content-Type": service.metrics.content_type}
     )

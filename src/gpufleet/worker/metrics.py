@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -72,8 +75,33 @@ class WorkerMetrics:
         self.ready = Gauge(
             "gpufleet_worker_ready", "1 when the model is loaded and not draining.", registry=r
         )
+        # GPU numbers (NVML): labelled by the GPU, so a CPU worker exports none at all.
+        self.gpu_utilization = Gauge(
+            "gpufleet_worker_gpu_utilization_percent",
+            "GPU busy share over NVML's last sample period.",
+            ["gpu"],
+            registry=r,
+        )
+        self.gpu_memory_used = Gauge(
+            "gpufleet_worker_gpu_memory_used_bytes", "GPU memory in use.", ["gpu"], registry=r
+        )
+        self.gpu_memory_total = Gauge(
+            "gpufleet_worker_gpu_memory_total_bytes", "GPU memory in all.", ["gpu"], registry=r
+        )
         info = Gauge("gpufleet_worker_info", "The model this worker serves.", ["model"], registry=r)
         info.labels(model=model).set(1)
+
+    def set_gpu(self, reading: Mapping[str, Any] | None) -> None:
+        """Copy the latest NVML reading (``/stats``'s ``gpu``) into the GPU gauges."""
+        if not reading:
+            return
+        gpu = str(reading.get("index", reading.get("uuid", "0")))
+        if "utilization_pct" in reading:
+            self.gpu_utilization.labels(gpu=gpu).set(reading["utilization_pct"])
+        if "memory_used_mb" in reading:
+            self.gpu_memory_used.labels(gpu=gpu).set(reading["memory_used_mb"] * 2**20)
+        if "memory_total_mb" in reading:
+            self.gpu_memory_total.labels(gpu=gpu).set(reading["memory_total_mb"] * 2**20)
 
     def render(self) -> bytes:
         """The exposition text of every metric."""
