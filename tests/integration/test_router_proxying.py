@@ -138,17 +138,19 @@ async def test_a_500_is_not_retried_but_a_workers_full_queue_is() -> None:
     ):
         for w in (full, free):
             await wait_state(router.url, w.url, "ready", within=10)
-        # Fill the first worker straight (one hanging in predict, one in its queue).
+        # Fill the first worker straight: one hanging in predict, then one in its queue
+        # (one after the other: two at once could both find the queue and one be refused).
         async with aiohttp.ClientSession() as session:
-            fillers = [
-                asyncio.create_task(session.post(full.url + "/predict", json={"input": "hang"}))
-                for _ in range(2)
-            ]
+            fillers: list[asyncio.Task[Any]] = []
+            for field in ("batches", "queue_depth"):
+                fillers.append(
+                    asyncio.create_task(session.post(full.url + "/predict", json={"input": "hang"}))
+                )
 
-            async def is_full() -> bool:
-                return bool((await get_json(full.url + "/stats"))["queue_depth"] >= 1)
+                async def has(field: str = field) -> bool:
+                    return bool((await get_json(full.url + "/stats"))[field] >= 1)
 
-            await wait_for(is_full, within=10, what="the first worker's queue is full")
+                await wait_for(has, within=10, what=f"the first worker's {field} >= 1")
             status, _, body = await _post(full.url + "/predict", json={"input": "x"})
             assert status == 503, body
             assert b"WorkerOverloaded" in body
