@@ -27,6 +27,7 @@ import aiohttp
 from gpufleet.fleet.admin import Membership, PoolSync, RouterAdmin
 from gpufleet.testing import run_router, run_server, run_worker
 from tests.integration._fleet import post, wait_state
+from tests.integration.test_dashboard import Browser, cells, needs_chromium, rows_of
 
 TOKEN = "token-for-sync-tests"
 #: Nothing listens there: where a member "moved" to.
@@ -117,6 +118,24 @@ async def test_sync_undoes_only_its_own_drains_and_removes_stale_addresses() -> 
             assert sync.managed == {ELSEWHERE}
         c.kill()  # its hung request fails now rather than after 60 s
         assert hung.result(timeout=30)[0] != 200
+
+
+@needs_chromium
+async def test_the_dashboard_shows_the_restarts_the_fleet_counted(tmp_path: Path) -> None:
+    with (
+        run_worker("synthetic", "--model-arg", "base_ms=1") as a,
+        run_router([a.url], "--admin-token", TOKEN) as router,
+    ):
+        # What a fleet's sync sets after three restarts (none of which this page saw).
+        labels = {"restarts": "3", "fleet_state": "ready"}
+        entry = _call(
+            "POST", router.url + "/admin/workers", TOKEN, {"url": a.url, "labels": labels}
+        )
+        async with Browser(tmp_path / "profile") as browser:
+            html = await browser.open(router.url + "/dashboard", polls=1)
+            errors = browser.errors
+    assert errors == []
+    assert cells(rows_of(html)[entry["id"]])["restarts"] == "3"
 
 
 def _token(run_dir: Path) -> str:
