@@ -201,8 +201,17 @@ class Dispatcher:
         best = min(o.latency_s or 0.0 for o in others)
         if mine <= best:
             return True
-        ready = sum(1 for w in self._pending if w.not_before <= now)
-        return mine <= ready / sum(o.rate or 0.0 for o in others) + best
+        # Take it when the others could not clear the ready items before ``ep`` is done:
+        # ready / rate(others) + best >= mine. Count only as far as that needs, so a job of
+        # a million items does not scan its whole queue on every take.
+        enough = (mine - best) * sum(o.rate or 0.0 for o in others)
+        ready = 0
+        for w in self._pending:
+            if w.not_before <= now:
+                ready += 1
+                if ready >= enough:
+                    return True
+        return False
 
     async def _send(self, ep: Endpoint, work: _Work) -> None:
         start = self._clock()
