@@ -110,6 +110,37 @@ async def test_failing_predict_is_500_for_its_batch_then_serving_goes_on() -> No
     assert stats["served"] == 3
 
 
+@pytest.mark.parametrize("isolate", [True, False])
+async def test_a_bad_input_fails_alone_not_its_batch_mates(isolate: bool) -> None:
+    # 8 callers arrive together and form one batch (it leaves when full; max wait 2 s).
+    args = [*_synthetic("base_ms=5", "fail_on=bad"), "--max-batch-size", "8"]
+    args += ["--max-wait-ms", "2000"] + ([] if isolate else ["--no-isolate-failures"])
+    inputs: list[Any] = [0, 1, 2, "bad", 4, 5, 6, 7]
+    with run_worker("synthetic", *args) as w:
+        async with aiohttp.ClientSession() as s:
+
+            async def one(x: Any) -> tuple[int, Any]:
+                async with s.post(w.url + "/predict", json={"input": x}) as r:
+                    return r.status, await r.json()
+
+            answers = await asyncio.gather(*(one(x) for x in inputs))
+            stats = await _stats(s, w)
+    assert stats["batches"] >= 1
+    if isolate:
+        assert [status for status, _ in answers] == [200, 200, 200, 500, 200, 200, 200, 200]
+        assert [body["output"]["echo"] for st, body in answers if st == 200] == [
+            0, 1, 2, 4, 5, 6, 7,
+        ]  # fmt: skip
+        assert "synthetic failure" in answers[3][1]["message"]
+        assert stats["failed_items"] == 1
+        assert stats["isolation_splits"] >= 1
+    else:
+        # One batch of 8 (the batcher waited for all): every batch-mate fails with it.
+        assert stats["batches"] == 1
+        assert [status for status, _ in answers] == [500] * 8
+        assert stats["isolation_splits"] == 0
+
+
 async def test_slow_load_keeps_health_503_until_ready() -> None:
     with run_worker("synthetic", *_synthetic("load_s=1.5"), ready=False) as w:
         seen: list[int] = []

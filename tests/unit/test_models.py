@@ -12,7 +12,7 @@ from gpufleet.errors import BadRequest, ConfigError, ModelError
 from gpufleet.models import BUILTIN_MODELS, resolve_model_class
 from gpufleet.models.image_demo import ImageDemo, ImageRequest
 from gpufleet.models.synthetic import Synthetic
-from gpufleet.worker.runner import Runner, is_out_of_memory
+from gpufleet.worker.runner import ItemFailed, Runner, is_out_of_memory
 
 
 def test_builtins_resolve_without_loading_weights() -> None:
@@ -79,10 +79,18 @@ async def test_runner_wraps_model_errors_and_wrong_output_counts(tmp_path: Path)
         "    def predict(self, batch):\n"
         "        return batch[:-1]\n"
     )
-    runner = Runner(f"{f}:Short", {}, "cpu")
+    runner = Runner(f"{f}:Short", {}, "cpu", isolate_failures=False)
     await runner.load()
     with pytest.raises(ModelError, match="1 outputs for a batch of 2"):
         await runner.predict([1, 2])
+    runner.shutdown(wait=True)
+    # Isolating failures, the batch is halved: each lone item fails by itself.
+    runner = Runner(f"{f}:Short", {}, "cpu")
+    await runner.load()
+    outs = await runner.predict([1, 2])
+    assert [type(o) for o in outs] == [ItemFailed, ItemFailed]
+    assert all("0 outputs for a batch of 1" in o.message for o in outs)
+    assert runner.isolation_splits == 1
     runner.shutdown(wait=True)
     bad = Runner("synthetic", {"colour": "red"}, "cpu")
     with pytest.raises(ConfigError, match="colour"):

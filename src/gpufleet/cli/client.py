@@ -41,7 +41,10 @@ def generate(
         None, help="route to POST to: /predict (default), /v1/images/generations, /v1/embeddings"
     ),
     per_endpoint_concurrency: int | None = typer.Option(
-        None, help="requests in flight per endpoint (default 2; a router gets 2 per worker)"
+        None,
+        help="requests in flight per endpoint (default: sized from its /stats so batches fill: "
+        "2 batches per gpufleet worker, a router's worker caps summed; 2 for other servers; "
+        "a number N: N per endpoint, N per worker for a router)",
     ),
     max_attempts: int | None = typer.Option(None, help="attempts per item (default 5)"),
     timeout: float | None = typer.Option(None, help="seconds per request (default 300)"),

@@ -57,6 +57,11 @@ def worker(
     request_timeout_s: float | None = typer.Option(
         None, help="budget of a request that sends no deadline header (default 600)"
     ),
+    isolate_failures: bool | None = typer.Option(
+        None,
+        "--isolate-failures/--no-isolate-failures",
+        help="halve a failed batch until the bad items stand alone (default on)",
+    ),
     log_level: str | None = typer.Option(None, help="debug | info | warning | error"),
     config: Path | None = typer.Option(None, "--config", help="YAML file; its worker: section"),
 ) -> None:
@@ -77,6 +82,7 @@ def worker(
             "max_body_mb": max_body_mb,
             "drain_timeout_s": drain_timeout_s,
             "request_timeout_s": request_timeout_s,
+            "isolate_failures": isolate_failures,
             "log_level": log_level,
         }
         cfg = load(WorkerConfig, "worker", flags=flags, config_path=config)

@@ -26,7 +26,7 @@ from gpufleet.client._transport import HttpTransport, Transport, check
 from gpufleet.client.dispatch import Dispatcher
 from gpufleet.client.endpoints import Endpoint, merge_endpoints
 from gpufleet.client.items import Answer, Item, Result, as_items
-from gpufleet.config.client import ClientConfig
+from gpufleet.config.client import DEFAULT_CONCURRENCY, MAX_AUTO_CONCURRENCY, ClientConfig
 from gpufleet.errors import ClientClosed, ClientError, ConfigError, JobFailed, RequestFailed
 
 log = logging.getLogger("gpufleet.client")
@@ -68,7 +68,8 @@ class Client:
             raise ConfigError("no endpoints: give at least one URL (--endpoint)")
         self.config = cfg
         self.endpoints = [
-            Endpoint(url, i, cfg.per_endpoint_concurrency) for i, url in enumerate(cfg.endpoints)
+            Endpoint(url, i, cfg.per_endpoint_concurrency or DEFAULT_CONCURRENCY)
+            for i, url in enumerate(cfg.endpoints)
         ]
         self._transport: Transport = transport or HttpTransport()
         self._sized = False
@@ -194,7 +195,7 @@ class Client:
         return reply.status < 500 and reply.status != 429
 
     async def _size_slots(self) -> None:
-        """Give a router endpoint ``per_endpoint_concurrency`` slots per worker behind it."""
+        """Size each endpoint's slots from its /stats (see ``ClientConfig``)."""
         if self._sized:
             return
         self._sized = True
@@ -206,17 +207,41 @@ class Client:
             data = json.loads(reply.body) if reply.status == 200 else None
         except (RequestFailed, ValueError, UnicodeDecodeError):
             return
-        workers = data.get("workers") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            return
+        fixed = self.config.per_endpoint_concurrency
+        workers = data.get("workers")
         if isinstance(workers, list) and workers:
-            ep.slots = self.config.per_endpoint_concurrency * len(workers)
+            if fixed is not None:
+                ep.slots = fixed * len(workers)
+            else:
+                caps = [_int(w.get("max_outstanding")) for w in workers if isinstance(w, dict)]
+                total = sum(c or DEFAULT_CONCURRENCY for c in caps)
+                ep.slots = min(max(total, DEFAULT_CONCURRENCY), MAX_AUTO_CONCURRENCY)
             log.info(
                 "endpoint %s is a router over %d workers: %d slots", ep.url, len(workers), ep.slots
             )
+        elif fixed is None and data.get("server") == wire.WORKER_SERVER_NAME:
+            batch = _int(data.get("max_batch_size"))
+            if batch:
+                room = _int(data.get("max_queue")) or MAX_AUTO_CONCURRENCY
+                ep.slots = max(DEFAULT_CONCURRENCY, min(2 * batch, room, MAX_AUTO_CONCURRENCY))
+                log.info(
+                    "endpoint %s is a gpufleet worker (max batch %d): %d slots",
+                    ep.url,
+                    batch,
+                    ep.slots,
+                )
 
     def _log_endpoints(self, n_items: int) -> None:
         log.info("Using %d endpoint(s) for %d item(s):", len(self.endpoints), n_items)
         for ep in self.endpoints:
             log.info("  %d. %s (%d in flight)", ep.index + 1, ep.url, ep.slots)
+
+
+def _int(value: Any) -> int:
+    """``value`` when it is a positive int (not a bool), else 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _blocking(make: Callable[[], Coroutine[Any, Any, T]]) -> T:

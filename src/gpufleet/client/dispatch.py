@@ -100,10 +100,13 @@ class Dispatcher:
         if self._fresh:  # no other job of this client is running: forget stale state
             for ep in self._eps:
                 ep.probing, ep.limit, ep.since_limit = False, None, 0
+        # Slots start interleaved (each endpoint's first, then each one's second, ...), so
+        # the first items spread over every endpoint instead of filling the first one's slots.
         tasks = [
             asyncio.create_task(self._guard(self._slot(ep)), name=f"gpufleet-slot-{ep.url}")
+            for k in range(max(ep.slots for ep in self._eps))
             for ep in self._eps
-            for _ in range(ep.slots)
+            if k < ep.slots
         ]
         tasks.append(asyncio.create_task(self._guard(self._watchdog()), name="gpufleet-watch"))
         emitted = 0

@@ -15,6 +15,12 @@ from gpufleet.errors import ConfigError
 DispatchMode = Literal["pull", "round-robin"]
 
 
+#: In-flight requests per endpoint that is not a gpufleet worker or router.
+DEFAULT_CONCURRENCY = 2
+#: Most in-flight requests an automatically sized endpoint gets.
+MAX_AUTO_CONCURRENCY = 512
+
+
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
     """How a bulk job spreads its items over endpoints, retries, and writes its outputs."""
@@ -26,7 +32,10 @@ class ClientConfig:
     #: Item i gets ``seed + i`` unless it carries its own; None sends no seed.
     seed: int | None = None
     #: Requests kept in flight per endpoint (a router URL gets this times its workers).
-    per_endpoint_concurrency: int = 2
+    #: None (the default): sized from the endpoint's /stats so that batches can fill: a
+    #: gpufleet worker gets two batches (2 x its max batch size), a gpufleet router the sum
+    #: of its workers' caps, any other server ``DEFAULT_CONCURRENCY``.
+    per_endpoint_concurrency: int | None = None
     #: Attempts per item before it is recorded as failed.
     max_attempts: int = 5
     #: Budget of one request, in seconds (also sent as ``X-Request-Timeout``).
@@ -54,7 +63,7 @@ class ClientConfig:
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):
             raise ConfigError(f"path must start with '/', got {self.path!r}")
-        if self.per_endpoint_concurrency < 1:
+        if self.per_endpoint_concurrency is not None and self.per_endpoint_concurrency < 1:
             raise ConfigError(
                 f"per_endpoint_concurrency must be >= 1, got {self.per_endpoint_concurrency}"
             )

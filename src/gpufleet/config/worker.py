@@ -45,6 +45,9 @@ class WorkerConfig:
     drain_timeout_s: float = 30.0
     #: Budget of one request when the caller sends no deadline.
     request_timeout_s: float = 600.0
+    #: When a batch fails in ``predict``, halve it until the failing items stand alone, so
+    #: one bad input fails only its own request (costs extra predict calls on failures).
+    isolate_failures: bool = True
     log_level: str = "info"
 
     def __post_init__(self) -> None:

@@ -53,8 +53,9 @@ def _free_cuda_cache() -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class EncodeFailed:
-    """Stands for one output whose ``encode`` raised: only that item's caller gets a 500."""
+class ItemFailed:
+    """Stands for one item that failed alone (its ``predict`` or its ``encode`` raised):
+    only that item's caller gets a 500, its batch-mates get their outputs."""
 
     message: str
 
@@ -75,8 +76,19 @@ class ModelInfo:
 class Runner:
     """Owns the model and its one device thread."""
 
-    def __init__(self, spec: str, model_args: dict[str, str], device: str) -> None:
+    def __init__(
+        self,
+        spec: str,
+        model_args: dict[str, str],
+        device: str,
+        *,
+        isolate_failures: bool = True,
+    ) -> None:
         self._spec = spec
+        #: When a batch of several fails, try its halves apart so one bad item fails alone.
+        self.isolate_failures = isolate_failures
+        #: Batches that failed and were split to find the failing items.
+        self.isolation_splits = 0
         self._model_args = dict(model_args)
         self._requested_device = device
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpufleet-device")
@@ -157,15 +169,45 @@ class Runner:
         encode = getattr(self.model, "encode", None)
         return output if encode is None else encode(output)
 
+    def _predict_isolating(self, batch: list[Any]) -> list[Any]:
+        """``predict``; a failing batch of several is halved until the failing items stand
+        alone (``ItemFailed``), so one bad input does not fail its batch-mates."""
+        try:
+            return self._predict_split(batch)
+        except Exception as exc:
+            if not self.isolate_failures or len(batch) < 2:
+                raise
+            self.isolation_splits += 1
+            half = len(batch) // 2
+            log.warning(
+                "predict failed on a batch of %d (%s: %s); trying %d + %d apart",
+                len(batch),
+                type(exc).__name__,
+                exc,
+                half,
+                len(batch) - half,
+            )
+            return self._isolated(batch[:half]) + self._isolated(batch[half:])
+
+    def _isolated(self, batch: list[Any]) -> list[Any]:
+        try:
+            return self._predict_isolating(batch)
+        except Exception as exc:  # a lone item (or isolation off): it fails by itself
+            message = exc.message if isinstance(exc, ModelError) else f"{type(exc).__name__}: {exc}"
+            return [ItemFailed(message) for _ in batch]
+
     def _predict_encoded(self, batch: list[Any]) -> list[Any]:
-        outputs = self._predict_split(batch)
+        outputs = self._predict_isolating(batch)
         encoded: list[Any] = []
         for out in outputs:
+            if isinstance(out, ItemFailed):
+                encoded.append(out)
+                continue
             try:
                 encoded.append(self._encode(out))
             except Exception as exc:
                 log.error("encode failed: %s: %s", type(exc).__name__, exc)
-                encoded.append(EncodeFailed(f"encode raised {type(exc).__name__}: {exc}"))
+                encoded.append(ItemFailed(f"encode raised {type(exc).__name__}: {exc}"))
         return encoded
 
     async def predict(self, batch: list[Any]) -> list[Any]:

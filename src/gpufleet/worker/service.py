@@ -20,7 +20,7 @@ from gpufleet.config.worker import WorkerConfig
 from gpufleet.errors import ModelError, WorkerOverloaded, WorkerUnavailable
 from gpufleet.worker.batcher import Batcher, Item
 from gpufleet.worker.metrics import WorkerMetrics
-from gpufleet.worker.runner import EncodeFailed, ModelInfo, Runner
+from gpufleet.worker.runner import ItemFailed, ModelInfo, Runner
 from gpufleet.worker.stats import WorkerCounters
 
 log = logging.getLogger("gpufleet.worker")
@@ -39,7 +39,9 @@ class WorkerService:
         self.cfg = cfg
         self.clock = clock
         self.state: State = "loading"
-        self.runner = Runner(cfg.model, cfg.model_args, cfg.device)
+        self.runner = Runner(
+            cfg.model, cfg.model_args, cfg.device, isolate_failures=cfg.isolate_failures
+        )
         self.runner.on_oom = self._on_oom_from_thread
         self.counters = WorkerCounters()
         self.metrics = WorkerMetrics(cfg.model)
@@ -244,7 +246,7 @@ class WorkerService:
         finally:
             self.metrics.compute_time.observe(self.clock() - started)
         for item, out in zip(batch, outputs, strict=True):
-            if isinstance(out, EncodeFailed):
+            if isinstance(out, ItemFailed):
                 self.counters.failed_items += 1
                 if item.future is not None and not item.future.done():
                     item.future.set_exception(ModelError(out.message))
@@ -296,6 +298,7 @@ class WorkerService:
             "max_batch_size": self.batcher.max_batch_size if self.batcher else 0,
             "configured_max_batch_size": self.batcher.cfg.max_batch_size if self.batcher else 0,
             "oom_splits": c.oom_splits,
+            "isolation_splits": self.runner.isolation_splits,
             "max_queue": self.cfg.max_queue,
             "streams": c.streams,
             "streams_closed": self.runner.streams_closed,
