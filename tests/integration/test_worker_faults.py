@@ -181,8 +181,14 @@ async def test_sigterm_drains_in_flight_work_and_exits_0() -> None:
             pending = asyncio.create_task(s.post(w.url + "/predict", json={"input": "x"}))
             await _until(s, w, "in_flight", 1)
             w.signal(signal.SIGTERM)
-            async with s.get(w.url + "/health") as r:
-                assert r.status == 503
+            # The signal lands asynchronously: /health turns 503 once the worker has it.
+            deadline = time.monotonic() + 5
+            while True:
+                async with s.get(w.url + "/health") as r:
+                    if r.status == 503:
+                        break
+                assert time.monotonic() < deadline, "/health never turned 503 after SIGTERM"
+                await asyncio.sleep(0.01)
             async with s.post(w.url + "/predict", json={"input": "late"}) as r:
                 assert r.status == 503
                 assert (await r.json())["error"] == "WorkerUnavailable"

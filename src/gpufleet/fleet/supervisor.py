@@ -433,8 +433,8 @@ class Supervisor:
                     await asyncio.to_thread(self._publish, self.snapshot())
                 except OSError as exc:
                     log.warning("could not write the fleet's state: %s", exc)
-            if self._done.is_set():
-                return
+            if self._done.is_set() and not self._dirty.is_set():
+                return  # the final state (marked after the write above began) is on disk
             # Coalesce bursts of changes into one write.
             await _first(self._done.wait(), within=0.2)
 
