@@ -136,18 +136,27 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--in-process-seconds", type=float, default=6.0, help="per round")
     p.add_argument("--unbatched-requests", type=int, default=0, help="default: requests / 3")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads for the model, in-process and in the workers (0: torch's default); "
+        "1 leaves a core for HTTP and the load generator, as a GPU host would",
+    )
     p.add_argument("--json", type=Path, help="also write the figures here")
     a = p.parse_args()
     from gpufleet.models.minilm import MiniLM
 
     corpus = texts(max(a.requests, 512))
     unbatched_n = a.unbatched_requests or a.requests // 3
-    model = MiniLM()
+    model = MiniLM(threads=a.threads)
     model.setup("cpu")
     # Warm-up: every sequence length once, so no phase pays first-shape costs.
     for i in range(0, len(corpus), a.batch):
         model.predict(corpus[i : i + a.batch])
     common = ["--max-queue", "4096", "--device", "cpu"]
+    if a.threads:
+        common += ["--model-arg", f"threads={a.threads}"]
     results: dict[str, list[dict[str, Any]]] = {
         "in-process": [],
         "worker": [],
@@ -177,7 +186,7 @@ def main() -> None:
     )
     print(
         f"machine: {machine}; concurrency {a.concurrency}; max batch {a.batch}; "
-        f"median of {a.rounds} interleaved rounds"
+        f"median of {a.rounds} interleaved rounds; torch threads {a.threads or 'default'}"
     )
     print(
         "| phase | items/s (median) | min–max | vs in-process | avg batch | model busy "
