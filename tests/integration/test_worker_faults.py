@@ -87,9 +87,14 @@ async def test_disconnected_caller_never_reaches_predict() -> None:
             async with s.post(w.url + "/predict", json={"input": "c"}) as r:
                 assert r.status == 200
             stats = await _stats(s, w)
+            async with s.get(w.url + "/metrics") as r:
+                metrics = await r.text()
     assert stats["failed_items"] == 0
     assert stats["batches"] == 2
     assert stats["dropped"] == 1
+    # Counted as the caller's cancel, not as a passed deadline.
+    assert 'gpufleet_worker_dropped_items_total{reason="cancelled"} 1.0' in metrics
+    assert 'reason="expired"' not in metrics
 
 
 async def test_failing_predict_is_500_for_its_batch_then_serving_goes_on() -> None:

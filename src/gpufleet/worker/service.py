@@ -155,19 +155,23 @@ class WorkerService:
             raise
         self.metrics.queue_depth.set(batcher.depth)
         futures = [i.future for i in items if i.future is not None]
+        expired = False
         try:
             if deadline is None:
                 return list(await asyncio.gather(*futures))
             async with asyncio.timeout(max(0.0, deadline - now)):
                 return list(await asyncio.gather(*futures))
         except TimeoutError:
+            expired = True
             raise DeadlineExceeded(f"deadline passed after {self.clock() - now:.3f}s") from None
         finally:
-            # Caller gone, deadline passed, or a sibling failed: leave the queue now.
+            # Caller gone, deadline passed, or a sibling failed: leave the queue now. (A
+            # cancelled gather has already cancelled the futures: those count as well.)
             for item in items:
-                if item.future is not None and not item.future.done():
-                    item.cancelled = True
-                    item.future.cancel()
+                f = item.future
+                if f is not None and (not f.done() or f.cancelled()):
+                    item.cancelled = not expired  # dropped as "cancelled", else "expired"
+                    f.cancel()
             batcher.notify()
 
     @contextlib.contextmanager
