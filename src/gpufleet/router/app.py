@@ -150,6 +150,7 @@ def create_app(
                 state.totals,
                 policy=cfg.policy,
                 draining=state.draining,
+                active=state.proxy.active if state.proxy is not None else 0,
             )
         )
 

@@ -23,6 +23,7 @@ from yarl import URL
 
 from gpufleet import wire
 from gpufleet.errors import (
+    BadRequest,
     GpufleetError,
     NoHealthyBackend,
     PayloadTooLarge,
@@ -93,6 +94,12 @@ class ProxySettings:
     sticky_header: str
 
 
+class RequestTimeout(BadRequest):
+    """The client's request body did not arrive within the deadline -> 408."""
+
+    http_status = 408
+
+
 class _NotRun(Exception):
     """The attempt did not run upstream; another upstream may take it."""
 
@@ -139,7 +146,15 @@ class Proxy:
             return await self._handle(request, rid)
         except GpufleetError as exc:
             self.totals.count(exc.http_status)
-            return error_response(exc, rid)
+            answer = error_response(exc, rid)
+            if isinstance(exc, RequestTimeout):
+                # The rest of the body may never come: answer, then close at once (aiohttp
+                # would otherwise linger, reading the body, for up to 10 s).
+                answer.force_close()
+                await answer.prepare(request)
+                await answer.write_eof()
+                request.protocol.force_close()
+            return answer
         finally:
             self.active -= 1
             if not self.active and self.idle is not None:
@@ -147,14 +162,22 @@ class Proxy:
 
     async def _handle(self, request: web.Request, rid: str) -> web.StreamResponse:
         settings = self.settings
+        # One deadline from the first byte we handle: the client's upload counts too, so a
+        # stalled body cannot hold the request (or a drain) forever.
+        deadline = self._clock() + settings.timeout_s
         if request.body_exists:
             length = request.content_length
             if length is not None and length > settings.max_body_bytes:
                 raise PayloadTooLarge(f"body of {length} bytes is over the limit")
             try:
-                body: bytes | None = await request.read()
+                async with asyncio.timeout(settings.timeout_s):
+                    body: bytes | None = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 raise PayloadTooLarge("body is over the limit") from None
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"request body not received within {settings.timeout_s:g}s"
+                ) from None
         else:
             body = None
         path = request.path
@@ -170,8 +193,6 @@ class Proxy:
         # The request line is ``method + upstream's path prefix + target``, made per attempt.
         request_line = (f"{method} ".encode(), target.encode("utf-8", "surrogateescape"))
         key = request.headers.get(self._sticky)
-        now = self._clock()
-        deadline = now + settings.timeout_s
         tried: list[str] = []
         last: _NotRun | None = None
         for _attempt in range(settings.retries + 1):

@@ -34,6 +34,7 @@ def stats_payload(
     *,
     policy: str,
     draining: bool,
+    active: int = 0,
     now: float | None = None,
 ) -> dict[str, Any]:
     """The body of ``GET /stats``: a ``workers`` list and the router's totals."""
@@ -59,6 +60,7 @@ def stats_payload(
             "responses": {f"{i}xx": totals.by_class[i] for i in range(1, 6)},
             "retries": totals.retries,
             "in_flight": sum(u.in_flight for u in registry.all()),
+            "active": active,
             "queue_depth": sum(a.depth for a in admissions.values()),
             "rejected": sum(a.rejected for a in admissions.values()),
             "queue_timeouts": sum(a.timed_out for a in admissions.values()),
