@@ -6,9 +6,11 @@ import asyncio
 import time
 from urllib.parse import urlsplit
 
+import aiohttp
+
 from gpufleet.testing import run_router
 from gpufleet.testing.upstreams import run_upstream
-from tests.integration._router import get_json, wait_state
+from tests.integration._router import get_json, wait_state, worker_entry
 
 
 async def _raw(url: str, data: bytes, *, within: float) -> bytes:
@@ -48,3 +50,41 @@ async def test_a_stalled_upload_gets_408_within_the_deadline() -> None:
         assert totals["active"] == 0
         seen = await get_json(upstream.url + "/stats")
         assert seen["requests"] == 0  # nothing reached the upstream
+
+
+async def _stream_until_cut(url: str) -> bytes:
+    """Read an SSE answer until it ends or breaks; the bytes that came."""
+    got = b""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
+        try:
+            async with session.get(url) as resp:
+                assert resp.status == 200
+                async for chunk in resp.content.iter_any():
+                    got += chunk
+        except aiohttp.ClientError:
+            pass
+    return got
+
+
+async def test_a_deadline_hit_mid_stream_does_not_count_against_the_upstream() -> None:
+    with (
+        run_upstream() as upstream,
+        run_router([upstream.url], "--timeout", "0.6", "--health-interval", "0.2") as router,
+    ):
+        await wait_state(router.url, upstream.url, "ready", within=10)
+        for _ in range(3):
+            got = await _stream_until_cut(router.url + "/sse?n=10&interval_ms=150")
+            assert got.startswith(b"data: 0 "), got  # the stream had begun
+            assert b"data: 9 " not in got  # and was cut by the deadline
+        entry = await worker_entry(router.url, upstream.url)
+        assert entry["state"] == "ready", entry
+        assert entry["errors"] == 0, entry
+        totals = (await get_json(router.url + "/stats"))["totals"]
+        assert totals["in_flight"] == 0
+        # A deadline passed before any answer still counts.
+        async with aiohttp.ClientSession() as session:
+            for _ in range(3):
+                async with session.get(router.url + "/slow?ms=2000") as resp:
+                    assert resp.status == 504
+        entry = await worker_entry(router.url, upstream.url)
+        assert entry["state"] == "ejected", entry

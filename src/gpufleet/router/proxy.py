@@ -323,9 +323,11 @@ class Proxy:
                 self.totals.count(status)
                 return stream
         except TimeoutError:
-            self._failed(upstream)
             if stream is not None:
+                # The upstream answered; the client's deadline ended a long stream. Not
+                # the upstream's failure: it must not count towards a passive ejection.
                 raise ConnectionResetError(f"{rid}: deadline passed mid-answer") from None
+            self._failed(upstream)
             raise UpstreamTimeout(f"no answer from {upstream.url} in time") from None
         except AnswerBroken as exc:
             self._failed(upstream)
