@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from urllib.parse import urlsplit
 
@@ -88,3 +89,35 @@ async def test_a_deadline_hit_mid_stream_does_not_count_against_the_upstream() -
                     assert resp.status == 504
         entry = await worker_entry(router.url, upstream.url)
         assert entry["state"] == "ejected", entry
+
+
+async def test_odd_request_ids_are_replaced_and_odd_hosts_pass() -> None:
+    with run_upstream() as upstream, run_router([upstream.url]) as router:
+        await wait_state(router.url, upstream.url, "ready", within=10)
+        for rid in ("caf\xc3\xa9-\xe2\x82\xac".encode("latin-1"), b"x" * 201, b"a\tb"):
+            answer = await _raw(
+                router.url,
+                b"GET /echo HTTP/1.1\r\nHost: h\xc3\xa9\xe2\x82\xac.example\r\n"
+                b"X-Request-Id: " + rid + b"\r\nConnection: close\r\n\r\n",
+                within=5,
+            )
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), answer[:300]
+            lines = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
+            minted = lines[b"X-Request-Id"]
+            assert minted != rid, minted
+            assert minted.isascii(), minted
+            assert 0 < len(minted) <= 200, minted
+            seen = json.loads(body)
+            got = {k.lower(): v for k, v in seen["headers"].items()}
+            assert got["x-request-id"] == minted.decode()
+        # A printable ASCII id up to 200 characters is kept.
+        kept = b"ok-" + b"z" * 197
+        answer = await _raw(
+            router.url,
+            b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Request-Id: " + kept + b"\r\n"
+            b"Connection: close\r\n\r\n",
+            within=5,
+        )
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+        assert b"\r\nX-Request-Id: " + kept + b"\r\n" in answer

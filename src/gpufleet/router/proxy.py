@@ -80,6 +80,8 @@ _CRLF = b"\r\n"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 #: Answers up to this size with a Content-Length are read whole and sent in one write.
 _SMALL_BODY = 256 * 1024
+#: The longest client ``X-Request-Id`` kept (longer ones, or not printable ASCII: minted).
+MAX_REQUEST_ID = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +141,7 @@ class Proxy:
         self.totals.requests += 1
         self.active += 1
         rid = request.headers.get(_RID)
-        if not rid:
+        if not rid or len(rid) > MAX_REQUEST_ID or not (rid.isascii() and rid.isprintable()):
             self._rid_next += 1
             rid = f"{self._rid_prefix}-{self._rid_next:x}"
         try:
@@ -240,7 +242,7 @@ class Proxy:
         peer = (request.remote or "").encode("latin-1")
         lines += (b"X-Forwarded-For: ", prior + b", " + peer if prior else peer, _CRLF)
         if not has_xfh:
-            lines += (b"X-Forwarded-Host: ", request.host.encode("latin-1"), _CRLF)
+            lines += (b"X-Forwarded-Host: ", _header_bytes(request.host), _CRLF)
         if not has_xfp:
             lines += (b"X-Forwarded-Proto: ", request.scheme.encode("latin-1"), _CRLF)
         lines += (_RID_LINE, rid.encode("latin-1"), _CRLF)
@@ -359,6 +361,14 @@ class Proxy:
                 settings.fail_timeout_s,
             )
             self.registry.set_state(upstream, EJECTED)
+
+
+def _header_bytes(value: str) -> bytes:
+    """A header value the client sent, back as bytes (aiohttp decoded it as UTF-8)."""
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return value.encode("ascii", "replace")
 
 
 def _response_headers(resp: Response, rid: str, upstream_id: str) -> CIMultiDict[str]:
