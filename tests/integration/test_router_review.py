@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import queue
+import threading
 import time
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -121,3 +125,60 @@ async def test_odd_request_ids_are_replaced_and_odd_hosts_pass() -> None:
         )
         assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
         assert b"\r\nX-Request-Id: " + kept + b"\r\n" in answer
+
+
+@contextlib.contextmanager
+def _bodiless_upstream() -> Iterator[str]:
+    """A raw upstream on its own thread (run_router blocks this loop while it waits):
+    200 on /health; HEAD /N: 200 with Content-Length N and no body; anything else: 304."""
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                method, path, _ = head.split(b" ", 2)
+                if path == b"/health":
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                elif method == b"HEAD":
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: " + path[1:] + b"\r\n\r\n")
+                else:
+                    writer.write(b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\n\r\n')
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    ports: queue.Queue[int] = queue.Queue()
+    stop = threading.Event()
+
+    async def serve() -> None:
+        server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+        ports.put(server.sockets[0].getsockname()[1])
+        async with server:
+            await asyncio.to_thread(stop.wait)
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{ports.get(timeout=10)}"
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+async def test_head_answers_keep_the_upstreams_content_length() -> None:
+    with _bodiless_upstream() as url, run_router([url]) as router:
+        await wait_state(router.url, url, "ready", within=10)
+        async with aiohttp.ClientSession() as session:
+            # Read whole (small) and streamed (large): the length goes on either way,
+            # and the kept-alive connection still works after.
+            for size in ("4242", "1000000", "4242"):
+                async with session.head(f"{router.url}/{size}") as resp:
+                    assert resp.status == 200
+                    assert resp.headers["Content-Length"] == size
+                    assert await resp.read() == b""
+            async with session.get(router.url + "/page") as resp:
+                assert resp.status == 304
+                assert resp.headers["ETag"] == '"v1"'
+                assert await resp.read() == b""

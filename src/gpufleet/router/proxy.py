@@ -75,6 +75,7 @@ _UPSTREAM = wire.UPSTREAM_HEADER
 _SERVER = wire.SERVER_HEADER.lower()
 _ACCEL = istr("X-Accel-Buffering")
 _CT = istr("Content-Type")
+_CL = istr("Content-Length")
 _CRLF = b"\r\n"
 #: Methods whose empty body is still announced (``Content-Length: 0``).
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -267,6 +268,7 @@ class Proxy:
         latency: float | None = None
         stream: web.StreamResponse | None = None
         resp: Response | None = None
+        no_body = request.method == "HEAD"
         pool = self.client.pool(upstream.base)
         head = b"".join(
             (
@@ -284,7 +286,7 @@ class Proxy:
         try:
             async with asyncio.timeout(deadline - started):
                 try:
-                    resp = await pool.request(head, body, no_body=request.method == "HEAD")
+                    resp = await pool.request(head, body, no_body=no_body)
                 except NotSent as exc:
                     # Refused, or closed before any answer byte: the request did not run.
                     self._failed(upstream)
@@ -292,6 +294,8 @@ class Proxy:
                 status = resp.status
                 out = _response_headers(resp, rid, upstream.id)
                 length = resp.content_length
+                if no_body and resp.header("content-length") is not None:
+                    out[_CL] = str(length)  # a HEAD answer's length is the GET's: keep it
                 small = length is not None and length <= _SMALL_BODY
                 if status >= 500:
                     data = await resp.read() if small else b""
