@@ -211,3 +211,52 @@ async def test_a_slow_reader_pauses_the_socket_and_resumes_it() -> None:
     assert conn.resumed == 1  # the reader drained the buffer and wants more
     resp.feed(b"0\r\n\r\n")
     assert await rest == b"end"
+
+
+@pytest.mark.parametrize(
+    "value", [b"-1", b"+5", b"0x10", b"1_0", b" 5 5", b"\xd9\xa3", b"", b"5.0", b"1e3"]
+)
+async def test_content_length_must_be_ascii_digits(value: bytes) -> None:
+    resp, conn, fut = _response()
+    resp.feed(b"HTTP/1.1 200 OK\r\nContent-Length: " + value + b"\r\n\r\nhello")
+    with pytest.raises(AnswerBroken):
+        await fut
+    assert conn.aborted
+
+
+@pytest.mark.parametrize("size", [b"-5", b"+5", b"0x5", b"5_0", b"", b"5 5", b"\xd9\xa3", b"g"])
+async def test_chunk_size_must_be_hex_digits(size: bytes) -> None:
+    resp, conn, fut = _response()
+    resp.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + size + b"\r\nhello\r\n")
+    await fut
+    with pytest.raises(AnswerBroken):
+        await resp.read()
+    assert conn.aborted
+
+
+@settings(max_examples=80, deadline=None)
+@given(value=st.binary(min_size=1, max_size=12))
+def test_only_plain_numbers_are_lengths_and_sizes(value: bytes) -> None:
+    """Whatever the bytes, a length or chunk size is taken only when it is plain digits."""
+    value = value.replace(b"\r", b"").replace(b"\n", b"").replace(b";", b"")
+
+    async def run() -> None:
+        resp, _, fut = _response()
+        resp.feed(b"HTTP/1.1 200 OK\r\nContent-Length: " + value + b"\r\n\r\n")
+        stripped = value.strip()
+        if stripped and all(48 <= c <= 57 for c in stripped):
+            await fut
+            assert resp.content_length == int(stripped)
+        else:
+            with pytest.raises(AnswerBroken):
+                await fut
+        resp, _, fut = _response()
+        resp.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + value + b"\r\n")
+        await fut
+        hexdigits = b"0123456789abcdefABCDEF"
+        if stripped and all(c in hexdigits for c in stripped):
+            assert resp._exc is None
+        else:
+            assert isinstance(resp._exc, AnswerBroken)
+
+    asyncio.run(run())

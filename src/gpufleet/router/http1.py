@@ -35,6 +35,7 @@ _LENGTH = 1
 _CHUNKED = 2
 _TO_EOF = 3
 _DONE = 4
+_HEX_DIGITS: Final = b"0123456789abcdefABCDEF"
 # Chunked sub-states.
 _C_SIZE = 0
 _C_DATA = 1
@@ -151,11 +152,11 @@ class Response:
             value = value.strip()
             lower = name.lower()
             if lower == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
+                # ASCII digits only: int() would take "-1", "+5", "1_0" and other digits.
+                if not value.isdigit():
                     self._fail(AnswerBroken("bad Content-Length"))
                     return False
+                length = int(value)
             elif lower == b"transfer-encoding":
                 chunked = value.lower().endswith(b"chunked")
             elif lower == b"connection":
@@ -227,11 +228,12 @@ class Response:
             line = bytes(buf[:end])
             del buf[: end + 2]
             if cs == _C_SIZE:
-                try:
-                    size = int(line.split(b";", 1)[0].strip(), 16)
-                except ValueError:
+                digits = line.split(b";", 1)[0].strip()
+                # Hex digits only: int(x, 16) would take "-5", "+5", "0x5" and "5_0".
+                if not digits or digits.translate(None, _HEX_DIGITS):
                     self._fail(AnswerBroken("bad chunk size"))
                     return
+                size = int(digits, 16)
                 if size:
                     self._chunk_left = size
                     self._chunk_state = _C_DATA
