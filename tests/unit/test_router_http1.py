@@ -260,3 +260,20 @@ def test_only_plain_numbers_are_lengths_and_sizes(value: bytes) -> None:
             assert isinstance(resp._exc, AnswerBroken)
 
     asyncio.run(run())
+
+
+async def test_a_read_to_close_body_reset_mid_body_is_broken() -> None:
+    resp, _, fut = _response()
+    resp.feed(b"HTTP/1.1 200 OK\r\n\r\npart one ")
+    await fut
+    resp.connection_lost(ConnectionResetError("reset by peer"))
+    assert not resp.is_done
+    with pytest.raises(AnswerBroken):
+        async for _ in resp.iter_chunks():
+            pass
+    # A clean close (no error) is still the body's end.
+    resp, _, fut = _response()
+    resp.feed(b"HTTP/1.1 200 OK\r\n\r\nall of it")
+    resp.connection_lost(None)
+    assert resp.is_done
+    assert await resp.read() == b"all of it"

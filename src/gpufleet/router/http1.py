@@ -277,8 +277,8 @@ class Response:
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """The socket closed: the end of a read-to-close body, or a break."""
-        if self._state == _TO_EOF:
-            self._finish()
+        if self._state == _TO_EOF and exc is None:
+            self._finish()  # a clean close ends a read-to-close body
             return
         if self._state == _DONE:
             return
