@@ -277,3 +277,35 @@ async def test_a_read_to_close_body_reset_mid_body_is_broken() -> None:
     resp.connection_lost(None)
     assert resp.is_done
     assert await resp.read() == b"all of it"
+
+
+async def test_a_head_over_the_limit_is_refused_even_when_it_arrives_whole() -> None:
+    # The blank line arrives in the same read as the rest: the size is still checked.
+    big = b"HTTP/1.1 200 OK\r\nX: " + b"a" * http1.MAX_HEAD + b"\r\nContent-Length: 0\r\n\r\n"
+    resp, conn, fut = _response()
+    resp.feed(big)
+    with pytest.raises(AnswerBroken):
+        await fut
+    assert conn.aborted
+    # Just under the limit is fine.
+    line = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX: "
+    ok = line + b"a" * (http1.MAX_HEAD - len(line)) + b"\r\n\r\n"
+    resp, conn, fut = _response()
+    resp.feed(ok)
+    await fut
+    assert resp.status == 200
+
+
+async def test_the_number_of_header_lines_is_capped() -> None:
+    def head(n: int) -> bytes:
+        return b"HTTP/1.1 200 OK\r\n" + b"X-H: v\r\n" * (n - 1) + b"Content-Length: 0\r\n\r\n"
+
+    resp, _, fut = _response()
+    resp.feed(head(http1.MAX_HEADERS))
+    await fut
+    assert len(resp.headers) == http1.MAX_HEADERS
+    resp, conn, fut = _response()
+    resp.feed(head(http1.MAX_HEADERS + 1))
+    with pytest.raises(AnswerBroken):
+        await fut
+    assert conn.aborted

@@ -27,6 +27,8 @@ from yarl import URL
 
 #: Largest answer head accepted.
 MAX_HEAD: Final = 64 * 1024
+#: Most header lines accepted in an answer head.
+MAX_HEADERS: Final = 100
 #: Buffered answer bytes past which the upstream socket stops being read (back-pressure).
 HIGH_WATER: Final = 256 * 1024
 
@@ -108,6 +110,9 @@ class Response:
                 if len(buf) > MAX_HEAD:
                     self._fail(AnswerBroken("answer head too large"))
                 return
+            if end > MAX_HEAD:  # the blank line came in the same read as too much head
+                self._fail(AnswerBroken("answer head too large"))
+                return
             head = bytes(buf[:end])
             rest = bytes(buf[end + 4 :])
             buf.clear()
@@ -139,6 +144,9 @@ class Response:
         if 100 <= status < 200:
             # An interim answer (we never send Expect: 100-continue): skip it.
             return True
+        if len(lines) > MAX_HEADERS + 1:
+            self._fail(AnswerBroken(f"more than {MAX_HEADERS} header lines"))
+            return False
         headers = self.headers
         length: int | None = None
         chunked = False
