@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from gpufleet.router.http1 import Client, NotSent
+from gpufleet.router.http1 import Client, NotSent, UpstreamPool
 
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -117,6 +117,86 @@ async def test_a_cancelled_wait_closes_the_connection() -> None:
             await task
         async with asyncio.timeout(5):
             await closed.wait()
+    finally:
+        client.close()
+        server.close()
+
+
+async def _keep_alive_server() -> tuple[asyncio.Server, str, list[int], list[int]]:
+    """Answers OK to each request; ``gone`` lists the connections the client closed."""
+    gone: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            try:
+                request = await _read_request(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                gone.append(n)
+                return
+            if request.startswith(b"GET /slow "):
+                await asyncio.sleep(0.3)
+            writer.write(OK)
+            await writer.drain()
+
+    server, url, connections = await _server(serve)
+    return server, url, connections, gone
+
+
+async def _wait_until(check: Callable[[], bool]) -> None:
+    for _ in range(250):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("not true after 5 s")
+
+
+async def test_a_sweep_closes_only_connections_idle_past_the_keep_alive() -> None:
+    server, url, connections, gone = await _keep_alive_server()
+    now = [1000.0]
+    pool = UpstreamPool(url, connect_timeout_s=2, keepalive_s=30, clock=lambda: now[0])
+    head = b"GET /x HTTP/1.1\r\n" + pool.host_line + b"\r\n"
+    try:
+        # Two connections at once, both kept; one used again 20 s later.
+        first, second = await asyncio.gather(
+            pool.request(head, None, no_body=False), pool.request(head, None, no_body=False)
+        )
+        assert [await first.read(), await second.read()] == [b"ok", b"ok"]
+        assert pool.idle_count == 2
+        now[0] += 20
+        resp = await pool.request(head, None, no_body=False)
+        assert await resp.read() == b"ok"
+        now[0] += 15  # one idle 35 s, the other 15 s
+        assert pool.sweep() == 1
+        assert pool.idle_count == 1
+        await _wait_until(lambda: len(gone) == 1)
+        now[0] += 20
+        assert pool.sweep() == 1
+        await _wait_until(lambda: len(gone) == 2)
+        assert len(connections) == 2
+    finally:
+        pool.close()
+        server.close()
+
+
+async def test_a_retired_pool_closes_idle_connections_now_and_busy_ones_when_done() -> None:
+    server, url, _connections, gone = await _keep_alive_server()
+    client = Client(connect_timeout_s=2)
+    pool = client.pool(url)
+    head = _head(client, url)
+    try:
+        slow = head.replace(b"GET /x ", b"GET /slow ", 1)
+        busy = asyncio.create_task(pool.request(slow, None, no_body=False))
+        await asyncio.sleep(0.05)
+        idle = await pool.request(head, None, no_body=False)  # a second connection
+        assert await idle.read() == b"ok"
+        assert pool.idle_count == 1
+        client.discard(url)
+        assert pool.retired
+        await _wait_until(lambda: len(gone) == 1)
+        assert client.pool(url) is not pool  # a new pool if the URL comes back
+        assert await (await busy).read() == b"ok"
+        await _wait_until(lambda: len(gone) == 2)
+        assert pool.idle_count == 0
     finally:
         client.close()
         server.close()

@@ -15,7 +15,7 @@ import aiohttp
 
 from gpufleet.testing import run_router
 from gpufleet.testing.upstreams import run_upstream
-from tests.integration._router import get_json, wait_state, worker_entry
+from tests.integration._router import TOKEN, get_json, wait_for, wait_state, worker_entry
 
 
 async def _raw(url: str, data: bytes, *, within: float) -> bytes:
@@ -128,15 +128,19 @@ async def test_odd_request_ids_are_replaced_and_odd_hosts_pass() -> None:
 
 
 @contextlib.contextmanager
-def _bodiless_upstream() -> Iterator[str]:
+def _bodiless_upstream(open_conns: set[int] | None = None) -> Iterator[str]:
     """A raw upstream on its own thread (run_router blocks this loop while it waits):
-    200 on /health; HEAD /N: 200 with Content-Length N and no body; anything else: 304."""
+    200 on /health; HEAD /N: 200 with Content-Length N and no body; anything else: 304.
+    ``open_conns`` holds the ids of open connections that carried more than probes."""
+    opened = set() if open_conns is None else open_conns
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 method, path, _ = head.split(b" ", 2)
+                if path != b"/health":
+                    opened.add(id(writer))
                 if path == b"/health":
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 elif method == b"HEAD":
@@ -147,6 +151,7 @@ def _bodiless_upstream() -> Iterator[str]:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            opened.discard(id(writer))
             writer.close()
 
     ports: queue.Queue[int] = queue.Queue()
@@ -182,3 +187,28 @@ async def test_head_answers_keep_the_upstreams_content_length() -> None:
                 assert resp.status == 304
                 assert resp.headers["ETag"] == '"v1"'
                 assert await resp.read() == b""
+
+
+async def test_removing_a_worker_closes_its_kept_connections() -> None:
+    open_conns: set[int] = set()
+    with (
+        _bodiless_upstream(open_conns) as url,
+        run_router([url], "--admin-token", TOKEN) as router,
+    ):
+        await wait_state(router.url, url, "ready", within=10)
+        async with aiohttp.ClientSession() as session:
+            for _ in range(3):
+                async with session.get(router.url + "/page") as resp:
+                    assert resp.status == 304
+            assert len(open_conns) == 1  # kept alive by the router for reuse
+            entry = await worker_entry(router.url, url)
+            async with session.delete(
+                f"{router.url}/admin/workers/{entry['id']}",
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            ) as resp:
+                assert resp.status == 200
+
+            async def closed() -> bool:
+                return not open_conns
+
+            await wait_for(closed, within=5, what="the removed worker's connections closed")

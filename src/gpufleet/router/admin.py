@@ -34,10 +34,12 @@ class AdminAPI:
         registry: Registry,
         token: str | None,
         on_add: Callable[[Upstream], None],
+        on_remove: Callable[[Upstream], None] | None = None,
     ) -> None:
         self.registry = registry
         self._token = token.encode() if token else None
         self._on_add = on_add
+        self._on_remove = on_remove
 
     def register(self, app: web.Application) -> None:
         """Add the admin routes to ``app``."""
@@ -122,4 +124,6 @@ class AdminAPI:
         if upstream is None:
             return _error(404, "NotFound", f"no worker {request.match_info['id']!r}")
         self.registry.remove(upstream)
+        if self._on_remove is not None:
+            self._on_remove(upstream)
         return web.json_response(upstream.snapshot())

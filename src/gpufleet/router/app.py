@@ -86,11 +86,19 @@ class RouterState:
         self.admission(self.registry.pool(upstream.pool))
         self.health.probe_soon(upstream)
 
+    def on_remove(self, upstream: Upstream) -> None:
+        """An upstream removed: close its kept connections (unless another pool uses it)."""
+        if self.client is not None and not any(
+            u.base == upstream.base for u in self.registry.all()
+        ):
+            self.client.discard(upstream.base)
+
     async def start(self) -> None:
         """Open the upstream connection pool and start probing."""
         for pool in list(self.registry.pools.values()):
             self.admission(pool)
         self.client = Client(connect_timeout_s=self.cfg.connect_timeout_s)
+        self.health.on_round = self.client.sweep  # idle sockets past keep-alive get closed
         cfg = self.cfg
         self.proxy = Proxy(
             self.registry,
@@ -162,7 +170,7 @@ def create_app(
     app.router.add_get("/health", health)
     app.router.add_get("/stats", stats)
     app.router.add_get("/metrics", metrics)
-    AdminAPI(state.registry, cfg.admin_token, state.on_add).register(app)
+    AdminAPI(state.registry, cfg.admin_token, state.on_add, state.on_remove).register(app)
     for extension in extensions:
         extension(app, state)
     if not any(getattr(r, "canonical", None) == "/dashboard" for r in app.router.resources()):

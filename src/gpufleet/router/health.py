@@ -63,6 +63,8 @@ class HealthChecker:
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._probes: set[asyncio.Task[None]] = set()
+        #: Called after each round of probes (the router sweeps idle connections).
+        self.on_round: Callable[[], object] | None = None
 
     async def start(self) -> None:
         """Open the probe connection pool and start the probe loop."""
@@ -96,6 +98,8 @@ class HealthChecker:
             try:
                 upstreams = [u for u in self.registry.all() if u.state != DRAINING]
                 await asyncio.gather(*(self.probe(u) for u in upstreams))
+                if self.on_round is not None:
+                    self.on_round()
             except Exception:  # a bug in a probe must not stop health checking
                 log.exception("health round failed")
             await asyncio.sleep(max(0.0, interval - (self._clock() - started)))

@@ -456,10 +456,12 @@ class UpstreamPool:
         self._clock = clock
         self._idle: list[_Connection] = []
         self._all: set[_Connection] = set()
+        #: True once the upstream is gone: connections close as their answers end.
+        self.retired = False
 
     def put(self, conn: _Connection) -> None:
         """Keep ``conn`` for the next request."""
-        if len(self._idle) >= self.max_idle:
+        if self.retired or len(self._idle) >= self.max_idle:
             conn.close()
             return
         conn.idle_since = self._clock()
@@ -535,6 +537,32 @@ class UpstreamPool:
             raise
         return response
 
+    def sweep(self) -> int:
+        """Close the idle connections kept past ``keepalive_s``; how many were closed."""
+        oldest = self._clock() - self.keepalive_s
+        keep: list[_Connection] = []
+        closed = 0
+        for conn in self._idle:
+            if conn.closed or conn.idle_since < oldest:
+                conn.close()
+                closed += 1
+            else:
+                keep.append(conn)
+        self._idle = keep
+        return closed
+
+    def retire(self) -> None:
+        """The upstream is gone: close idle connections now, busy ones when they finish."""
+        self.retired = True
+        for conn in self._idle:
+            conn.close()
+        self._idle.clear()
+
+    @property
+    def idle_count(self) -> int:
+        """Connections kept for reuse now."""
+        return len(self._idle)
+
     def close(self) -> None:
         """Close every connection."""
         for conn in self._idle:
@@ -561,6 +589,16 @@ class Client:
                 url, connect_timeout_s=self.connect_timeout_s, keepalive_s=self.keepalive_s
             )
         return found
+
+    def discard(self, url: str) -> None:
+        """Forget the pool of ``url`` (an upstream removed): see ``UpstreamPool.retire``."""
+        found = self._pools.pop(url, None)
+        if found is not None:
+            found.retire()
+
+    def sweep(self) -> int:
+        """Close idle connections past the keep-alive time in every pool; how many."""
+        return sum(pool.sweep() for pool in self._pools.values())
 
     def close(self) -> None:
         """Close every pool."""
