@@ -443,9 +443,10 @@ class UpstreamPool:
             ssl.create_default_context() if parsed.scheme == "https" else None
         )
         default_port = parsed.port == (443 if parsed.scheme == "https" else 80)
-        host_header = self.host if default_port else f"{self.host}:{self.port}"
-        if ":" in self.host and not default_port:  # IPv6 literal
-            host_header = f"[{self.host}]:{self.port}"
+        name = parsed.raw_host or self.host  # an international name in its ASCII (IDNA) form
+        host_header = name if default_port else f"{name}:{self.port}"
+        if ":" in name and not default_port:  # IPv6 literal
+            host_header = f"[{name}]:{self.port}"
         #: The ``Host`` header line for requests to this upstream.
         self.host_line = f"Host: {host_header}\r\n".encode("latin-1")
         #: The path prefix of the upstream URL (requests' paths are appended to it).

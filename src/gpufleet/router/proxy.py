@@ -269,21 +269,21 @@ class Proxy:
         stream: web.StreamResponse | None = None
         resp: Response | None = None
         no_body = request.method == "HEAD"
-        pool = self.client.pool(upstream.base)
-        head = b"".join(
-            (
-                request_line[0],
-                pool.prefix,
-                request_line[1],
-                b" HTTP/1.1\r\n",
-                pool.host_line,
-                headers,
-                _TIMEOUT_LINE,
-                f"{max(deadline - started, 0.001):.3f}".encode(),
-                b"\r\n\r\n",
+        try:  # from here on, ``finally`` gives the slot back whatever happens
+            pool = self.client.pool(upstream.base)
+            head = b"".join(
+                (
+                    request_line[0],
+                    pool.prefix,
+                    request_line[1],
+                    b" HTTP/1.1\r\n",
+                    pool.host_line,
+                    headers,
+                    _TIMEOUT_LINE,
+                    f"{max(deadline - started, 0.001):.3f}".encode(),
+                    b"\r\n\r\n",
+                )
             )
-        )
-        try:
             async with asyncio.timeout(deadline - started):
                 try:
                     resp = await pool.request(head, body, no_body=no_body)
