@@ -184,6 +184,7 @@ def register(app: web.Application, state: RouterState) -> None:
             state.totals,
             policy=state.cfg.policy,
             draining=state.draining,
+            active=state.proxy.active if state.proxy is not None else 0,
         )
         for entry in data["workers"]:
             with contextlib.suppress(KeyError):
