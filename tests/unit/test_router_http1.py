@@ -309,3 +309,20 @@ async def test_the_number_of_header_lines_is_capped() -> None:
     with pytest.raises(AnswerBroken):
         await fut
     assert conn.aborted
+
+
+async def test_many_interim_answers_in_one_read_are_skipped_without_recursion() -> None:
+    resp, _, fut = _response()
+    resp.feed(b"HTTP/1.1 100 Continue\r\n\r\n" * 5000 + LENGTH)
+    await fut
+    assert resp.status == 201
+    assert await resp.read() == b"hello world"
+    # The same, arriving a few bytes at a time.
+    resp, _, fut = _response()
+    raw = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" * 3 + LENGTH
+    for i in range(0, len(raw), 7):
+        resp.feed(raw[i : i + 7])
+    await fut
+    assert resp.status == 201
+    assert resp.headers[0] == ("Content-Length", "11")
+    assert await resp.read() == b"hello world"

@@ -105,23 +105,27 @@ class Response:
         if self._state == _HEAD:
             buf = self._buf
             buf += data
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > MAX_HEAD:
+            start = 0
+            while True:
+                end = buf.find(b"\r\n\r\n", start)
+                if end < 0:
+                    if start:
+                        del buf[:start]
+                    if len(buf) > MAX_HEAD:
+                        self._fail(AnswerBroken("answer head too large"))
+                    return
+                if end - start > MAX_HEAD:  # the blank line came along with too much head
                     self._fail(AnswerBroken("answer head too large"))
-                return
-            if end > MAX_HEAD:  # the blank line came in the same read as too much head
-                self._fail(AnswerBroken("answer head too large"))
-                return
-            head = bytes(buf[:end])
-            rest = bytes(buf[end + 4 :])
+                    return
+                head = bytes(buf[start:end])
+                start = end + 4
+                if not self._parse_head(head):
+                    return
+                if self._state != _HEAD:
+                    break
+                # An interim 1xx answer: the real head follows (a loop, not a recursion).
+            rest = bytes(buf[start:])
             buf.clear()
-            if not self._parse_head(head):
-                return
-            if self._state == _HEAD:  # an interim 1xx answer: the real head follows
-                if rest:
-                    self.feed(rest)
-                return
             if self._state == _DONE:
                 if rest:
                     self.keep_alive = False  # bytes nobody asked for
