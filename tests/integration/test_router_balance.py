@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 from gpufleet.testing import ServerProcess, run_router, run_worker
 from gpufleet.testing.upstreams import drive
+from tests.integration._router import wait_state
 
 
 @contextlib.contextmanager
@@ -37,6 +38,8 @@ async def test_round_robin_splits_exactly_evenly() -> None:
         _workers(1, 1, 1, base_ms=5, batch=8) as workers,
         run_router([w.url for w in workers], "--policy", "round-robin") as router,
     ):
+        for w in workers:  # the router is healthy once one is ready: wait for all three
+            await wait_state(router.url, w.url, "ready", within=10)
         results = await drive(router.url + "/predict", 300, 6)
     assert {status for status, _, _ in results} == {200}
     assert sorted(Counter(up for _, up, _ in results).values()) == [100, 100, 100]
