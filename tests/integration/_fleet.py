@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
 import sys
 import time
 import urllib.error
@@ -116,3 +118,30 @@ def is_alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def gpufleet(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``gpufleet ARGS`` in ``cwd`` (as ``python -m gpufleet``), output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "gpufleet", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=check,
+    )
+
+
+def get_json(url: str) -> Any:
+    """GET ``url`` and decode its JSON answer."""
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.load(resp)
+
+
+def table_row(out: str, name: str) -> list[str]:
+    """The cells of the (rich or plain) table row in ``out`` that starts with ``name``."""
+    for line in out.splitlines():
+        cells = [c.strip() for c in re.split(r"[│┃|]", line) if c.strip()]
+        if cells and cells[0] == name:
+            return cells
+    raise AssertionError(f"no row {name!r} in:\n{out}")

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -26,7 +23,7 @@ import aiohttp
 
 from gpufleet.fleet.admin import Membership, PoolSync, RouterAdmin
 from gpufleet.testing import run_router, run_server, run_worker
-from tests.integration._fleet import post, wait_state
+from tests.integration._fleet import gpufleet, post, table_row, wait_state
 from tests.integration.test_dashboard import Browser, cells, needs_chromium, rows_of
 
 TOKEN = "token-for-sync-tests"
@@ -142,25 +139,6 @@ def _token(run_dir: Path) -> str:
     return (run_dir / ".gpufleet" / "admin-token").read_text().strip()
 
 
-def _cells(out: str, name: str) -> list[str]:
-    for line in out.splitlines():
-        cells = [c.strip() for c in re.split(r"[│┃|]", line) if c.strip()]
-        if cells and cells[0] == name:
-            return cells
-    raise AssertionError(f"no row {name!r} in:\n{out}")
-
-
-def _gpufleet(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gpufleet", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_a_fleet_respects_a_drain_counts_restarts_and_bench_scales(tmp_path: Path) -> None:
     args = ["up", "--model", "synthetic", "--model-arg", "base_ms=5", "--cpu-workers", "2"]
     with run_server([*args, "--restart-backoff", "0.2"], cwd=tmp_path) as fleet:
@@ -195,12 +173,12 @@ def test_a_fleet_respects_a_drain_counts_restarts_and_bench_scales(tmp_path: Pat
         assert _by_url(fleet.url)[kept["url"]]["state"] == "draining"  # the operator's drain
 
         # A fresh monitor (no pid change seen) shows the fleet's count.
-        seen = _gpufleet("monitor", fleet.url, "--once", "--interval", "0.2", cwd=tmp_path)
+        seen = gpufleet(tmp_path, "monitor", fleet.url, "--once", "--interval", "0.2", check=False)
         assert seen.returncode == 0, seen.stderr
         head = ["worker", "device", "state", "in-flight", "queue", "served", "errors", "req/s"]
         head += ["p50 ms", "p99 ms", "batch", "restarts"]
         rows = {
-            w["id"]: dict(zip(head, _cells(seen.stdout, w["id"]), strict=False))
+            w["id"]: dict(zip(head, table_row(seen.stdout, w["id"]), strict=False))
             for w in (back, drained)
         }
         assert rows[back["id"]]["restarts"] == "1", seen.stdout
@@ -211,7 +189,7 @@ def test_a_fleet_respects_a_drain_counts_restarts_and_bench_scales(tmp_path: Pat
         _until(lambda: _by_url(fleet.url)[kept["url"]]["state"] == "ready", "not re-added")
         before = {w["id"]: w["served"] for w in _get(fleet.url + "/stats")["workers"]}
         bench = ["bench", fleet.url, "--scaling", "--requests", "20", "--concurrency", "2"]
-        out = _gpufleet(*bench, "--json", cwd=tmp_path)
+        out = gpufleet(tmp_path, *bench, "--json", check=False)
         after = _get(fleet.url + "/stats")["workers"]
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)

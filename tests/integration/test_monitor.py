@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 from gpufleet.testing import run_router, run_server, run_worker
+from tests.integration._fleet import get_json, table_row
 
 
 def monitor(*args: str) -> subprocess.CompletedProcess[str]:
@@ -39,20 +38,6 @@ def post(url: str, body: object) -> int:
         return exc.code
 
 
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.load(resp)
-
-
-def row(out: str, name: str) -> list[str]:
-    """The cells of the table row that starts with ``name``."""
-    for line in out.splitlines():
-        cells = [c.strip() for c in re.split(r"[│┃|]", line) if c.strip()]
-        if cells and cells[0] == name:
-            return cells
-    raise AssertionError(f"no row {name!r} in:\n{out}")
-
-
 HEAD = ["worker", "device", "state", "in-flight", "queue", "served", "errors", "req/s"]
 
 
@@ -77,7 +62,7 @@ def test_monitor_once_and_errors_against_a_router() -> None:
     served = {w["id"]: w["served"] for w in stats["workers"]}
     assert sum(served.values()) == 10
     for w in stats["workers"]:
-        cells = row(out, w["id"])
+        cells = table_row(out, w["id"])
         named = dict(zip(HEAD, cells, strict=False))
         assert named["device"] == "cpu"  # from the worker's own /stats
         assert named["state"] == "ready"
@@ -106,7 +91,7 @@ def test_monitor_once_against_a_lone_worker_and_a_dead_upstream() -> None:
 
     assert lone.returncode == 0, lone.stderr
     name = a.url.split("://", 1)[1]
-    named = dict(zip(HEAD, row(lone.stdout, name), strict=False))
+    named = dict(zip(HEAD, table_row(lone.stdout, name), strict=False))
     assert named["served"] == "3"
     assert named["state"] == "ready"
     assert "no recent errors" in lone.stdout
@@ -140,7 +125,7 @@ def test_monitor_once_against_a_fleet(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert f"{fleet.url} · 2 worker(s)" in result.stdout
     for w in stats["workers"]:
-        named = dict(zip(HEAD, row(result.stdout, w["id"]), strict=False))
+        named = dict(zip(HEAD, table_row(result.stdout, w["id"]), strict=False))
         assert named["device"] == "cpu"  # the fleet's label and the worker's own agree
         assert int(named["served"]) == w["served"]
     assert sum(w["served"] for w in stats["workers"]) == 6

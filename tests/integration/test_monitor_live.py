@@ -7,16 +7,15 @@ frame once when it stops: that frame is what is checked here.
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from typing import Any
 
 from gpufleet.testing import run_router, run_worker
+from tests.integration._fleet import get_json, table_row
 
 
 def post(url: str, body: object) -> None:
@@ -25,20 +24,6 @@ def post(url: str, body: object) -> None:
     )
     with urllib.request.urlopen(req, timeout=10) as resp:
         resp.read()
-
-
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.load(resp)
-
-
-def row(out: str, name: str) -> list[str]:
-    """The cells of the table row that starts with ``name``."""
-    for line in out.splitlines():
-        cells = [c.strip() for c in re.split(r"[│┃|]", line) if c.strip()]
-        if cells and cells[0] == name:
-            return cells
-    raise AssertionError(f"no row {name!r} in:\n{out}")
 
 
 def test_live_monitor_polls_until_ctrl_c_then_exits_130() -> None:
@@ -81,7 +66,7 @@ def test_live_monitor_polls_until_ctrl_c_then_exits_130() -> None:
     assert proc.returncode == 130, err
     assert "Traceback" not in err, err
     assert f"{router.url} · 2 worker(s)" in out
-    head = row(out, "worker")
+    head = table_row(out, "worker")
     assert head[:8] == [
         "worker",
         "device",
@@ -95,7 +80,7 @@ def test_live_monitor_polls_until_ctrl_c_then_exits_130() -> None:
     served_now = {w["id"]: w["served"] for w in stats["workers"]}
     rates = []
     for wid in ("w0", "w1"):
-        cells = dict(zip(head, row(out, wid), strict=True))
+        cells = dict(zip(head, table_row(out, wid), strict=True))
         assert cells["state"] == "ready"
         # The last frame came from a poll taken while requests flowed: some served then,
         # no more than the router counted by the end.

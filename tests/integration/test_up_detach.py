@@ -11,19 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.integration._fleet import is_alive, post
-
-
-def gpufleet(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run ``gpufleet ARGS`` in ``cwd``."""
-    return subprocess.run(
-        [sys.executable, "-m", "gpufleet", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=check,
-    )
+from tests.integration._fleet import gpufleet, is_alive, post
 
 
 def test_detach_status_down(tmp_path: Path) -> None:
