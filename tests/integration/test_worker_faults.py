@@ -229,3 +229,31 @@ async def test_drain_timeout_bounds_a_hung_predict_and_second_signal_exits_at_on
                 pytest.fail("a second SIGTERM did not exit at once")
             assert code != 0
             hung.cancel()
+
+
+async def test_a_departed_caller_frees_its_queue_slot_at_once() -> None:
+    # Issue 12: the slots of callers who left were held until the batch on the device
+    # ended, so a new caller was refused "queue full" for callers long gone.
+    args = [*_synthetic("base_ms=2000"), "--max-batch-size", "1", "--max-queue", "2"]
+    with run_worker("synthetic", *args) as w:
+        async with aiohttp.ClientSession() as s:
+            first = asyncio.create_task(s.post(w.url + "/predict", json={"input": "a"}))
+            await _until(s, w, "batches", 1)  # "a" holds the device for 2 s
+            short = aiohttp.ClientTimeout(total=0.2)
+
+            async def leaves(x: str) -> None:
+                with pytest.raises(asyncio.TimeoutError):
+                    await s.post(w.url + "/predict", json={"input": x}, timeout=short)
+
+            await asyncio.gather(leaves("b"), leaves("c"))  # the queue was full
+            await _until(s, w, "dropped", 2)
+            stats = await _stats(s, w)
+            assert not first.done(), "the slots were freed only when the batch ended"
+            assert (stats["queue_depth"], stats["batches"]) == (0, 1)
+            async with s.post(w.url + "/predict", json={"input": "d"}) as r:
+                assert r.status == 200, await r.text()
+                assert (await r.json())["output"]["echo"] == "d"
+            async with await first as r:
+                assert r.status == 200
+            stats = await _stats(s, w)
+    assert (stats["rejected"], stats["failed_items"], stats["batches"]) == (0, 0, 2)

@@ -75,11 +75,17 @@ def simulate(
                 continue
             except WorkerOverloaded:
                 assert n <= cfg.max_queue
+                # Refused only for live items: dead ones hold no slot.
+                out = {id(i) for batch in batches for i in batch} | {id(i) for i in dropped}
+                live = [i for i in items if id(i) not in out and not i.is_dead(clock.now)]
+                assert len(live) + n > cfg.max_queue
                 continue
             items.extend(new)
             if cancelled:  # the caller left at once: its items must never be handed out
                 for item in new:
                     item.cancelled = True
+                if len(items) % 2:  # as the worker does; else a later poll or put finds them
+                    b.discard(new)
         if clock.now < free_at:
             continue
         batch = b.poll(clock.now)
@@ -207,3 +213,45 @@ async def test_next_batch_wakes_when_the_batch_fills() -> None:
     b.put([Item(2, time.monotonic())])
     batch = await asyncio.wait_for(task, 2)
     assert [i.payload for i in batch] == [1, 2]
+
+
+def test_a_departed_caller_frees_its_slots_at_once() -> None:
+    # Issue 12: the slots were held until the batch loop polled again, i.e. until the
+    # batch running on the device ended, so new callers were refused for callers long gone.
+    dropped: list[Item] = []
+    b = Batcher(
+        BatchConfig(max_batch_size=1, max_wait_ms=0, max_queue=3),
+        clock=FakeClock(),
+        on_drop=lambda item, now: dropped.append(item),
+    )
+    gone, stays = [Item("a", 0.0), Item("b", 0.0)], [Item("c", 0.0)]
+    b.put(gone)
+    b.put(stays)
+    with pytest.raises(WorkerOverloaded):
+        b.put([Item("d", 0.0)])
+    for item in gone:
+        item.cancelled = True
+    assert b.discard(gone) == 2
+    assert dropped == gone
+    assert b.depth == 1
+    assert b.free_slots() == 2
+    b.put([Item("d", 0.0), Item("e", 0.0)])
+    assert b.discard(gone) == 0  # twice is harmless
+    assert [i.payload for i in b.drain_all()] == ["c", "d", "e"]
+
+
+def test_expired_items_hold_no_slot() -> None:
+    clock = FakeClock()
+    dropped: list[Item] = []
+    b = Batcher(
+        BatchConfig(max_batch_size=1, max_wait_ms=0, max_queue=2),
+        clock=clock,
+        on_drop=lambda item, now: dropped.append(item),
+    )
+    b.put([Item("a", 0.0, deadline=1.0), Item("b", 0.0)])
+    with pytest.raises(WorkerOverloaded):
+        b.put([Item("c", 0.5)])
+    clock.now = 1.0
+    b.put([Item("c", 1.0)])
+    assert [i.payload for i in dropped] == ["a"]
+    assert [i.payload for i in b.drain_all()] == ["b", "c"]

@@ -4,6 +4,10 @@ The decision is a pure function of the queue and a time (``Batcher.poll(now)``),
 tested on a fake clock; ``Batcher.next_batch()`` is the thin async wrapper the worker's
 batch loop awaits. ``max_wait`` counts from the oldest queued item: when the device was
 busy and the head already waited that long, a batch leaves at once with what is there.
+
+Dead items (caller gone, deadline passed) never hold a slot of ``max_queue``: a caller that
+leaves takes its items out with ``discard`` at once (not when the running batch ends and
+the loop polls again), and a ``put`` that would not fit first drops the expired ones.
 """
 
 from __future__ import annotations
@@ -67,12 +71,16 @@ class Batcher:
 
     @property
     def depth(self) -> int:
-        """Items queued (dead ones included until the next poll removes them)."""
+        """Items queued (a departed caller's leave at once through ``discard``)."""
         return len(self._queue)
 
     def free_slots(self) -> int:
         """How many more items the queue takes before it answers ``WorkerOverloaded``."""
         return self.cfg.max_queue - len(self._queue) - self.reserved
+
+    def oldest_enqueued_at(self) -> float | None:
+        """When the oldest item still queued arrived (None when the queue is empty)."""
+        return self._queue[0].enqueued_at if self._queue else None
 
     def _check_room(self, n: int) -> None:
         if n > self.cfg.max_queue:
@@ -80,6 +88,10 @@ class Batcher:
                 f"the request holds {n} inputs; this worker queues at most "
                 f"{self.cfg.max_queue} (--max-queue): send at most {self.cfg.max_queue} per request"
             )
+        if n > self.free_slots():
+            # Expired items would otherwise hold their slots until the batch loop polls
+            # again, which waits for the batch on the device (issue 12).
+            self.drop_dead(self._clock())
         if n > self.free_slots():
             raise WorkerOverloaded(
                 f"queue full ({len(self._queue)} items queued, {self.reserved} streams open; "
@@ -110,6 +122,24 @@ class Batcher:
     def release(self) -> None:
         """Give back a slot taken by ``reserve()``."""
         self.reserved = max(0, self.reserved - 1)
+
+    def discard(self, items: Sequence[Item]) -> int:
+        """Take ``items`` out of the queue now (their caller left); return how many were queued.
+
+        Each one removed goes to ``on_drop``, as if a poll had found it dead.
+        """
+        if not items or not self._queue:
+            return 0
+        gone = {id(item) for item in items}
+        removed = [item for item in self._queue if id(item) in gone]
+        if not removed:
+            return 0
+        self._queue = deque(item for item in self._queue if id(item) not in gone)
+        if self._on_drop is not None:
+            now = self._clock()
+            for item in removed:
+                self._on_drop(item, now)
+        return len(removed)
 
     def drop_dead(self, now: float) -> int:
         """Remove cancelled and expired items anywhere in the queue; return how many."""

@@ -165,14 +165,20 @@ class WorkerService:
             expired = True
             raise DeadlineExceeded(f"deadline passed after {self.clock() - now:.3f}s") from None
         finally:
-            # Caller gone, deadline passed, or a sibling failed: leave the queue now. (A
-            # cancelled gather has already cancelled the futures: those count as well.)
+            # Caller gone, deadline passed, or a sibling failed: leave the queue now, not
+            # when the batch on the device ends, so the slots are free for the next caller
+            # at once (issue 12). A cancelled gather has already cancelled the futures:
+            # those count as well.
+            left: list[Item] = []
             for item in items:
                 f = item.future
                 if f is not None and (not f.done() or f.cancelled()):
                     item.cancelled = not expired  # dropped as "cancelled", else "expired"
                     f.cancel()
-            batcher.notify()
+                    left.append(item)
+            if batcher.discard(left):
+                self.metrics.queue_depth.set(batcher.depth)
+                batcher.notify()
 
     @contextlib.contextmanager
     def stream_slot(self) -> Iterator[None]:
