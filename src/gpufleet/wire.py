@@ -84,6 +84,32 @@ def is_overloaded_body(body: bytes) -> bool:
     return isinstance(data, dict) and data.get("error") in {"WorkerOverloaded", "WorkerUnavailable"}
 
 
+# /health of a worker -------------------------------------------------------------------
+
+#: ``status`` of a worker's 503 ``/health`` while its device thread is stalled.
+HEALTH_STALLED: Final = "stalled"
+
+
+class HealthBody(TypedDict, total=False):
+    """A worker's ``GET /health``: 200 ``{"status": "ready"}``; 503 with ``status`` one of
+    ``loading``, ``draining``, ``failed`` (with ``message``) or ``stalled`` (with ``reason``)."""
+
+    status: str
+    reason: str
+    message: str
+
+
+def stall_reason(body: bytes) -> str | None:
+    """Why a worker's ``/health`` says it is stalled; None for any other answer."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict) or data.get("status") != HEALTH_STALLED:
+        return None
+    return str(data.get("reason") or "no reason given")
+
+
 # /stats of a worker --------------------------------------------------------------------
 
 
@@ -100,7 +126,7 @@ class WorkerStats(TypedDict, total=False):
     kind: str
     device: str
     pid: int
-    state: str  # "loading" | "ready" | "draining" | "failed"
+    state: str  # "loading" | "ready" | "stalled" | "draining" | "failed"
     queue_depth: int
     in_flight: int
     served: int
@@ -118,12 +144,16 @@ class WorkerStats(TypedDict, total=False):
     streams_closed: int  # model generators closed because the caller left
     latency_ms: LatencyMs
     uptime_s: float
+    stall_reason: str | None  # why ``state`` is "stalled" (None otherwise)
+    stalls: int  # times the worker turned stalled
+    stall_timeout_s: float  # 0: the stall detector is off
     gpu: dict[str, Any]  # only on a CUDA device with NVML
     recent_errors: list[dict[str, Any]]
 
 
 __all__ = [
     "DEADLINE_HEADER",
+    "HEALTH_STALLED",
     "JSON_CONTENT_TYPE",
     "REQUEST_ID_HEADER",
     "SERVER_HEADER",
@@ -132,6 +162,7 @@ __all__ = [
     "UPSTREAM_HEADER",
     "WORKER_SERVER_NAME",
     "ErrorPayload",
+    "HealthBody",
     "LatencyMs",
     "WorkerStats",
     "error_payload",
@@ -139,4 +170,5 @@ __all__ = [
     "parse_retry_after",
     "payload_from_exception",
     "retry_after_header",
+    "stall_reason",
 ]

@@ -257,3 +257,94 @@ async def test_a_departed_caller_frees_its_queue_slot_at_once() -> None:
                 assert r.status == 200
             stats = await _stats(s, w)
     assert (stats["rejected"], stats["failed_items"], stats["batches"]) == (0, 0, 2)
+
+
+async def _health(s: aiohttp.ClientSession, w: ServerProcess) -> tuple[int, dict[str, Any]]:
+    async with s.get(w.url + "/health") as r:
+        body: dict[str, Any] = await r.json()
+        return r.status, body
+
+
+async def _until_health(
+    s: aiohttp.ClientSession, w: ServerProcess, status: int, within: float
+) -> dict[str, Any]:
+    """Poll /health until it answers ``status``; its body."""
+    deadline = time.monotonic() + within
+    while True:
+        got, body = await _health(s, w)
+        if got == status:
+            return body
+        assert time.monotonic() < deadline, f"/health still {got} {body} after {within}s"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_hung_device_turns_health_503_stalled_until_the_batch_ends() -> None:
+    # Issue 12: a predict that never returns left /health at 200 (the loop was fine).
+    args = [*_synthetic("base_ms=5", "hang_on=HANG", "hang_s=4"), "--max-batch-size", "1"]
+    with run_worker("synthetic", *args, "--stall-timeout", "2") as w:
+        async with aiohttp.ClientSession() as s:
+
+            async def one(x: str) -> tuple[int, Any]:
+                async with s.post(w.url + "/predict", json={"input": x}) as r:
+                    return r.status, await r.json()
+
+            hung = asyncio.create_task(one("HANG"))
+            await _until(s, w, "batches", 1)
+            began = time.monotonic()
+            queued = [asyncio.create_task(one(f"q{i}")) for i in range(3)]
+            await _until(s, w, "queue_depth", 3)
+            assert (await _health(s, w))[0] == 200  # busy is not stalled
+            body = await _until_health(s, w, 503, within=4)
+            took = time.monotonic() - began
+            assert took <= 4.0, took  # the stall timeout (2 s) and a little
+            assert body["status"] == "stalled"
+            assert body["reason"].startswith("device thread has not finished a batch in 2.")
+            assert body["reason"].endswith("(3 items waiting)")
+            stats = await _stats(s, w)
+            assert stats["state"] == "stalled"
+            assert stats["stall_reason"].startswith("device thread has not finished a batch")
+            assert (stats["stalls"], stats["stall_timeout_s"]) == (1, 2.0)
+            async with s.get(w.url + "/metrics") as r:
+                metrics = await r.text()
+            assert "gpufleet_worker_stalled 1.0" in metrics
+            assert "gpufleet_worker_stalls_total 1.0" in metrics
+            # New work is refused while stalled: it would queue behind a batch that may
+            # never end (a router sends it elsewhere).
+            status, refused = await one("late")
+            assert status == 503
+            assert refused["error"] == "WorkerUnavailable"
+            assert "stalled" in refused["message"]
+
+            await _until_health(s, w, 200, within=6)  # the hang (4 s) ended
+            assert (await hung)[0] == 200
+            assert [(await q)[0] for q in queued] == [200, 200, 200]
+            stats = await _stats(s, w)
+            async with s.get(w.url + "/metrics") as r:
+                metrics = await r.text()
+    assert (stats["state"], stats["stall_reason"], stats["stalls"]) == ("ready", None, 1)
+    assert "gpufleet_worker_stalled 0.0" in metrics
+    warnings = [line for line in w.log().splitlines() if "WARNING" in line and "stalled" in line]
+    assert len(warnings) == 1, warnings  # once when it turned stalled, not at every probe
+    assert "no longer stalled" in w.log()
+
+
+async def test_a_stream_step_that_never_returns_is_a_stall_too() -> None:
+    args = [*_synthetic("per_item_ms=5", "hang_on=HANG", "hang_s=2.5"), "--stall-timeout", "1"]
+    with run_worker("synthetic", *args) as w:
+        async with aiohttp.ClientSession() as s:
+
+            async def stream() -> str:
+                body = {"input": "HANG", "stream": True}
+                async with s.post(w.url + "/predict", json=body) as r:
+                    assert r.status == 200
+                    return await r.text()
+
+            task = asyncio.create_task(stream())
+            await _until(s, w, "streams", 1)
+            body = await _until_health(s, w, 503, within=3)
+            assert body["status"] == "stalled"
+            assert body["reason"].endswith("(0 items waiting)")
+            await _until_health(s, w, 200, within=5)
+            text = await task
+    assert text.endswith("data: [DONE]\n\n")
+    assert text.count('"echo":"HANG"') == 4

@@ -44,6 +44,7 @@ def test_model_args_from_env_and_file(tmp_path: Path) -> None:
         ("worker:\n  max_batch: 3\n", "unknown setting"),
         ("worker:\n  port: many\n", "port"),
         ("worker:\n  max_queue: 0\n", "max_queue"),
+        ("worker:\n  stall_timeout_s: -1\n", "stall_timeout_s"),
         ("- a\n- b\n", "mapping"),
     ],
 )
@@ -64,3 +65,14 @@ def test_batch_resolves_against_model() -> None:
     assert cfg.batch(None).max_batch_size == 32
     assert cfg.batch(8).max_batch_size == 8
     assert WorkerConfig(max_batch_size=4).batch(8).max_batch_size == 4
+
+
+def test_stall_timeout_from_flag_env_and_file(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("worker:\n  stall_timeout_s: 30\n")
+    assert load(WorkerConfig, "worker", env={}).stall_timeout_s == 60  # on by default
+    assert load(WorkerConfig, "worker", config_path=f, env={}).stall_timeout_s == 30
+    env = {"GPUFLEET_STALL_TIMEOUT_S": "0"}  # 0: off
+    assert load(WorkerConfig, "worker", config_path=f, env=env).stall_timeout_s == 0
+    flags = {"stall_timeout_s": 2.5}
+    assert load(WorkerConfig, "worker", flags=flags, config_path=f, env=env).stall_timeout_s == 2.5

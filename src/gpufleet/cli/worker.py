@@ -62,6 +62,14 @@ def worker(
         "--isolate-failures/--no-isolate-failures",
         help="halve a failed batch until the bad items stand alone (default on)",
     ),
+    stall_timeout_s: float | None = typer.Option(
+        None,
+        "--stall-timeout",
+        "--stall-timeout-s",
+        help="seconds the device may go without finishing a batch while work waits before"
+        " /health turns 503 'stalled' (a wedged GPU); above your longest batch; 0 = off"
+        " (default 60)",
+    ),
     log_level: str | None = typer.Option(None, help="debug | info | warning | error"),
     config: Path | None = typer.Option(None, "--config", help="YAML file; its worker: section"),
 ) -> None:
@@ -83,6 +91,7 @@ def worker(
             "drain_timeout_s": drain_timeout_s,
             "request_timeout_s": request_timeout_s,
             "isolate_failures": isolate_failures,
+            "stall_timeout_s": stall_timeout_s,
             "log_level": log_level,
         }
         cfg = load(WorkerConfig, "worker", flags=flags, config_path=config)

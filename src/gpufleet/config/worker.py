@@ -48,6 +48,11 @@ class WorkerConfig:
     #: When a batch fails in ``predict``, halve it until the failing items stand alone, so
     #: one bad input fails only its own request (costs extra predict calls on failures).
     isolate_failures: bool = True
+    #: Seconds the device thread may go without finishing a batch (or a stream step)
+    #: while work waits or runs before the worker reports itself stalled: ``/health``
+    #: answers 503 ``stalled``, new requests 503, and ``gpufleet up`` restarts it. Set it
+    #: above the longest batch the model may take; 0 turns the detector off.
+    stall_timeout_s: float = 60.0
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -59,6 +64,8 @@ class WorkerConfig:
             raise ConfigError(f"max_body_mb must be > 0, got {self.max_body_mb}")
         if self.drain_timeout_s < 0 or self.request_timeout_s <= 0:
             raise ConfigError("drain_timeout_s must be >= 0 and request_timeout_s > 0")
+        if not self.stall_timeout_s >= 0:
+            raise ConfigError(f"stall_timeout_s must be >= 0 (0: off), got {self.stall_timeout_s}")
         # Validate the batching part eagerly so a bad value fails at the edge.
         BatchConfig(max(self.max_batch_size, 1), self.max_wait_ms, self.max_queue)
 

@@ -119,7 +119,12 @@ class Synthetic(Model):
         }
 
     def predict_stream(self, item: Any) -> Iterator[Any]:
-        """Yield ``stream_chunks`` pieces of the answer, one ``per_item_ms`` apart."""
+        """Yield ``stream_chunks`` pieces of the answer, one ``per_item_ms`` apart.
+
+        An item equal to ``hang_on`` blocks ``hang_s`` after its first piece.
+        """
         for i in range(self.stream_chunks):
+            if i == 1 and self.hang_on and item == self.hang_on:
+                time.sleep(self.hang_s)
             time.sleep(self.per_item_ms / self.speed / 1000.0)
             yield {"index": i, "echo": item, "pid": self.pid}

@@ -1,7 +1,8 @@
 """The worker's HTTP endpoints (aiohttp): thin handlers over ``WorkerService``.
 
 ``/health``, ``/stats`` and ``/metrics`` only read counters, so they answer at once even
-while the device thread is busy: the event loop never runs model code.
+while the device thread is busy: the event loop never runs model code. The same reading
+tells when that thread is stalled (``worker/stall.py``): ``/health`` then answers 503.
 """
 
 from __future__ import annotations
@@ -165,13 +166,18 @@ def decode_items(service: WorkerService, items: list[dict[str, Any]], *, custom:
 
 
 async def health(request: web.Request) -> web.Response:
-    """200 when loaded and not draining, else 503 (with the state)."""
+    """200 when loaded, not draining and not stalled, else 503 (with the state)."""
     service = request.app[SERVICE]
-    if service.is_ready:
+    body: wire.HealthBody
+    stall = service.check_stall()
+    if stall is not None:
+        body = {"status": wire.HEALTH_STALLED, "reason": stall.reason}
+    elif service.is_ready:
         return json_response({"status": "ready"})
-    body: dict[str, Any] = {"status": service.state}
-    if service.load_error is not None:
-        body["message"] = str(service.load_error)
+    else:
+        body = {"status": service.state}
+        if service.load_error is not None:
+            body["message"] = str(service.load_error)
     return json_response(body, status=503, headers={"Retry-After": "1"})
 
 
@@ -191,6 +197,7 @@ async def metrics(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     if service.batcher is not None:
         service.metrics.queue_depth.set(service.batcher.depth)
+    service.check_stall()  # sets gpufleet_worker_stalled
     service.metrics.set_gpu(request.app[GPU].latest)
     return web.Response(
         body=service.metrics.render(), headers={"Content-Type": service.metrics.content_type}

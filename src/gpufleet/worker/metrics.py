@@ -75,6 +75,15 @@ class WorkerMetrics:
         self.ready = Gauge(
             "gpufleet_worker_ready", "1 when the model is loaded and not draining.", registry=r
         )
+        self.stalled = Gauge(
+            "gpufleet_worker_stalled",
+            "1 while the device thread has finished nothing for --stall-timeout with work"
+            " pending (checked at each /health, /stats and /metrics).",
+            registry=r,
+        )
+        self.stalls = Counter(
+            "gpufleet_worker_stalls", "Times the worker turned stalled.", registry=r
+        )
         # GPU numbers (NVML): labelled by the GPU, so a CPU worker exports none at all.
         self.gpu_utilization = Gauge(
             "gpufleet_worker_gpu_utilization_percent",

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -83,8 +84,10 @@ class Runner:
         device: str,
         *,
         isolate_failures: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._spec = spec
+        self._clock = clock
         #: When a batch of several fails, try its halves apart so one bad item fails alone.
         self.isolate_failures = isolate_failures
         #: Batches that failed and were split to find the failing items.
@@ -95,7 +98,10 @@ class Runner:
         self.model: Model | None = None
         #: Called with the new effective max batch size after an OOM split.
         self.on_oom: Callable[[int], None] | None = None
-        self.busy = False
+        #: When the device thread's current call began (None while it is idle).
+        self.busy_since: float | None = None
+        #: When the device thread last finished a call (the stall detector's progress mark).
+        self.last_finished_at: float | None = None
         #: Streams whose generator was closed before its end (caller gone, deadline).
         self.streams_closed = 0
 
@@ -105,11 +111,19 @@ class Runner:
 
     def _on_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         # Set on the device thread itself, so a cancelled await cannot clear it early.
-        self.busy = True
+        # The loop reads busy_since before last_finished_at: written in the other order
+        # here, it never sees a call over without the progress mark that ends it.
+        self.busy_since = self._clock()
         try:
             return fn(*args)
         finally:
-            self.busy = False
+            self.last_finished_at = self._clock()
+            self.busy_since = None
+
+    @property
+    def busy(self) -> bool:
+        """True while a call runs on the device thread."""
+        return self.busy_since is not None
 
     def _load(self) -> ModelInfo:
         cls = resolve_model_class(self._spec)

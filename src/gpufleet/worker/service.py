@@ -21,6 +21,7 @@ from gpufleet.errors import ModelError, WorkerOverloaded, WorkerUnavailable
 from gpufleet.worker.batcher import Batcher, Item
 from gpufleet.worker.metrics import WorkerMetrics
 from gpufleet.worker.runner import ItemFailed, ModelInfo, Runner
+from gpufleet.worker.stall import Stall, find_stall
 from gpufleet.worker.stats import WorkerCounters
 
 log = logging.getLogger("gpufleet.worker")
@@ -40,7 +41,11 @@ class WorkerService:
         self.clock = clock
         self.state: State = "loading"
         self.runner = Runner(
-            cfg.model, cfg.model_args, cfg.device, isolate_failures=cfg.isolate_failures
+            cfg.model,
+            cfg.model_args,
+            cfg.device,
+            isolate_failures=cfg.isolate_failures,
+            clock=clock,
         )
         self.runner.on_oom = self._on_oom_from_thread
         self.counters = WorkerCounters()
@@ -53,6 +58,8 @@ class WorkerService:
         self._idle.set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        #: The stall seen by the last check (None: making progress, or not checked yet).
+        self._stall: Stall | None = None
 
     # lifecycle ---------------------------------------------------------------------------
 
@@ -111,9 +118,44 @@ class WorkerService:
         return self.state == "ready"
 
     def check_ready(self) -> None:
-        """Raises WorkerUnavailable unless the worker takes new work."""
+        """Raises WorkerUnavailable unless the worker takes new work (not when stalled)."""
         if self.state != "ready":
             raise WorkerUnavailable(f"the worker is {self.state}")
+        stall = self.check_stall()
+        if stall is not None:
+            # Queued behind a batch that may never end: better another worker (a router
+            # retries WorkerUnavailable elsewhere: it never started).
+            raise WorkerUnavailable(f"the worker is stalled: {stall.reason}")
+
+    def check_stall(self) -> Stall | None:
+        """The device thread's stall, if it has one now; logs and counts the turns.
+
+        Cheap and on the loop: it reads what the runner and the batcher noted, never waits
+        for the device thread. Only a ready worker can stall (loading runs on that thread).
+        """
+        stall = None
+        if self.state == "ready" and self.batcher is not None:
+            busy_since = self.runner.busy_since  # before last_finished_at: see Runner
+            stall = find_stall(
+                now=self.clock(),
+                timeout_s=self.cfg.stall_timeout_s,
+                busy_since=busy_since,
+                last_finished_at=self.runner.last_finished_at,
+                oldest_waiting_at=self.batcher.oldest_enqueued_at(),
+                waiting=self.batcher.depth,
+            )
+        if (stall is None) != (self._stall is None):
+            if stall is not None:
+                self.counters.stalls += 1
+                self.metrics.stalls.inc()
+                log.warning(
+                    "stalled: %s (--stall-timeout %gs)", stall.reason, self.cfg.stall_timeout_s
+                )
+            else:
+                log.info("no longer stalled: the device thread finished its call")
+            self.metrics.stalled.set(0 if stall is None else 1)
+        self._stall = stall
+        return stall
 
     @contextlib.contextmanager
     def request(self) -> Any:
@@ -289,13 +331,17 @@ class WorkerService:
         """The /stats answer (``wire.WorkerStats`` plus a few worker-only counters)."""
         c = self.counters
         info = self.info
+        stall = self.check_stall()
         return {
             "server": wire.WORKER_SERVER_NAME,
             "model": info.name if info else self.cfg.model,
             "kind": info.kind if info else "unknown",
             "device": info.device if info else self.cfg.device,
             "pid": os.getpid(),
-            "state": self.state,
+            "state": wire.HEALTH_STALLED if stall is not None else self.state,
+            "stall_reason": None if stall is None else stall.reason,
+            "stalls": c.stalls,
+            "stall_timeout_s": self.cfg.stall_timeout_s,
             "queue_depth": self.batcher.depth if self.batcher else 0,
             "in_flight": c.in_flight,
             "served": c.served,

@@ -47,6 +47,8 @@ class WorkerCounters:
     batches: int = 0
     batched_items: int = 0
     oom_splits: int = 0
+    #: Times the worker turned stalled (its device thread finished nothing for too long).
+    stalls: int = 0
     in_flight: int = 0
     #: Streams open now (each holds one slot of ``max_queue``).
     streams: int = 0
