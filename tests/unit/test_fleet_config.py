@@ -161,3 +161,25 @@ def test_a_lone_index_stays_an_index(tmp_path: Path) -> None:
     assert (
         len(make_plan(FleetConfig(gpus="2"), FOUR, python="py", base_env={}, cwd=".").workers) == 2
     )
+
+
+def test_stall_timeout_reaches_every_gpufleet_worker_but_not_a_cmd(tmp_path: Path) -> None:
+    def argvs(cfg: FleetConfig) -> list[tuple[str, ...]]:
+        plan = make_plan(cfg, NONE, python="py", base_env={}, cwd=str(tmp_path))
+        return [w.spec.argv for w in plan.workers]
+
+    # Unset: the workers read their own (worker: section, GPUFLEET_STALL_TIMEOUT_S, 60).
+    assert all("--stall-timeout" not in a for a in argvs(FleetConfig(cpu_workers=2)))
+    env = {"GPUFLEET_STALL_TIMEOUT_S": "2.5"}
+    for argv in argvs(load_fleet_config(flags={"cpu_workers": 2}, env=env)):
+        assert argv[argv.index("--stall-timeout") + 1] == "2.5"
+    pools = (
+        PoolConfig(name="own", model="synthetic", worker_args=("--stall-timeout", "9")),
+        PoolConfig(name="foreign", cmd="serve --port {port}", prefix="/f"),
+    )
+    own, foreign = argvs(FleetConfig(cpu_workers=1, stall_timeout_s=0, pools=pools))
+    assert own[own.index("--stall-timeout") + 1] == "0"
+    assert own[-2:] == ("--stall-timeout", "9")  # the pool's own comes last and wins
+    assert foreign == ("serve", "--port", foreign[-1])
+    with pytest.raises(ConfigError, match="stall_timeout_s"):
+        FleetConfig(stall_timeout_s=-1)

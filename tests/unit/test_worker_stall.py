@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from gpufleet import wire
 from gpufleet.worker.stall import Stall, find_stall
 
 
@@ -52,3 +53,11 @@ def test_items_waiting_with_the_device_idle_count_too() -> None:
 @pytest.mark.parametrize("timeout_s", [0.0, -1.0])
 def test_zero_turns_the_detector_off(timeout_s: float) -> None:
     assert _check(1e9, timeout_s=timeout_s, busy_since=0.0) is None
+
+
+def test_the_fleet_reads_the_reason_only_from_a_stalled_body() -> None:
+    body = b'{"status": "stalled", "reason": "device thread has not finished a batch in 3.0s"}'
+    assert wire.stall_reason(body) == "device thread has not finished a batch in 3.0s"
+    assert wire.stall_reason(b'{"status": "stalled"}') == "no reason given"
+    for other in (b'{"status": "draining"}', b"[]", b"not json", b"\xff", b""):
+        assert wire.stall_reason(other) is None

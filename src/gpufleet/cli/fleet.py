@@ -84,6 +84,13 @@ def up(
     drain_timeout: Annotated[
         float | None, typer.Option(help="Seconds in-flight work may take at stop (30).")
     ] = None,
+    stall_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a worker's device may finish nothing while work waits before the"
+            " worker counts as stalled and is restarted (the workers' own, 60; 0: off)."
+        ),
+    ] = None,
     log_dir: Annotated[str | None, typer.Option(help="Per-worker log files (logs).")] = None,
     run_dir: RunDirOpt = None,
     detach: Annotated[bool, typer.Option("--detach", help="Run in the background.")] = False,
@@ -122,7 +129,8 @@ def up(
             "policy": policy, "router_args": tuple(router_arg) if router_arg else None,
             "worker_args": tuple(worker_arg) if worker_arg else None,
             "restart_backoff_s": restart_backoff, "restart_backoff_max_s": restart_backoff_max,
-            "drain_timeout_s": drain_timeout, "log_dir": log_dir, "run_dir": run_dir,
+            "drain_timeout_s": drain_timeout, "stall_timeout_s": stall_timeout,
+            "log_dir": log_dir, "run_dir": run_dir,
             "detach": detach or None, "log_level": log_level,
         }  # fmt: skip
         cfg = load_fleet_config(flags=flags, config_path=config)

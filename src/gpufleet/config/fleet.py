@@ -5,6 +5,8 @@ Everything a flag of ``gpufleet up`` holds is a field of :class:`FleetConfig`; t
 own model or command, GPUs and path prefix. Worker batching settings are not copied here:
 the fleet passes ``--config FILE`` to every ``gpufleet worker`` it starts, which reads its
 own ``worker:`` section (and the inherited ``GPUFLEET_*`` env) like a worker started by hand.
+The one exception is ``stall_timeout_s``: the fleet acts on what it detects, so ``up`` takes
+it as a flag and passes it on.
 Router settings the fleet needs to pass on (``policy``) are fields here; everything else
 reaches the router through ``router_args`` or the same ``--config FILE``.
 """
@@ -112,6 +114,11 @@ class FleetConfig:
     startup_timeout_s: float = 600.0
     #: Extra arguments for every ``gpufleet worker`` (batching flags and the like).
     worker_args: tuple[str, ...] = ()
+    #: Passed to every ``gpufleet worker`` as ``--stall-timeout``: seconds its device may
+    #: go without finishing a batch while work waits before its ``/health`` says
+    #: ``stalled`` and the fleet restarts it. None: the workers' own setting (``worker:``
+    #: section, ``GPUFLEET_STALL_TIMEOUT_S``, else 60); 0 turns the detector off.
+    stall_timeout_s: float | None = None
 
     # Devices.
     #: ``all``, ``none`` (CPU workers), ``N`` (the first N) or ``0,2`` / GPU UUIDs.
@@ -185,6 +192,8 @@ class FleetConfig:
         for name, value in positive.items():
             if not value > 0:
                 raise ConfigError(f"{name} must be > 0, got {value}")
+        if self.stall_timeout_s is not None and not self.stall_timeout_s >= 0:
+            raise ConfigError(f"stall_timeout_s must be >= 0 (0: off), got {self.stall_timeout_s}")
         if self.restart_backoff_max_s < self.restart_backoff_s:
             raise ConfigError("restart_backoff_max_s must be >= restart_backoff_s")
         if self.drain_timeout_s < 0 or self.kill_timeout_s < 0 or self.backoff_reset_s < 0:

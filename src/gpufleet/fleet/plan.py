@@ -87,7 +87,14 @@ def expand_cmd(template: str, *, port: int, gpu: str, index: int, host: str) -> 
 
 
 def _worker_argv(
-    pool: PoolConfig, *, python: str, host: str, port: int, cpu: bool, config_path: str | None
+    pool: PoolConfig,
+    *,
+    python: str,
+    host: str,
+    port: int,
+    cpu: bool,
+    config_path: str | None,
+    stall_timeout_s: float | None = None,
 ) -> tuple[str, ...]:
     argv = [python, "-m", "gpufleet", "worker", "--model", str(pool.model)]
     for key, value in pool.model_args.items():
@@ -95,9 +102,11 @@ def _worker_argv(
     argv += ["--host", host, "--port", str(port)]
     if cpu:
         argv += ["--device", "cpu"]
+    if stall_timeout_s is not None:
+        argv += ["--stall-timeout", f"{stall_timeout_s:g}"]
     if config_path:
         argv += ["--config", config_path]
-    return (*argv, *pool.worker_args)
+    return (*argv, *pool.worker_args)  # last: a pool's own --stall-timeout wins
 
 
 def make_plan(
@@ -152,6 +161,7 @@ def make_plan(
                     port=port,
                     cpu=gpu is None,
                     config_path=config_path,
+                    stall_timeout_s=cfg.stall_timeout_s,
                 )
                 serves = str(pool.model)
             spec = ChildSpec(

@@ -181,6 +181,7 @@ def make_ray_plan(
                 port=0,
                 cpu=cpu,
                 config_path="{config}" if config_path else None,
+                stall_timeout_s=cfg.stall_timeout_s,
             ),
             "--port-file",
             "{port_file}",

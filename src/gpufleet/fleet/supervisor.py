@@ -1,7 +1,8 @@
 """Keep every worker and the router alive; stop them all cleanly.
 
 One keeper task per child starts it, waits until it is ready, probes its liveness, and
-after an exit (or too many failed probes) restarts it with capped exponential back-off;
+after an exit (or too many failed probes: no answer, a 5xx other than 503, or a gpufleet
+worker's 503 ``stalled``) restarts it with capped exponential back-off;
 a child that keeps failing is shown as crash-looping. The router starts once every
 worker is ready or has failed once, with the ready ones as ``--worker``; afterwards its
 pool follows the workers through the admin API. Signal handlers only set a flag: the
@@ -23,6 +24,7 @@ from typing import Any
 
 import aiohttp
 
+from gpufleet import wire
 from gpufleet.config.fleet import FleetConfig
 from gpufleet.fleet.admin import AdminError, Membership, PoolSync, RouterAdmin
 from gpufleet.fleet.launcher import ChildHandle, Launcher
@@ -40,6 +42,9 @@ from gpufleet.fleet.process import ChildSpec
 from gpufleet.fleet.rundir import write_atomic
 
 log = logging.getLogger("gpufleet.fleet")
+
+#: A liveness answer longer than this is not read for a stall reason (a foreign server).
+_MAX_HEALTH_BODY = 64 * 1024
 
 #: Builds the router's spec from the members ready now and the port to listen on.
 RouterSpecFactory = Callable[[Sequence[Member], int], ChildSpec]
@@ -278,13 +283,23 @@ class Supervisor:
                 self._report(f"  try: {hint}")
 
     async def _status(self, url: str, budget_s: float) -> int | None:
+        status, _ = await self._probe(url, budget_s)
+        return status
+
+    async def _probe(self, url: str, budget_s: float) -> tuple[int | None, str | None]:
+        """``GET url``'s status (None: no answer) and, when a gpufleet worker answers 503
+        ``stalled``, its reason."""
         if self._http is None:
-            return None
+            return None, None
         try:
             async with self._http.get(url, timeout=aiohttp.ClientTimeout(total=budget_s)) as r:
-                return int(r.status)
+                stalled = None
+                size = r.content_length  # a gpufleet worker always sends one
+                if r.status == 503 and size is not None and size <= _MAX_HEALTH_BODY:
+                    stalled = wire.stall_reason(await r.read())
+                return int(r.status), stalled
         except (aiohttp.ClientError, TimeoutError):
-            return None
+            return None, None
 
     async def _learn_router_port(self, m: Member) -> bool:
         if m.spec.port != 0:
@@ -331,12 +346,20 @@ class Supervisor:
                 if exited.done():
                     m.last_error = describe_exit(exited.result())
                     return "exited"
-                status = await self._status(m.url + m.ready_path, self.cfg.liveness_timeout_s)
-                # 503 is alive (loading, busy or draining); silence or another 5xx is not.
-                alive = status is not None and (status < 500 or status == 503)
+                url = m.url + m.ready_path
+                status, stalled = await self._probe(url, self.cfg.liveness_timeout_s)
+                # 503 is alive (loading, busy or draining) unless a gpufleet worker says its
+                # device is stalled; silence or another 5xx is not.
+                alive = status is not None and (status < 500 or status == 503) and not stalled
                 misses = 0 if alive else misses + 1
                 if misses >= self.cfg.liveness_failures:
-                    m.last_error = f"failed {misses} liveness probes of {m.ready_path}"
+                    m.last_error = (
+                        f"stalled: {stalled}"
+                        if stalled
+                        else f"failed {misses} liveness probes of {m.ready_path}"
+                    )
+                    # Said now: stopping a hung child takes up to kill_timeout_s.
+                    log.warning("restarting %s (pid %d): %s", m.name, handle.pid, m.last_error)
                     return "unresponsive"
         finally:
             exited.cancel()

@@ -65,6 +65,8 @@ class PoolLayout:
 
     config: PoolConfig
     slots: tuple[Slot, ...]
+    #: The fleet's ``stall_timeout_s``, passed to each ``gpufleet worker`` (None: theirs).
+    stall_timeout_s: float | None = None
 
     @property
     def name(self) -> str:
@@ -128,6 +130,8 @@ class PoolLayout:
         argv += ["--host", host, "--port", port_text]
         if slot.gpu is None:
             argv += ["--device", "cpu"]
+        if self.stall_timeout_s is not None:
+            argv += ["--stall-timeout", f"{self.stall_timeout_s:g}"]
         if config_path:
             argv += ["--config", config_path]
         return (*argv, *pool.worker_args)
@@ -219,7 +223,7 @@ def plan_export(cfg: FleetConfig, router: RouterConfig, discovery: Discovery) ->
                 raise ConfigError("worker ports ran past 65535; lower --worker-base-port")
             slots.append(Slot(pool.name, index, gpu, next_port, copy))
             next_port += 1
-        pools.append(PoolLayout(pool, tuple(slots)))
+        pools.append(PoolLayout(pool, tuple(slots), cfg.stall_timeout_s))
     if not any(p.slots for p in pools):
         raise ConfigError("nothing to export: no GPU selected and cpu_workers is 0")
     source = discovery.source if discovery.gpus else "as given"
