@@ -131,10 +131,11 @@ class WorkerService:
         """The device thread's stall, if it has one now; logs and counts the turns.
 
         Cheap and on the loop: it reads what the runner and the batcher noted, never waits
-        for the device thread. Only a ready worker can stall (loading runs on that thread).
+        for the device thread. Only a loaded worker can stall (loading runs on that
+        thread); a draining one still can (a drain does not unwedge a device).
         """
         stall = None
-        if self.state == "ready" and self.batcher is not None:
+        if self.batcher is not None:
             busy_since = self.runner.busy_since  # before last_finished_at: see Runner
             stall = find_stall(
                 now=self.clock(),
@@ -152,7 +153,7 @@ class WorkerService:
                     "stalled: %s (--stall-timeout %gs)", stall.reason, self.cfg.stall_timeout_s
                 )
             else:
-                log.info("no longer stalled: the device thread finished its call")
+                log.info("no longer stalled: no call on the device thread is overdue")
             self.metrics.stalled.set(0 if stall is None else 1)
         self._stall = stall
         return stall
