@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from gpufleet.router.http1 import Client, NotSent, UpstreamPool
+from gpufleet.router.http1 import Client, Lost, NotSent, UpstreamPool
 
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -59,9 +59,10 @@ async def test_connections_are_reused() -> None:
         server.close()
 
 
-async def test_a_kept_connection_closed_by_the_upstream_is_replaced_once() -> None:
+async def test_a_kept_connection_closed_unanswered_is_lost_and_not_resent() -> None:
     # Each connection answers one request, then reads the next and hangs up unanswered,
-    # like a server whose idle timeout fired just as the request went out.
+    # like a server whose idle timeout fired just as the request went out (or a worker
+    # that died running it): the request may have run, so it is not sent again here.
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await _read_request(reader)
         writer.write(OK)
@@ -70,29 +71,37 @@ async def test_a_kept_connection_closed_by_the_upstream_is_replaced_once() -> No
 
     server, url, connections = await _server(serve)
     client = Client(connect_timeout_s=2)
+    pool = client.pool(url)
     try:
-        for _ in range(3):
-            resp = await client.pool(url).request(_head(client, url), None, no_body=False)
-            assert (resp.status, await resp.read()) == (200, b"ok")
-        assert connections == [0, 1, 2]
+        resp = await pool.request(_head(client, url), None, no_body=False)
+        assert (resp.status, await resp.read()) == (200, b"ok")
+        with pytest.raises(Lost) as info:
+            await pool.request(_head(client, url), None, no_body=False)
+        assert info.value.reused
+        assert connections == [0]  # no second try on a new connection
+        resp = await pool.request(_head(client, url), None, no_body=False)
+        assert (resp.status, await resp.read()) == (200, b"ok")
+        assert connections == [0, 1]
     finally:
         client.close()
         server.close()
 
 
-async def test_a_fresh_connection_closed_unanswered_is_not_sent() -> None:
+async def test_a_fresh_connection_closed_unanswered_is_lost_a_refused_one_not_sent() -> None:
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await _read_request(reader)  # and hang up
 
     server, url, connections = await _server(serve)
     client = Client(connect_timeout_s=2)
     try:
-        with pytest.raises(NotSent):
+        with pytest.raises(Lost) as info:
             await client.pool(url).request(_head(client, url), None, no_body=False)
+        assert not info.value.reused
         assert connections == [0]  # no second try on a new connection
     finally:
         client.close()
         server.close()
+        await server.wait_closed()
     with pytest.raises(NotSent):  # nothing listens there any more
         await Client(connect_timeout_s=2).pool(url).request(b"", None, no_body=False)
 

@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
-from gpufleet.router.http1 import Response
 from gpufleet.router.proxy import _response_headers
 
-
-class _Conn:
-    def done(self, response: Response) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
-    def pause(self) -> None:
-        pass
-
-    def resume(self) -> None:
-        pass
+from ._http1 import answer
 
 
 async def test_hop_by_hop_and_connection_named_headers_are_dropped() -> None:
-    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    resp = Response(_Conn(), fut, False)  # type: ignore[arg-type]
-    resp.feed(
+    resp, _ = await answer(
         b"HTTP/1.1 200 OK\r\n"
         b"Content-Type: text/plain\r\n"
         b"Connection: keep-alive, X-Hop\r\n"
@@ -41,6 +24,7 @@ async def test_hop_by_hop_and_connection_named_headers_are_dropped() -> None:
         b"\r\n"
         b"0\r\n\r\n"
     )
+    await resp.wait_head()
     out = _response_headers(resp, "rid-1", "w3")
     assert sorted(k for k, _ in out.items()) == sorted(
         ["Content-Type", "Set-Cookie", "Set-Cookie", "X-Request-Id", "X-Gpufleet-Upstream"]

@@ -2,14 +2,22 @@
 
 aiohttp's client costs the router well over 100 µs of CPU per request (URL objects,
 header multidicts, tracing, timers); this one writes a request head that the proxy built
-as bytes, parses the answer's head with ``bytes`` methods, and hands the body on as it
-arrives. It speaks just what a proxy needs: one request at a time per connection,
-``Content-Length``, chunked and read-to-close bodies, keep-alive, TLS.
+as bytes, parses the answer with llhttp (``httptools``, the parser under uvicorn and
+aiohttp) and hands the body on as it arrives. It speaks just what a proxy needs: one
+request at a time per connection, ``Content-Length``, chunked and read-to-close bodies,
+keep-alive, TLS.
 
-Errors say whether the request can have run upstream: ``NotSent`` (the connection was
-refused, or closed before any byte of the answer) may be retried elsewhere;
-``AnswerBroken`` (the answer stopped half-way) may not. A caller that stops waiting (a
-cancelled task) closes the connection, so the upstream sees the client go.
+Framing is strict: whatever could make two parties disagree on where an answer ends (two
+``Content-Length`` headers, ``Transfer-Encoding`` with ``Content-Length`` or other than
+``chunked``, a status outside 100..599, bytes nobody asked for) is ``AnswerBroken`` and
+the connection is closed, never reused.
+
+Errors say whether the request can have run upstream: ``NotSent`` (no connection, or it
+had closed before the request was written) cannot have; ``Lost`` (written, then the
+connection closed before any answer byte) may have; ``AnswerBroken`` (the answer began,
+then broke or was not HTTP) did. Nothing here sends a request twice: the caller decides.
+A caller that stops waiting (a cancelled task, ``Response.fail``) closes the connection,
+so the upstream sees the client go.
 """
 
 from __future__ import annotations
@@ -23,26 +31,24 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Final, cast
 
+import httptools
 from yarl import URL
 
-#: Largest answer head accepted.
+#: Largest answer head accepted (its header lines, or the bytes before its blank line).
 MAX_HEAD: Final = 64 * 1024
 #: Most header lines accepted in an answer head.
 MAX_HEADERS: Final = 100
 #: Buffered answer bytes past which the upstream socket stops being read (back-pressure).
 HIGH_WATER: Final = 256 * 1024
+#: How long an idle upstream connection is kept: under the 5 s after which uvicorn (and
+#: so a gpufleet worker) closes it, so that a request rarely goes out on a connection the
+#: upstream is closing. An answer's ``Keep-Alive: timeout=N`` shortens it.
+KEEPALIVE_S: Final = 4.0
 
-_HEAD = 0
-_LENGTH = 1
-_CHUNKED = 2
-_TO_EOF = 3
-_DONE = 4
-_HEX_DIGITS: Final = b"0123456789abcdefABCDEF"
-# Chunked sub-states.
-_C_SIZE = 0
-_C_DATA = 1
-_C_CRLF = 2
-_C_TRAILER = 3
+_HEAD = 0  # waiting for the answer's head (interim 1xx answers are skipped)
+_BODY = 1
+_DONE = 2
+_HTTP1: Final = b"HTTP/1."
 
 
 class UpstreamError(Exception):
@@ -50,261 +56,103 @@ class UpstreamError(Exception):
 
 
 class NotSent(UpstreamError):
-    """The request cannot have run: no connection, or closed before any answer byte."""
+    """The request was certainly not delivered: no connection, or it closed before the write."""
+
+
+class Lost(UpstreamError):
+    """The request was written, then the connection closed with no answer: it may have run."""
+
+    def __init__(self, message: str, *, reused: bool) -> None:
+        super().__init__(message)
+        #: The connection was a kept-alive one (the upstream may have closed it as idle).
+        self.reused = reused
 
 
 class AnswerBroken(UpstreamError):
-    """The answer broke off (or was not HTTP) after it had begun."""
+    """The answer broke off after it had begun, or was not valid HTTP/1.1."""
+
+
+class _Stop(Exception):
+    """Raised in a parser callback to stop llhttp (what happened is on the ``Response``)."""
 
 
 class Response:
     """The answer to one request: its head, then its body as it arrives."""
 
     __slots__ = (
-        "_buf",
-        "_chunk_left",
-        "_chunk_state",
         "_conn",
         "_exc",
-        "_head_fut",
+        "_keep_s",
+        "_names",
         "_no_body",
         "_queued",
-        "_remaining",
+        "_quiet",
+        "_reused",
         "_state",
+        "_to_eof",
         "_waiter",
         "chunks",
         "content_length",
+        "has_head",
         "headers",
         "keep_alive",
+        "received",
         "status",
     )
 
-    def __init__(self, conn: _Connection, head_fut: asyncio.Future[None], no_body: bool) -> None:
+    def __init__(self, conn: _Connection, no_body: bool, reused: bool = False) -> None:
         self._conn = conn
-        self._head_fut = head_fut
         self._no_body = no_body
-        self._buf = bytearray()
+        self._reused = reused
         self._state = _HEAD
-        self._remaining = 0
-        self._chunk_state = _C_SIZE
-        self._chunk_left = 0
         self._exc: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._queued = 0
+        # Bytes read since the last body bytes (a head, chunk framing, trailers): bounded.
+        self._quiet = 0
+        self._to_eof = False
+        self._keep_s: float | None = None
         self.chunks: deque[bytes] = deque()
         self.status = 0
-        #: Header (name, value) pairs as sent, decoded as Latin-1.
+        #: Header (name, value) pairs as sent (values UTF-8 where they are, else Latin-1).
         self.headers: list[tuple[str, str]] = []
+        self._names: list[bytes] = []  # the header names in lower case
         self.content_length: int | None = None
         self.keep_alive = True
-
-    # fed by the connection -------------------------------------------------------------
-
-    def feed(self, data: bytes) -> None:
-        """Take bytes from the socket."""
-        if self._state == _HEAD:
-            buf = self._buf
-            buf += data
-            start = 0
-            while True:
-                end = buf.find(b"\r\n\r\n", start)
-                if end < 0:
-                    if start:
-                        del buf[:start]
-                    if len(buf) > MAX_HEAD:
-                        self._fail(AnswerBroken("answer head too large"))
-                    return
-                if end - start > MAX_HEAD:  # the blank line came along with too much head
-                    self._fail(AnswerBroken("answer head too large"))
-                    return
-                head = bytes(buf[start:end])
-                start = end + 4
-                if not self._parse_head(head):
-                    return
-                if self._state != _HEAD:
-                    break
-                # An interim 1xx answer: the real head follows (a loop, not a recursion).
-            rest = bytes(buf[start:])
-            buf.clear()
-            if self._state == _DONE:
-                if rest:
-                    self.keep_alive = False  # bytes nobody asked for
-                self._finish()
-            elif rest:
-                self._feed_body(rest)
-            return
-        self._feed_body(data)
-
-    def _parse_head(self, head: bytes) -> bool:
-        lines = head.split(b"\r\n")
-        status_line = lines[0].split(b" ", 2)
-        try:
-            if not status_line[0].startswith(b"HTTP/1."):
-                raise ValueError(lines[0])
-            status = int(status_line[1])
-        except (ValueError, IndexError):
-            self._fail(AnswerBroken(f"not an HTTP/1.x answer: {lines[0][:80]!r}"))
-            return False
-        if 100 <= status < 200:
-            # An interim answer (we never send Expect: 100-continue): skip it.
-            return True
-        if len(lines) > MAX_HEADERS + 1:
-            self._fail(AnswerBroken(f"more than {MAX_HEADERS} header lines"))
-            return False
-        headers = self.headers
-        length: int | None = None
-        chunked = False
-        keep_alive = status_line[0] != b"HTTP/1.0"
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep:
-                self._fail(AnswerBroken("malformed header line"))
-                return False
-            name = name.strip()
-            value = value.strip()
-            lower = name.lower()
-            if lower == b"content-length":
-                # ASCII digits only: int() would take "-1", "+5", "1_0" and other digits.
-                if not value.isdigit():
-                    self._fail(AnswerBroken("bad Content-Length"))
-                    return False
-                length = int(value)
-            elif lower == b"transfer-encoding":
-                chunked = value.lower().endswith(b"chunked")
-            elif lower == b"connection":
-                tokens = value.lower()
-                if b"close" in tokens:
-                    keep_alive = False
-                elif b"keep-alive" in tokens:
-                    keep_alive = True
-            headers.append((name.decode("latin-1"), value.decode("latin-1")))
-        self.status = status
-        if self._no_body or status in (204, 304):
-            self._state = _DONE
-            self.content_length = 0 if length is None else length
-        elif chunked:
-            self._state = _CHUNKED
-        elif length is not None:
-            self.content_length = length
-            self._remaining = length
-            self._state = _LENGTH if length else _DONE
-        else:
-            self._state = _TO_EOF
-            keep_alive = False
-        self.keep_alive = keep_alive
-        if not self._head_fut.done():
-            self._head_fut.set_result(None)
-        return True
-
-    def _feed_body(self, data: bytes) -> None:
-        state = self._state
-        if state == _LENGTH:
-            n = len(data)
-            if n > self._remaining:
-                self.keep_alive = False  # more than announced: do not trust the connection
-                data = data[: self._remaining]
-                n = self._remaining
-            self._remaining -= n
-            if n:
-                self._push(data)
-            if not self._remaining:
-                self._finish()
-        elif state == _CHUNKED:
-            self._feed_chunked(data)
-        elif state == _TO_EOF:
-            if data:
-                self._push(data)
-        elif state == _DONE and data:
-            self.keep_alive = False  # bytes nobody asked for
-
-    def _feed_chunked(self, data: bytes) -> None:
-        buf = self._buf
-        buf += data
-        while True:
-            cs = self._chunk_state
-            if cs == _C_DATA:
-                if not buf:
-                    return
-                take = min(self._chunk_left, len(buf))
-                self._push(bytes(buf[:take]))
-                del buf[:take]
-                self._chunk_left -= take
-                if not self._chunk_left:
-                    self._chunk_state = _C_CRLF
-                continue
-            end = buf.find(b"\r\n")
-            if end < 0:
-                if len(buf) > MAX_HEAD:
-                    self._fail(AnswerBroken("chunk header too large"))
-                return
-            line = bytes(buf[:end])
-            del buf[: end + 2]
-            if cs == _C_SIZE:
-                digits = line.split(b";", 1)[0].strip()
-                # Hex digits only: int(x, 16) would take "-5", "+5", "0x5" and "5_0".
-                if not digits or digits.translate(None, _HEX_DIGITS):
-                    self._fail(AnswerBroken("bad chunk size"))
-                    return
-                size = int(digits, 16)
-                if size:
-                    self._chunk_left = size
-                    self._chunk_state = _C_DATA
-                else:
-                    self._chunk_state = _C_TRAILER
-            elif cs == _C_CRLF:
-                if line:
-                    self._fail(AnswerBroken("chunk not followed by CRLF"))
-                    return
-                self._chunk_state = _C_SIZE
-            elif not line:  # _C_TRAILER: an empty line ends the body
-                if buf:
-                    self.keep_alive = False
-                self._finish()
-                return
-
-    def _push(self, data: bytes) -> None:
-        self.chunks.append(data)
-        self._queued += len(data)
-        if self._queued > HIGH_WATER:
-            self._conn.pause()
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _finish(self) -> None:
-        self._state = _DONE
-        self._wake()
-        self._conn.done(self)
-
-    def _fail(self, exc: UpstreamError) -> None:
-        if self._exc is None:
-            self._exc = exc
-        if not self._head_fut.done():
-            self._head_fut.set_exception(exc)
-        self._wake()
-        self._conn.abort()
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        """The socket closed: the end of a read-to-close body, or a break."""
-        if self._state == _TO_EOF and exc is None:
-            self._finish()  # a clean close ends a read-to-close body
-            return
-        if self._state == _DONE:
-            return
-        if self._state == _HEAD and not self._buf:
-            error: UpstreamError = NotSent(f"connection closed before any answer byte: {exc}")
-        else:
-            error = AnswerBroken(f"connection closed mid-answer: {exc}")
-        if self._exc is None:
-            self._exc = error
-        if not self._head_fut.done():
-            self._head_fut.set_exception(error)
-        self._wake()
+        #: True once the answer's head has arrived.
+        self.has_head = False
+        #: Bytes received from the socket for this answer so far (a watchdog compares it).
+        self.received = 0
 
     # read by the proxy ----------------------------------------------------------------
+
+    async def wait_head(self) -> None:
+        """Wait for the answer's head; on any failure or cancellation the connection closes.
+
+        Raises:
+            Lost: the connection closed before any answer byte.
+            AnswerBroken: the head broke off or was not valid HTTP/1.1.
+            BaseException: what ``fail`` was given.
+        """
+        try:
+            while not self.has_head:
+                if self._exc is not None:
+                    raise self._exc
+                await self._wait()
+        except BaseException:
+            self.close()
+            raise
+
+    def fail(self, exc: BaseException) -> None:
+        """Make the waits on this answer raise ``exc`` and close the connection.
+
+        For a timer or another task; does nothing once the answer is complete or failed.
+        """
+        if self._state == _DONE or self._exc is not None:
+            return
+        self._exc = exc
+        self._wake()
+        self._conn.abort()
 
     @property
     def is_done(self) -> bool:
@@ -313,22 +161,17 @@ class Response:
 
     def header(self, lower_name: str) -> str | None:
         """The first value of a header (name given in lower case), if any."""
-        for name, value in self.headers:
-            if name.lower() == lower_name:
-                return value
+        names = self._names
+        key = lower_name.encode()
+        if key in names:
+            return self.headers[names.index(key)][1]
         return None
 
-    async def _more(self) -> None:
-        if self._exc is not None:
-            raise self._exc
-        self._conn.resume()  # the reader wants more: let the socket be read again
-        waiter = self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-        if self._exc is not None and not self.chunks:
-            raise self._exc
+    def header_values(self, lower_name: str) -> list[str]:
+        """The values of every line of a header (name given in lower case), in order."""
+        key = lower_name.encode()
+        headers = self.headers
+        return [headers[i][1] for i, name in enumerate(self._names) if name == key]
 
     async def read(self) -> bytes:
         """The whole body."""
@@ -358,9 +201,65 @@ class Response:
         if self._state != _DONE:
             self._conn.abort()
 
+    async def _wait(self) -> None:
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    async def _more(self) -> None:
+        if self._exc is not None:
+            raise self._exc
+        self._conn.resume()  # the reader wants more: let the socket be read again
+        await self._wait()
+        if self._exc is not None and not self.chunks:
+            raise self._exc
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _connection_lost(self, exc: BaseException | None) -> None:
+        """The socket closed: the end of a read-to-close body, or a break."""
+        if self._state != _DONE and self._exc is None:
+            if self._to_eof and exc is None:
+                self._state = _DONE  # a clean close ends a read-to-close body
+            elif not self.received:
+                why = f": {exc}" if exc else ""
+                message = f"connection closed before any answer byte{why}"
+                self._exc = Lost(message, reused=self._reused)
+            else:
+                self._exc = AnswerBroken(f"connection closed mid-answer: {exc}")
+        self._wake()
+
+
+def _text(value: bytes) -> str:
+    """A header value as text: UTF-8 where it is (aiohttp writes it back as UTF-8, so it
+    goes on unchanged), else Latin-1."""
+    value = value.rstrip(b" \t")
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
+
+
+def _keep_alive_s(value: bytes) -> float | None:
+    """How long a connection may stay idle after ``Keep-Alive: timeout=N``: a second less
+    than N (half of it when N is 1), so that we never race the upstream's own close."""
+    for param in value.split(b","):
+        key, _, number = param.partition(b"=")
+        if key.strip().lower() == b"timeout":
+            number = number.strip()
+            if number.isdigit():
+                n = int(number)
+                return max(n - 1.0, n / 2)
+    return None
+
 
 class _Connection(asyncio.Protocol):
-    """One TCP connection to an upstream, one request at a time."""
+    """One TCP connection to an upstream, one request at a time; llhttp's callbacks too."""
 
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
@@ -368,7 +267,11 @@ class _Connection(asyncio.Protocol):
         self.response: Response | None = None
         self.closed = False
         self.paused = False
-        self.idle_since = 0.0
+        #: When an idle connection stops being reused (the pool's clock).
+        self.expires = 0.0
+        #: The (name, value) header fields of the head being parsed, from llhttp.
+        self.fields: list[tuple[bytes, bytes]] = []
+        self.parser = httptools.HttpResponseParser(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not derive from asyncio.Transport, but behave as one.
@@ -379,11 +282,150 @@ class _Connection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
-        response = self.response
-        if response is None:
-            self.abort()  # bytes while idle: the connection cannot be trusted
+        resp = self.response
+        if resp is None:
+            self.abort()  # bytes while no request is out: the connection cannot be trusted
             return
-        response.feed(data)
+        size = len(data)
+        if not resp.received:
+            # llhttp also takes RTSP/, ICE/, HTTP/2.0, HTTP/0.9 and leading blank lines.
+            start = data[:7]
+            if start != _HTTP1[: len(start)]:
+                resp.fail(AnswerBroken(f"not an HTTP/1.x answer: {data[:40]!r}"))
+                return
+        resp.received += size
+        queued = resp._queued
+        resp._quiet += size  # until on_body shows otherwise (checked below)
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._parse_stopped(resp, data, exc)
+            return
+        if resp._state == _DONE:
+            self.done(resp)
+        elif resp._queued != queued:
+            resp._quiet = 0
+        elif resp._quiet > MAX_HEAD:
+            what = "chunk framing or trailers" if resp.has_head else "answer head"
+            resp.fail(AnswerBroken(f"{what} over {MAX_HEAD} bytes"))
+
+    def _parse_stopped(self, resp: Response, data: bytes, exc: Exception) -> None:
+        """llhttp stopped: an error (ours from a callback, or its own), or the end of a HEAD."""
+        if resp._state != _DONE:
+            if isinstance(exc, httptools.HttpParserUpgrade):
+                resp.fail(AnswerBroken("an upgrade answer (101), never asked for"))
+            else:  # a no-op when a callback already failed it with a clearer message
+                resp.fail(AnswerBroken(f"not valid HTTP/1.1: {exc}"))
+            return
+        # The answer is complete; what stopped llhttp is what came after it.
+        if resp._no_body and data.endswith(b"\r\n\r\n"):
+            # A HEAD answer stops llhttp at its head (httptools cannot tell it "no body"):
+            # a fresh parser for the next answer. Bytes after the head: not kept.
+            self.parser = httptools.HttpResponseParser(self)
+        else:
+            resp.keep_alive = False  # bytes nobody asked for
+        self.done(resp)
+
+    # llhttp callbacks (during feed_data, so ``self.response`` is set) --------------------
+
+    def on_message_begin(self) -> None:
+        resp = self.response
+        assert resp is not None
+        if resp._state == _DONE:  # a second answer: nobody asked for it
+            resp.keep_alive = False
+            raise _Stop
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        resp = self.response
+        assert resp is not None
+        parser = self.parser
+        fields = self.fields
+        self.fields = []  # the next head's (trailers land there, and are dropped)
+        status = parser.get_status_code()  # llhttp took exactly three digits
+        if status < 200:
+            if status < 100 or status == 101:
+                # 101 switches protocols, which we never ask for.
+                resp.fail(AnswerBroken(f"answer status {status}"))
+                raise _Stop
+            resp._quiet = 0  # an interim answer (100 Continue, 103 Early Hints): skipped
+            return
+        if status > 599:
+            resp.fail(AnswerBroken(f"answer status {status}"))
+            raise _Stop
+        if len(fields) > MAX_HEADERS:
+            resp.fail(AnswerBroken(f"more than {MAX_HEADERS} header lines"))
+            raise _Stop
+        if resp._quiet > MAX_HEAD and sum(len(n) + len(v) + 4 for n, v in fields) > MAX_HEAD:
+            resp.fail(AnswerBroken(f"answer head over {MAX_HEAD} bytes"))
+            raise _Stop
+        resp._quiet = 0
+        # One pass each, in C where it can be: the hot path of every answer.
+        names = resp._names = [name.lower() for name, _ in fields]
+        try:
+            # llhttp took only token characters in names; it keeps whitespace after values.
+            resp.headers = [
+                (name.decode(), value.rstrip(b" \t").decode()) for name, value in fields
+            ]
+        except UnicodeDecodeError:
+            resp.headers = [(name.decode(), _text(value)) for name, value in fields]
+        if b"content-length" in names:
+            # llhttp took only ASCII digits, and refused a second Content-Length.
+            resp.content_length = int(fields[names.index(b"content-length")][1])
+        if b"keep-alive" in names:
+            resp._keep_s = _keep_alive_s(fields[names.index(b"keep-alive")][1])
+        resp.status = status
+        resp.keep_alive = parser.should_keep_alive()
+        resp.has_head = True
+        if resp._no_body or status == 204 or status == 304:
+            if resp.content_length is None:
+                resp.content_length = 0
+            resp._state = _DONE
+            resp._wake()
+            if resp._no_body:
+                raise _Stop  # llhttp would wait for the body the head announces
+            return
+        if b"transfer-encoding" in names:
+            # RFC 9112 reads to close after another final coding; a proxy would pass on a
+            # body still encoded, or misjudge where it ends: refuse anything else.
+            te = b",".join(
+                [v for i, (_, v) in enumerate(fields) if names[i] == b"transfer-encoding"]
+            )
+            if te.strip().lower() != b"chunked":
+                resp.fail(AnswerBroken(f"Transfer-Encoding {te.decode('latin-1')!r}"))
+                raise _Stop
+        elif resp.content_length is None:
+            resp._to_eof = True  # llhttp reads it to the close, and keeps nothing alive
+        resp._state = _BODY
+        waiter = resp._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        resp = self.response
+        assert resp is not None
+        resp.chunks.append(body)
+        queued = resp._queued = resp._queued + len(body)
+        if queued > HIGH_WATER:
+            self.pause()
+        waiter = resp._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def on_message_complete(self) -> None:
+        resp = self.response
+        assert resp is not None
+        if resp.has_head:  # else an interim answer ended
+            resp._state = _DONE
+            waiter = resp._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            if self.fields:
+                self.fields = []  # a chunked body's trailers: not passed on
+
+    # the socket ---------------------------------------------------------------------------
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost follows
@@ -394,7 +436,7 @@ class _Connection(asyncio.Protocol):
         response = self.response
         self.response = None
         if response is not None:
-            response.connection_lost(exc)
+            response._connection_lost(exc)
 
     def pause(self) -> None:
         if not self.paused and self.transport is not None and not self.closed:
@@ -411,9 +453,10 @@ class _Connection(asyncio.Protocol):
         if self.response is not response:
             return
         self.response = None
-        self.resume()
+        if self.paused:
+            self.resume()
         if response.keep_alive and not self.closed:
-            self.pool.put(self)
+            self.pool.put(self, response._keep_s)
         else:
             self.close()
 
@@ -436,7 +479,7 @@ class UpstreamPool:
         url: str,
         *,
         connect_timeout_s: float,
-        keepalive_s: float = 30.0,
+        keepalive_s: float = KEEPALIVE_S,
         max_idle: int = 256,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -464,12 +507,13 @@ class UpstreamPool:
         #: True once the upstream is gone: connections close as their answers end.
         self.retired = False
 
-    def put(self, conn: _Connection) -> None:
-        """Keep ``conn`` for the next request."""
-        if self.retired or len(self._idle) >= self.max_idle:
+    def put(self, conn: _Connection, keep_s: float | None = None) -> None:
+        """Keep ``conn`` for the next request, for ``keepalive_s`` (or ``keep_s`` if less)."""
+        limit = self.keepalive_s if keep_s is None else min(keep_s, self.keepalive_s)
+        if self.retired or limit <= 0 or len(self._idle) >= self.max_idle:
             conn.close()
             return
-        conn.idle_since = self._clock()
+        conn.expires = self._clock() + limit
         self._idle.append(conn)
 
     def forget(self, conn: _Connection) -> None:
@@ -478,10 +522,12 @@ class UpstreamPool:
 
     def _take_idle(self) -> _Connection | None:
         idle = self._idle
-        oldest = self._clock() - self.keepalive_s
+        if not idle:
+            return None
+        now = self._clock()
         while idle:
             conn = idle.pop()
-            if conn.closed or conn.idle_since < oldest:
+            if conn.closed or conn.expires <= now:
                 conn.close()
                 continue
             return conn
@@ -505,50 +551,43 @@ class UpstreamPool:
         self._all.add(conn)
         return conn
 
-    async def request(self, head: bytes, body: bytes | None, *, no_body: bool) -> Response:
-        """Send one request (``head`` ends with the blank line) and wait for the answer's head.
+    async def send(self, head: bytes, body: bytes | None, *, no_body: bool) -> Response:
+        """Write one request (``head`` ends with the blank line) on a kept or new connection.
+
+        Returns at once; ``Response.wait_head`` waits for the answer. ``no_body``: the
+        answer has no body whatever its head says (a HEAD request).
 
         Raises:
-            NotSent: the request cannot have run.
-            AnswerBroken: the answer's head was not HTTP.
+            NotSent: the request was not delivered (no connection, or it had closed).
         """
         conn = self._take_idle()
-        if conn is not None:
-            try:
-                return await self._exchange(conn, head, body, no_body)
-            except NotSent:
-                # A kept-alive connection the upstream had just closed (its idle timeout,
-                # a restart): it never read this request. Once more, on a new connection.
-                pass
-        return await self._exchange(await self._connect(), head, body, no_body)
-
-    async def _exchange(
-        self, conn: _Connection, head: bytes, body: bytes | None, no_body: bool
-    ) -> Response:
-        head_fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        response = Response(conn, head_fut, no_body)
-        conn.response = response
+        reused = conn is not None
+        if conn is None:
+            conn = await self._connect()
         transport = conn.transport
-        assert transport is not None
+        if conn.closed or transport is None or transport.is_closing():
+            raise NotSent(f"connection to {self.host}:{self.port} closed before the request")
+        response = Response(conn, no_body, reused)
+        conn.response = response
         if body:
             transport.writelines((head, body))
         else:
             transport.write(head)
-        try:
-            await head_fut
-        except BaseException:
-            # Cancelled, timed out or failed: this connection is done for.
-            conn.abort()
-            raise
+        return response
+
+    async def request(self, head: bytes, body: bytes | None, *, no_body: bool) -> Response:
+        """``send``, then wait for the answer's head (see ``Response.wait_head``)."""
+        response = await self.send(head, body, no_body=no_body)
+        await response.wait_head()
         return response
 
     def sweep(self) -> int:
-        """Close the idle connections kept past ``keepalive_s``; how many were closed."""
-        oldest = self._clock() - self.keepalive_s
+        """Close the idle connections kept past their time; how many were closed."""
+        now = self._clock()
         keep: list[_Connection] = []
         closed = 0
         for conn in self._idle:
-            if conn.closed or conn.idle_since < oldest:
+            if conn.closed or conn.expires <= now:
                 conn.close()
                 closed += 1
             else:
@@ -581,7 +620,7 @@ class UpstreamPool:
 class Client:
     """One ``UpstreamPool`` per upstream URL."""
 
-    def __init__(self, *, connect_timeout_s: float, keepalive_s: float = 30.0) -> None:
+    def __init__(self, *, connect_timeout_s: float, keepalive_s: float = KEEPALIVE_S) -> None:
         self.connect_timeout_s = connect_timeout_s
         self.keepalive_s = keepalive_s
         self._pools: dict[str, UpstreamPool] = {}
@@ -602,7 +641,7 @@ class Client:
             found.retire()
 
     def sweep(self) -> int:
-        """Close idle connections past the keep-alive time in every pool; how many."""
+        """Close idle connections past their keep-alive time in every pool; how many."""
         return sum(pool.sweep() for pool in self._pools.values())
 
     def close(self) -> None:
