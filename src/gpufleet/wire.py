@@ -23,6 +23,11 @@ DEADLINE_HEADER: Final = "X-Request-Deadline"
 SERVER_HEADER: Final = "X-Gpufleet-Worker"
 #: The upstream that served a proxied request (set by the router on the answer).
 UPSTREAM_HEADER: Final = "X-Gpufleet-Upstream"
+#: How many attempts the router made for this answer (set by the router on every answer).
+ATTEMPTS_HEADER: Final = "X-Gpufleet-Attempts"
+#: Seconds one attempt may wait for its answer to begin, for this request (a caller that
+#: knows its request is long; at most the request's deadline).
+FIRST_BYTE_TIMEOUT_HEADER: Final = "X-Gpufleet-First-Byte-Timeout"
 #: Session key for the sticky policy (default; configurable).
 SESSION_HEADER: Final = "X-Session-Id"
 
@@ -152,7 +157,9 @@ class WorkerStats(TypedDict, total=False):
 
 
 __all__ = [
+    "ATTEMPTS_HEADER",
     "DEADLINE_HEADER",
+    "FIRST_BYTE_TIMEOUT_HEADER",
     "HEALTH_STALLED",
     "JSON_CONTENT_TYPE",
     "REQUEST_ID_HEADER",

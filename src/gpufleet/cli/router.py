@@ -39,8 +39,34 @@ def router(
     connect_timeout: float | None = typer.Option(
         None, "--connect-timeout", help="connect timeout per attempt, s (default 2)"
     ),
+    first_byte_timeout: float | None = typer.Option(
+        None,
+        "--first-byte-timeout",
+        help="longest wait for an attempt's answer to begin, s; 0 = learned per upstream "
+        "(10 x its p99, at least 1 s) (default 0)",
+    ),
+    stream_idle_timeout: float | None = typer.Option(
+        None, "--stream-idle-timeout", help="cut a streamed answer silent this long, s (default 60)"
+    ),
+    client_write_timeout: float | None = typer.Option(
+        None,
+        "--client-write-timeout",
+        help="drop a client that accepts no answer bytes this long, s (default 30)",
+    ),
     retries: int | None = typer.Option(
-        None, help="retries on another upstream of requests that did not run (default 2)"
+        None, help="attempts after the first, on other upstreams (default 2)"
+    ),
+    retry_lost: bool | None = typer.Option(
+        None,
+        "--retry-lost/--no-retry-lost",
+        help="also retry requests lost after sending on non-idempotent methods of servers "
+        "other than gpufleet workers (default off)",
+    ),
+    retry_budget: float | None = typer.Option(
+        None, "--retry-budget", help="retries as a % of requests over 10 s, at most (default 20)"
+    ),
+    retry_budget_min: int | None = typer.Option(
+        None, "--retry-budget-min", help="retries always allowed concurrently (default 3)"
     ),
     health_interval: float | None = typer.Option(
         None, "--health-interval", help="seconds between probes (default 1)"
@@ -89,7 +115,13 @@ def router(
             "queue_timeout_s": queue_timeout,
             "timeout_s": timeout,
             "connect_timeout_s": connect_timeout,
+            "first_byte_timeout_s": first_byte_timeout,
+            "stream_idle_timeout_s": stream_idle_timeout,
+            "client_write_timeout_s": client_write_timeout,
             "retries": retries,
+            "retry_lost": retry_lost,
+            "retry_budget_percent": retry_budget,
+            "retry_budget_min": retry_budget_min,
             "health_interval_s": health_interval,
             "health_timeout_s": health_timeout,
             "health_path": health_path,

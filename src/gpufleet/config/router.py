@@ -43,7 +43,23 @@ class RouterConfig:
     #: One deadline for a request, all attempts and its whole answer included.
     timeout_s: float = 300.0
     connect_timeout_s: float = 2.0
+    #: How long one attempt waits for its answer to begin; 0: learned per upstream
+    #: (10 x its p99 time to first byte, at least 1 s; the deadline until 20 answers).
+    first_byte_timeout_s: float = 0.0
+    #: A streamed answer that sends nothing for this long is cut (SSE: an error event).
+    stream_idle_timeout_s: float = 60.0
+    #: A client that takes longer than this to accept one write of an answer is dropped,
+    #: and its upstream slot freed.
+    client_write_timeout_s: float = 30.0
+    #: Attempts after the first, on other upstreams (each drawn from the retry budget).
     retries: int = 2
+    #: Retry requests that were sent and lost (the connection closed, no answer) also for
+    #: non-idempotent methods on servers other than gpufleet workers.
+    retry_lost: bool = False
+    #: Retries may be at most this percentage of requests over 10 s ...
+    retry_budget_percent: float = 20.0
+    #: ... except while fewer than this many retries are under way.
+    retry_budget_min: int = 3
     health_interval_s: float = 1.0
     health_timeout_s: float = 1.0
     health_path: str = "/health"
@@ -65,7 +81,7 @@ class RouterConfig:
             raise ConfigError(f"port must be in 0..65535, got {self.port}")
         if self.policy not in POLICY_NAMES:
             raise ConfigError(f"policy must be one of {', '.join(POLICY_NAMES)}")
-        for name in ("max_outstanding", "retries"):
+        for name in ("max_outstanding", "retries", "retry_budget_min"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("max_queue", "eject_after", "readmit_after", "max_fails", "max_header_kb"):
@@ -79,9 +95,19 @@ class RouterConfig:
             "health_timeout_s",
             "fail_timeout_s",
             "max_body_mb",
+            "stream_idle_timeout_s",
+            "client_write_timeout_s",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.first_byte_timeout_s < 0:
+            raise ConfigError(
+                f"first_byte_timeout_s must be >= 0 (0: learned), got {self.first_byte_timeout_s}"
+            )
+        if not 0 <= self.retry_budget_percent <= 100:
+            raise ConfigError(
+                f"retry_budget_percent must be in 0..100, got {self.retry_budget_percent}"
+            )
         if self.drain_timeout_s < 0:
             raise ConfigError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
         if not self.health_path.startswith("/"):

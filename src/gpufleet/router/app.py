@@ -24,6 +24,7 @@ from gpufleet.router.metrics import CONTENT_TYPE, RouterCollector, metrics_text
 from gpufleet.router.policies import make_policy
 from gpufleet.router.pool import Pool, Registry, parse_route, parse_worker
 from gpufleet.router.proxy import Proxy, ProxySettings
+from gpufleet.router.retry_budget import RetryBudget
 from gpufleet.router.stats import Totals, stats_payload
 from gpufleet.router.upstream import Upstream
 
@@ -39,7 +40,9 @@ class RouterState:
     def __init__(self, cfg: RouterConfig, *, rng: random.Random | None = None) -> None:
         self.cfg = cfg
         self.rng = rng or random.Random()
-        self.registry = Registry(max_outstanding=cfg.max_outstanding)
+        self.registry = Registry(
+            max_outstanding=cfg.max_outstanding, first_byte_timeout_s=cfg.first_byte_timeout_s
+        )
         self.admissions: dict[str, Admission] = {}
         self.totals = Totals()
         self.draining = False
@@ -111,8 +114,12 @@ class RouterState:
                 max_fails=cfg.max_fails,
                 fail_timeout_s=cfg.fail_timeout_s,
                 sticky_header=cfg.sticky_header,
+                stream_idle_timeout_s=cfg.stream_idle_timeout_s,
+                client_write_timeout_s=cfg.client_write_timeout_s,
+                retry_lost=cfg.retry_lost,
             ),
             self.totals,
+            budget=RetryBudget(cfg.retry_budget_percent, cfg.retry_budget_min),
         )
         await self.health.start()
         for upstream in self.registry.all():

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -109,28 +110,39 @@ class HealthChecker:
         assert self._session is not None, "start() first"
         ok = False
         is_gpufleet = False
+        why = ""
         try:
-            async with self._session.get(upstream.base + self.settings.path) as resp:
-                await resp.read()
+            async with self._session.get(
+                upstream.base + self.settings.path, allow_redirects=False
+            ) as resp:
+                text = await resp.read()
                 ok = 200 <= resp.status < 300
                 is_gpufleet = wire.SERVER_HEADER in resp.headers
+                if not ok:
+                    why = f"{self.settings.path} answered {resp.status} {_reason(text)}"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            log.debug("probe of %s failed: %s", upstream.url, exc)
+            why = f"{self.settings.path}: {type(exc).__name__} {exc}".rstrip()
+            log.debug("probe of %s failed: %s", upstream.url, why)
         if upstream.state == REMOVED:
             return
         if ok:
             await self._passed(upstream, is_gpufleet)
         else:
-            self._failed(upstream)
+            self._failed(upstream, why)
 
     async def _passed(self, upstream: Upstream, is_gpufleet: bool) -> None:
         upstream.consecutive_fails = 0
         upstream.consecutive_oks += 1
         state = upstream.state
+        # A passive ejection lasts its window, unless nothing else in the pool is ready:
+        # after an outage, the first upstream that passes its probes is let back at once.
         readmit = state == STARTING or (
             state == EJECTED
             and upstream.consecutive_oks >= self.settings.readmit_after
-            and self._clock() >= upstream.ejected_until
+            and (
+                self._clock() >= upstream.ejected_until
+                or not self.registry.pool(upstream.pool).ready
+            )
         )
         if not readmit:
             return
@@ -146,12 +158,26 @@ class HealthChecker:
             )
             self.registry.set_state(upstream, READY)
 
-    def _failed(self, upstream: Upstream) -> None:
+    def _failed(self, upstream: Upstream, why: str) -> None:
         upstream.consecutive_oks = 0
         upstream.consecutive_fails += 1
-        if upstream.state == READY and upstream.consecutive_fails >= self.settings.eject_after:
-            log.warning("ejecting %s: %d failed probes", upstream.url, upstream.consecutive_fails)
+        if upstream.consecutive_fails < self.settings.eject_after:
+            return
+        if upstream.state == READY:
+            log.warning(
+                "ejecting %s: %d failed probes (%s)",
+                upstream.url,
+                upstream.consecutive_fails,
+                why,
+            )
             self.registry.set_state(upstream, EJECTED)
+        if upstream.state == EJECTED and upstream.waiting:
+            # Probes say it is gone (frozen, wedged, dead): the requests waiting on it
+            # will not be answered. Free them now rather than at their timeouts.
+            n = upstream.abandon_waiting(
+                f"{upstream.url} failed {upstream.consecutive_fails} probes"
+            )
+            log.warning("%s: %d waiting request(s) taken back", upstream.url, n)
 
     async def _learn_cap(self, upstream: Upstream) -> None:
         assert self._session is not None
@@ -164,3 +190,15 @@ class HealthChecker:
         size = data.get("max_batch_size") if isinstance(data, dict) else None
         if isinstance(size, int) and size >= 1 and data.get("server") == wire.WORKER_SERVER_NAME:
             upstream.max_outstanding = BATCHES_IN_FLIGHT * size
+
+
+def _reason(body: bytes) -> str:
+    """A short reason from a failed probe's body (``{"status": …, "reason": …}``)."""
+    text = body[:300].decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text[:120]
+    if isinstance(data, dict):
+        return " ".join(str(data[k]) for k in ("status", "reason") if k in data)[:200]
+    return text[:120]

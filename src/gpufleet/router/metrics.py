@@ -83,8 +83,28 @@ class RouterCollector(Collector):
         )
         for i in range(1, 6):
             responses.add_metric([f"{i}xx"], totals.by_class[i])
-        retries = CounterMetricFamily("gpufleet_router_retries", "Attempts retried elsewhere.")
-        retries.add_metric([], totals.retries)
+        retries = CounterMetricFamily(
+            "gpufleet_router_retries",
+            "Failed attempts that were followed by another, by why they failed.",
+            labels=["reason"],
+        )
+        for reason, n in sorted(totals.retries_by.items()):
+            retries.add_metric([reason], n)
+        exhausted = CounterMetricFamily(
+            "gpufleet_router_retry_budget_exhausted",
+            "Retries the retry budget refused (the failure was answered instead).",
+        )
+        exhausted.add_metric([], totals.budget_exhausted)
+        broken = CounterMetricFamily(
+            "gpufleet_router_broken_answers",
+            "Answers cut after they began (upstream broke or went silent, deadline).",
+        )
+        broken.add_metric([], totals.broken)
+        stalled = CounterMetricFamily(
+            "gpufleet_router_clients_stalled",
+            "Clients dropped for reading nothing within --client-write-timeout.",
+        )
+        stalled.add_metric([], totals.client_stalled)
         depth = GaugeMetricFamily(
             "gpufleet_router_queue_depth", "Requests waiting for a slot.", labels=["pool"]
         )
@@ -94,7 +114,7 @@ class RouterCollector(Collector):
         for name, adm in self._admissions.items():
             depth.add_metric([name], adm.depth)
             rejected.add_metric([name], adm.rejected + adm.timed_out)
-        yield from (requests, responses, retries, depth, rejected)
+        yield from (requests, responses, retries, exhausted, broken, stalled, depth, rejected)
 
 
 def metrics_text(collector: RouterCollector) -> bytes:

@@ -99,6 +99,7 @@ class Registry:
         self,
         *,
         max_outstanding: int = 0,
+        first_byte_timeout_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.pools: dict[str, Pool] = {DEFAULT_POOL: Pool(DEFAULT_POOL)}
@@ -106,6 +107,7 @@ class Registry:
         #: (prefix, pool) longest prefix first.
         self.routes: list[tuple[str, str]] = []
         self._max_outstanding = max_outstanding
+        self._first_byte_timeout_s = first_byte_timeout_s
         self._clock = clock
         self._next_id = 0
         #: Called with the pool after any change that may let a waiting request go.
@@ -146,6 +148,7 @@ class Registry:
             pool=spec.pool,
             weight=spec.weight,
             max_outstanding=self._max_outstanding,
+            first_byte_timeout_s=self._first_byte_timeout_s,
             clock=self._clock,
         )
         self._next_id += 1

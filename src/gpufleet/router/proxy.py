@@ -1,21 +1,31 @@
-"""Forward one request to an upstream with a deadline; retry only what did not run.
+"""Forward one request to an upstream, every attempt bounded in time; retry honestly.
 
 A request is read whole first (bounded by ``--max-body-mb``): a retry can replay it, and
 a client that uploads slowly never holds an upstream's slot. The answer streams back
-chunk by chunk. A retry goes to an upstream not tried yet, and only when the request
-cannot have run: the connection was refused or reset before any response byte, or a
-gpufleet worker answered 503 ``WorkerOverloaded``/``WorkerUnavailable``. Nothing is
-retried once bytes reached the client, nor after a 4xx or a 500.
+chunk by chunk.
+
+Each failed attempt is one of (``RETRY_REASONS``): *not sent* (no connection), *refused*
+(a gpufleet worker's 503 ``WorkerOverloaded``/``WorkerUnavailable``, or a 429: it did not
+start), *lost* (sent, then the connection closed with no answer: it may have run) or
+*timeout* (sent, no answer began within the first-byte timeout). The first two may go
+elsewhere; the last two only where running twice is harmless (a gpufleet worker, an
+idempotent method, or ``--retry-lost``) and once. A timed-out attempt goes elsewhere only
+when it was queued behind an older one on that upstream: the oldest may be what stuck
+it. Every retry draws from the retry budget. Nothing is retried once bytes reached the
+client, nor after a 4xx or any other 5xx.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from aiohttp import web
 from multidict import CIMultiDict, istr
@@ -23,6 +33,7 @@ from yarl import URL
 
 from gpufleet import wire
 from gpufleet.errors import (
+    AdmissionRejected,
     BadRequest,
     GpufleetError,
     NoHealthyBackend,
@@ -31,10 +42,11 @@ from gpufleet.errors import (
     UpstreamTimeout,
 )
 from gpufleet.router.admission import Admission
-from gpufleet.router.http1 import AnswerBroken, Client, NotSent, Response
+from gpufleet.router.http1 import AnswerBroken, Client, Lost, NotSent, Response
 from gpufleet.router.pool import Registry
+from gpufleet.router.retry_budget import RetryBudget
 from gpufleet.router.stats import Totals
-from gpufleet.router.upstream import EJECTED, READY, Upstream
+from gpufleet.router.upstream import EJECTED, READY, Abandoned, Upstream
 
 log = logging.getLogger("gpufleet.router")
 
@@ -61,6 +73,7 @@ _REQUEST_DROP = frozenset(
         "x-forwarded-for",
         "x-request-id",
         "x-request-timeout",
+        wire.FIRST_BYTE_TIMEOUT_HEADER.lower(),
     )
 )
 _RESPONSE_DROP = frozenset((*_HOP_BY_HOP, "content-length", "x-request-id"))
@@ -72,6 +85,8 @@ _RID = istr(wire.REQUEST_ID_HEADER)
 _RID_LINE = f"{wire.REQUEST_ID_HEADER}: ".encode()
 _TIMEOUT_LINE = f"{wire.TIMEOUT_HEADER}: ".encode()
 _UPSTREAM = wire.UPSTREAM_HEADER
+_ATTEMPTS = istr(wire.ATTEMPTS_HEADER)
+_FIRST_BYTE = istr(wire.FIRST_BYTE_TIMEOUT_HEADER)
 _SERVER = wire.SERVER_HEADER.lower()
 _ACCEL = istr("X-Accel-Buffering")
 _CT = istr("Content-Type")
@@ -79,6 +94,8 @@ _CL = istr("Content-Length")
 _CRLF = b"\r\n"
 #: Methods whose empty body is still announced (``Content-Length: 0``).
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+#: Methods that may be sent again after an attempt was lost (RFC 9110 §9.2.2).
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 #: Answers up to this size with a Content-Length are read whole and sent in one write.
 _SMALL_BODY = 256 * 1024
 #: The longest client ``X-Request-Id`` kept (longer ones, or not printable ASCII: minted).
@@ -95,6 +112,9 @@ class ProxySettings:
     max_fails: int
     fail_timeout_s: float
     sticky_header: str
+    stream_idle_timeout_s: float = 60.0
+    client_write_timeout_s: float = 30.0
+    retry_lost: bool = False
 
 
 class RequestTimeout(BadRequest):
@@ -103,12 +123,191 @@ class RequestTimeout(BadRequest):
     http_status = 408
 
 
-class _NotRun(Exception):
-    """The attempt did not run upstream; another upstream may take it."""
+# Why an attempt failed before any byte reached the client (the ``retries`` reasons).
+NOT_SENT: Final = "not_sent"  # no connection: the request cannot have run
+REFUSED: Final = "refused"  # the upstream said it did not start it (queue full, 429)
+LOST: Final = "lost"  # sent, then no answer (connection closed): it may have run
+TIMEOUT: Final = "timeout"  # sent, no answer within the first-byte timeout: moved on
+RETRY_REASONS: Final = (NOT_SENT, REFUSED, LOST, TIMEOUT)
 
-    def __init__(self, reason: str, answer: web.Response | None = None) -> None:
+
+class _Failed(Exception):
+    """One attempt failed before any byte reached the client; maybe another may follow."""
+
+    def __init__(
+        self,
+        reason: str,
+        error: GpufleetError | None,
+        answer: web.Response | None = None,
+        *,
+        may_retry: bool = True,
+    ) -> None:
         super().__init__(reason)
+        self.reason = reason
+        #: What the client gets if no attempt follows: our error, or the upstream's answer.
+        self.error = error
         self.answer = answer
+        self.may_retry = may_retry
+
+
+class _Stop(Exception):
+    """Set on a ``Response`` from outside to end the wait for it (see ``_Watch``)."""
+
+
+class _Deadline(_Stop):
+    """The request's deadline passed."""
+
+
+class _FirstByte(_Stop):
+    """No answer began within the first-byte timeout."""
+
+    def __init__(self, timeout_s: float, *, behind: bool) -> None:
+        super().__init__(f"no answer began within {timeout_s:.3g}s")
+        #: An older attempt was still waiting on the same upstream: this one queued
+        #: behind it, and may go elsewhere; the oldest may be the cause, and does not.
+        self.behind = behind
+
+
+class _Idle(_Stop):
+    """A streamed answer sent nothing for ``stream_idle_timeout_s``."""
+
+
+class _ClientStalled(_Stop):
+    """The client accepted no answer bytes for ``client_write_timeout_s``."""
+
+
+class _Request:
+    """What one request carries through its attempts."""
+
+    __slots__ = ("attempts", "first_byte_s", "rid")
+
+    def __init__(self, rid: str, first_byte_s: float) -> None:
+        self.rid = rid
+        self.attempts = 0
+        #: The caller's own first-byte timeout (``X-Gpufleet-First-Byte-Timeout``), or 0.
+        self.first_byte_s = first_byte_s
+
+
+class _Watch:
+    """The one timer of an attempt: its first byte, then the idle and write bounds.
+
+    While the answer's head is awaited the timer fires once, at the first-byte timeout
+    or the deadline. Once the answer streams it ticks every quarter of the shorter of
+    ``stream_idle_timeout_s`` and ``client_write_timeout_s`` and compares counters, so
+    the hot path pays no clock call per chunk.
+    """
+
+    __slots__ = (
+        "_handle",
+        "_idle_s",
+        "_last_received",
+        "_last_writes",
+        "_quiet_s",
+        "_stalled_s",
+        "_tick_s",
+        "_write_s",
+        "clock",
+        "deadline",
+        "request",
+        "resp",
+        "stalled",
+        "writes",
+        "writing",
+    )
+
+    def __init__(
+        self,
+        resp: Response,
+        request: web.Request,
+        deadline: float,
+        settings: ProxySettings,
+        clock: Callable[[], float],
+    ) -> None:
+        self.resp = resp
+        self.request = request
+        self.deadline = deadline
+        self.clock = clock
+        self._idle_s = settings.stream_idle_timeout_s
+        self._write_s = settings.client_write_timeout_s
+        self._tick_s = min(self._idle_s, self._write_s) / 4
+        self._handle: asyncio.TimerHandle | None = None
+        self._last_received = -1
+        self._last_writes = -1
+        self._quiet_s = 0.0
+        self._stalled_s = 0.0
+        #: Writes to the client started, and whether one is under way (set by the proxy).
+        self.writes = 0
+        self.writing = False
+        #: True once the client was dropped for reading nothing.
+        self.stalled = False
+
+    def head(self, upstream: Upstream, timeout_s: float) -> None:
+        """Bound the wait for the answer's head."""
+        delay = min(timeout_s, self.deadline - self.clock())
+        self._handle = asyncio.get_running_loop().call_later(
+            max(delay, 0.0), self._head_due, upstream, timeout_s
+        )
+
+    def _head_due(self, upstream: Upstream, timeout_s: float) -> None:
+        resp = self.resp
+        if resp.has_head:
+            return
+        if self.clock() >= self.deadline - 0.001:
+            resp.fail(_Deadline("deadline passed before the answer began"))
+            return
+        behind = upstream.first_byte_missed(resp, timeout_s)
+        resp.fail(_FirstByte(timeout_s, behind=behind))
+
+    def body(self) -> None:
+        """The head arrived: watch the body (and the client) until ``cancel``."""
+        self.cancel()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        now = self.clock()
+        delay = min(self._tick_s, self.deadline - now)
+        self._handle = asyncio.get_running_loop().call_later(max(delay, 0.0), self._tick)
+
+    def _tick(self) -> None:
+        resp = self.resp
+        now = self.clock()
+        if now >= self.deadline - 0.001:
+            self._stop(_Deadline("deadline passed during the answer"))
+            return
+        if self.writing and self.writes == self._last_writes:
+            # One write has waited for the client since the last tick (meanwhile the
+            # upstream is not read, so its silence says nothing).
+            self._stalled_s += self._tick_s
+            if self._stalled_s >= self._write_s:
+                self.stalled = True
+                self._stop(_ClientStalled(f"the client read nothing for {self._write_s:g}s"))
+                return
+        else:
+            self._last_writes = self.writes
+            self._stalled_s = 0.0
+            if resp.received != self._last_received or resp.is_done:
+                self._last_received = resp.received
+                self._quiet_s = 0.0
+            else:
+                self._quiet_s += self._tick_s
+                if self._quiet_s >= self._idle_s:
+                    resp.fail(_Idle(f"the upstream sent nothing for {self._idle_s:g}s"))
+        self._schedule()
+
+    def _stop(self, exc: _Stop) -> None:
+        """End the answer: the upstream read and, when a write is stuck, the client."""
+        self.resp.fail(exc)
+        if self.writing:
+            # A write waiting for the client to drain: only closing its socket frees it.
+            transport = self.request.transport
+            if transport is not None:
+                transport.abort()
+
+    def cancel(self) -> None:
+        """Stop the timer."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 class Proxy:
@@ -122,6 +321,7 @@ class Proxy:
         settings: ProxySettings,
         totals: Totals,
         *,
+        budget: RetryBudget | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
@@ -129,6 +329,7 @@ class Proxy:
         self.client = client
         self.settings = settings
         self.totals = totals
+        self.budget = budget or RetryBudget(20.0, 3, clock=clock)
         self._clock = clock
         self._rid_prefix = os.urandom(6).hex()
         self._rid_next = 0
@@ -140,16 +341,20 @@ class Proxy:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Proxy ``request`` to an upstream of the pool its path routes to."""
         self.totals.requests += 1
+        self.budget.note_request()
         self.active += 1
-        rid = request.headers.get(_RID)
+        headers = request.headers
+        rid = headers.get(_RID)
         if not rid or len(rid) > MAX_REQUEST_ID or not (rid.isascii() and rid.isprintable()):
             self._rid_next += 1
             rid = f"{self._rid_prefix}-{self._rid_next:x}"
+        req = _Request(rid, _seconds(headers.get(_FIRST_BYTE)))
         try:
-            return await self._handle(request, rid)
+            return await self._handle(request, req)
         except GpufleetError as exc:
             self.totals.count(exc.http_status)
             answer = error_response(exc, rid)
+            answer.headers[_ATTEMPTS] = str(req.attempts)
             if isinstance(exc, RequestTimeout):
                 # The rest of the body may never come: answer, then close at once (aiohttp
                 # would otherwise linger, reading the body, for up to 10 s).
@@ -163,7 +368,7 @@ class Proxy:
             if not self.active and self.idle is not None:
                 self.idle.set()
 
-    async def _handle(self, request: web.Request, rid: str) -> web.StreamResponse:
+    async def _handle(self, request: web.Request, req: _Request) -> web.StreamResponse:
         settings = self.settings
         # One deadline from the first byte we handle: the client's upload counts too, so a
         # stalled body cannot hold the request (or a drain) forever.
@@ -192,40 +397,82 @@ class Proxy:
             target = URL.build(path=upstream_path, query_string=qs).raw_path_qs
         admission = self.admissions[pool.name]
         method = request.method
-        headers = self._request_headers(request, rid, body)
+        headers = self._request_headers(request, req.rid, body)
         # The request line is ``method + upstream's path prefix + target``, made per attempt.
         request_line = (f"{method} ".encode(), target.encode("utf-8", "surrogateescape"))
         key = request.headers.get(self._sticky)
-        tried: list[str] = []
-        last: _NotRun | None = None
-        for _attempt in range(settings.retries + 1):
-            try:
-                upstream = await admission.acquire(key, tried, deadline)
-            except NoHealthyBackend:
-                if last is not None and last.answer is not None:
-                    self.totals.count(last.answer.status)
-                    return last.answer
-                raise
-            tried.append(upstream.id)
-            try:
-                return await self._attempt(
-                    request, upstream, request_line, headers, body, deadline, rid
-                )
-            except _NotRun as exc:
-                last = exc
-                self.totals.retries += 1
-                log.debug("retrying %s %s: %s on %s", method, target, exc, upstream.url)
-        if last is not None and last.answer is not None:
-            self.totals.count(last.answer.status)
-            return last.answer
-        raise NoHealthyBackend(f"no upstream took the request after {len(tried)} attempt(s)")
+        # Upstreams this request must not go back to (a refusal does not count: the
+        # upstream takes it again once it has room, which is what Retry-After asks).
+        exclude: list[str] = []
+        failed: _Failed | None = None
+        lost_retried = False
+        budget = self.budget
+        taken = 0
+        try:
+            while True:
+                try:
+                    upstream = await admission.acquire(key, exclude, deadline)
+                except (NoHealthyBackend, AdmissionRejected, UpstreamTimeout):
+                    if failed is not None:
+                        return self._give_up(failed, req)
+                    raise
+                req.attempts += 1
+                try:
+                    return await self._attempt(
+                        request, upstream, request_line, headers, body, deadline, req
+                    )
+                except _Failed as exc:
+                    failed = exc
+                    if exc.reason != REFUSED:
+                        exclude.append(upstream.id)
+                    if not self._may_retry(exc, upstream, method, lost_retried, req):
+                        return self._give_up(exc, req)
+                    if not budget.try_take():
+                        self.totals.budget_exhausted += 1
+                        return self._give_up(exc, req)
+                    taken += 1
+                    if exc.reason in (LOST, TIMEOUT):
+                        lost_retried = True
+                    self.totals.retry(exc.reason)
+                    log.debug(
+                        "%s: retrying %s %s (%s on %s)", req.rid, method, target, exc, upstream.id
+                    )
+        finally:
+            for _ in range(taken):
+                budget.done()
+
+    def _may_retry(
+        self, exc: _Failed, upstream: Upstream, method: str, lost_retried: bool, req: _Request
+    ) -> bool:
+        """Whether the attempt that failed with ``exc`` may be followed by another."""
+        if not exc.may_retry or req.attempts > self.settings.retries:
+            return False
+        if exc.reason in (LOST, TIMEOUT):
+            # Sent and maybe run: again only where running twice is harmless, and once.
+            return not lost_retried and (
+                upstream.is_gpufleet or method in _IDEMPOTENT or self.settings.retry_lost
+            )
+        return True
+
+    def _give_up(self, failed: _Failed, req: _Request) -> web.StreamResponse:
+        """No attempt follows ``failed``: answer what it left."""
+        if failed.answer is not None:
+            self.totals.count(failed.answer.status)
+            failed.answer.headers[_ATTEMPTS] = str(req.attempts)
+            return failed.answer
+        assert failed.error is not None
+        raise failed.error
 
     def _request_headers(self, request: web.Request, rid: str, body: bytes | None) -> bytes:
         """The header lines passed upstream (all but Host and the deadline), as bytes."""
-        named = request.headers.get(_CONNECTION)
         drop = _REQUEST_DROP
+        named = request.headers.getall(_CONNECTION, ())
         if named:
-            drop = drop | {t.strip().lower().encode("latin-1") for t in named.split(",")}
+            drop = drop | {
+                t.strip().lower().encode("latin-1", "replace")
+                for value in named
+                for t in value.split(",")
+            }
         lines: list[bytes] = []
         prior: bytes | None = None
         has_xfh = has_xfp = False
@@ -261,14 +508,20 @@ class Proxy:
         headers: bytes,
         body: bytes | None,
         deadline: float,
-        rid: str,
+        req: _Request,
     ) -> web.StreamResponse:
-        """One try on ``upstream``; its slot is given back on every way out."""
+        """One try on ``upstream``; its slot is given back on every way out.
+
+        Raises:
+            _Failed: nothing reached the client; the caller decides whether to retry.
+        """
         started = self._clock()
         latency: float | None = None
         stream: web.StreamResponse | None = None
         resp: Response | None = None
+        watch: _Watch | None = None
         no_body = request.method == "HEAD"
+        rid = req.rid
         try:  # from here on, ``finally`` gives the slot back whatever happens
             pool = self.client.pool(upstream.base)
             head = b"".join(
@@ -284,70 +537,179 @@ class Proxy:
                     b"\r\n\r\n",
                 )
             )
-            async with asyncio.timeout(deadline - started):
-                try:
-                    resp = await pool.request(head, body, no_body=no_body)
-                except NotSent as exc:
-                    # Refused, or closed before any answer byte: the request did not run.
-                    self._failed(upstream)
-                    raise _NotRun(str(exc)) from exc
-                status = resp.status
-                out = _response_headers(resp, rid, upstream.id)
-                length = resp.content_length
-                if no_body and resp.header("content-length") is not None:
-                    out[_CL] = str(length)  # a HEAD answer's length is the GET's: keep it
-                small = length is not None and length <= _SMALL_BODY
-                if status >= 500:
-                    data = await resp.read() if small else b""
-                    if (
-                        status == 503
-                        and resp.header(_SERVER) is not None
-                        and wire.is_overloaded_body(data)
-                    ):
-                        answer = web.Response(status=status, headers=out, body=data)
-                        raise _NotRun("worker overloaded", answer)
-                    self._failed(upstream)
-                    if small:
-                        self.totals.count(status)
-                        return web.Response(status=status, headers=out, body=data)
-                elif small and not out.get(_CT, "").startswith("text/event-stream"):
-                    data = await resp.read()
-                    latency = self._clock() - started
+            try:
+                resp = await pool.send(head, body, no_body=no_body)
+            except NotSent as exc:
+                self._failed(upstream)
+                # Nothing ran: when no other upstream takes it, the fleet is down (503).
+                raise _Failed(
+                    NOT_SENT, NoHealthyBackend(f"could not reach {_name(upstream)}: {exc}")
+                ) from None
+            watch = _Watch(resp, request, deadline, self.settings, self._clock)
+            first_byte_s = req.first_byte_s or upstream.first_byte_timeout_s
+            upstream.waiting[resp] = started
+            watch.head(upstream, first_byte_s)
+            try:
+                await resp.wait_head()
+            except Lost as exc:
+                self._failed(upstream)
+                raise _Failed(
+                    LOST, RoutingError(f"{_name(upstream)} closed the connection: {exc}")
+                ) from None
+            except _FirstByte as exc:
+                self._failed(upstream)
+                log.warning(
+                    "%s: %s: %s%s",
+                    rid,
+                    _name(upstream),
+                    exc,
+                    " (queued behind an older request: moving it)" if exc.behind else "",
+                )
+                raise _Failed(
+                    TIMEOUT,
+                    UpstreamTimeout(f"no answer from {_name(upstream)}: {exc}"),
+                    may_retry=exc.behind,
+                ) from None
+            except Abandoned as exc:
+                # Its probes failed: the process stopped, not (likely) this request.
+                raise _Failed(
+                    LOST, UpstreamTimeout(f"no answer from {_name(upstream)}: {exc}")
+                ) from None
+            except _Deadline:
+                self._failed(upstream)
+                raise UpstreamTimeout(
+                    f"no answer from {_name(upstream)} before the deadline"
+                ) from None
+            except AnswerBroken as exc:
+                self._failed(upstream)
+                log.warning("%s: answer from %s broke: %s", rid, _name(upstream), exc)
+                raise _Failed(
+                    LOST,
+                    RoutingError(f"{_name(upstream)} sent a broken answer: {exc}"),
+                    may_retry=False,
+                ) from None
+            finally:
+                upstream.waiting.pop(resp, None)
+            upstream.note_first_byte(self._clock() - started)
+            watch.body()
+            status = resp.status
+            out = _response_headers(resp, rid, upstream.id)
+            out[_ATTEMPTS] = str(req.attempts)
+            length = resp.content_length
+            if no_body and resp.header("content-length") is not None:
+                out[_CL] = str(length)  # a HEAD answer's length is the GET's: keep it
+            small = length is not None and length <= _SMALL_BODY
+            if status >= 500 or status == 429:
+                data = await resp.read() if small else b""
+                refused = status == 429 or (
+                    status == 503
+                    and resp.header(_SERVER) is not None
+                    and wire.is_overloaded_body(data)
+                )
+                if refused:
+                    answer = web.Response(status=status, headers=out, body=data)
+                    self._refused(upstream, answer)
+                    raise _Failed(REFUSED, None, answer)
+                self._failed(upstream)
+                if small:
                     self.totals.count(status)
                     return web.Response(status=status, headers=out, body=data)
-                # A stream (or a large body): pass it on chunk by chunk.
-                out[_ACCEL] = "no"
-                stream = web.StreamResponse(status=status, headers=out)
-                if length is not None:
-                    stream.content_length = length
-                await stream.prepare(request)
-                async for chunk in resp.iter_chunks():
-                    await stream.write(chunk)
-                await stream.write_eof()
-                if status < 500:
-                    latency = self._clock() - started
+            elif small and not out.get(_CT, "").startswith("text/event-stream"):
+                data = await resp.read()
+                latency = self._clock() - started
                 self.totals.count(status)
+                return web.Response(status=status, headers=out, body=data)
+            # A stream (or a large body): pass it on chunk by chunk.
+            out[_ACCEL] = "no"
+            stream = web.StreamResponse(status=status, headers=out)
+            if length is not None:
+                stream.content_length = length
+            await stream.prepare(request)
+            self.totals.count(status)
+            try:
+                async for chunk in resp.iter_chunks():
+                    watch.writes += 1
+                    watch.writing = True
+                    await stream.write(chunk)
+                    watch.writing = False
+            except (_Stop, AnswerBroken, Lost) as exc:
+                await self._broken(request, stream, upstream, exc, rid)
                 return stream
-        except TimeoutError:
-            if stream is not None:
-                # The upstream answered; the client's deadline ended a long stream. Not
-                # the upstream's failure: it must not count towards a passive ejection.
-                raise ConnectionResetError(f"{rid}: deadline passed mid-answer") from None
-            self._failed(upstream)
-            raise UpstreamTimeout(f"no answer from {upstream.url} in time") from None
-        except AnswerBroken as exc:
-            self._failed(upstream)
-            log.warning("%s: answer from %s broke: %s", rid, upstream.url, exc)
-            if stream is not None:
-                raise ConnectionResetError(f"{rid}: upstream answer broke") from None
-            raise RoutingError(f"answer from {upstream.url} broke: {exc}") from None
+            except ConnectionError:
+                if not watch.stalled:
+                    raise
+                return stream  # dropped by the watch for reading nothing (counted below)
+            await stream.write_eof()
+            if status < 500:
+                latency = self._clock() - started
+            return stream
+        except (_Stop, AnswerBroken, Lost) as exc:
+            # The head had arrived; the body broke before anything reached the client.
+            if not isinstance(exc, _Deadline):
+                self._failed(upstream)
+            raise RoutingError(f"answer from {_name(upstream)} broke: {exc}") from None
         finally:
+            if watch is not None:
+                watch.cancel()
+                if watch.stalled:
+                    self.totals.client_stalled += 1
+                    log.warning(
+                        "%s: the client read nothing for %gs: dropped, its request to %s ended",
+                        rid,
+                        self.settings.client_write_timeout_s,
+                        upstream.id,
+                    )
             if resp is not None and not resp.is_done:
                 resp.close()  # the client left, or time ran out: the upstream sees it go
             upstream.give_back(latency)
             admission = self.admissions.get(upstream.pool)
             if admission is not None and admission.depth:
                 admission.dispatch()
+
+    async def _broken(
+        self,
+        request: web.Request,
+        stream: web.StreamResponse,
+        upstream: Upstream,
+        exc: Exception,
+        rid: str,
+    ) -> None:
+        """End an answer that broke after bytes reached the client, so the client can tell.
+
+        An event stream gets a last ``event: error``; any other body is cut short (the
+        connection closed before its end), never ended as if complete.
+        """
+        self.totals.broken += 1
+        if not isinstance(exc, _Deadline | _ClientStalled):
+            self._failed(upstream)
+        log.warning("%s: answer from %s cut: %s", rid, _name(upstream), exc)
+        transport = request.transport
+        if isinstance(exc, _ClientStalled) or transport is None or transport.is_closing():
+            return
+        if stream.headers.get(_CT, "").startswith("text/event-stream"):
+            event = json.dumps(
+                {
+                    "error": {
+                        "message": f"the answer from upstream {upstream.id} broke: {exc}",
+                        "type": "upstream_error",
+                        "code": type(exc).__name__.strip("_"),
+                    }
+                }
+            )
+            with contextlib.suppress(ConnectionError):
+                await stream.write(f"event: error\ndata: {event}\n\n".encode())
+                await stream.write_eof()
+                return
+        transport.abort()
+
+    def _refused(self, upstream: Upstream, answer: web.Response) -> None:
+        """A "not started" refusal: the upstream gets no more work until it has room."""
+        retry_after = wire.parse_retry_after(answer.headers.get("Retry-After")) or 1.0
+        upstream.refused(retry_after)
+        admission = self.admissions.get(upstream.pool)
+        if admission is not None:
+            # Its slots may all be given back before the wait is over: look again then.
+            asyncio.get_running_loop().call_later(retry_after, admission.dispatch)
 
     def _failed(self, upstream: Upstream) -> None:
         """Count a failure against ``upstream``; eject it passively past max_fails."""
@@ -367,6 +729,22 @@ class Proxy:
             self.registry.set_state(upstream, EJECTED)
 
 
+def _name(upstream: Upstream) -> str:
+    """How an upstream is named in an error: ``w1 (http://127.0.0.1:8101)``."""
+    return f"upstream {upstream.id} ({upstream.url})"
+
+
+def _seconds(value: str | None) -> float:
+    """A positive number of seconds from a header, else 0."""
+    if not value:
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        return 0.0
+    return seconds if 0 < seconds < 1e9 else 0.0
+
+
 def _header_bytes(value: str) -> bytes:
     """A header value the client sent, back as bytes (aiohttp decoded it as UTF-8)."""
     try:
@@ -378,9 +756,9 @@ def _header_bytes(value: str) -> bytes:
 def _response_headers(resp: Response, rid: str, upstream_id: str) -> CIMultiDict[str]:
     """The answer's headers for the client: hop-by-hop ones out, ours in."""
     drop = _RESPONSE_DROP
-    named = resp.header("connection")
+    named = resp.header_values("connection")
     if named:
-        drop = drop | {t.strip().lower() for t in named.split(",")}
+        drop = drop | {t.strip().lower() for value in named for t in value.split(",")}
     out: CIMultiDict[str] = CIMultiDict(
         [(name, value) for name, value in resp.headers if name.lower() not in drop]
     )

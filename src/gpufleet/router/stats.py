@@ -13,14 +13,38 @@ from gpufleet.router.pool import Registry
 class Totals:
     """Counters of the whole router (plain ints: the hot path only adds to them)."""
 
-    __slots__ = ("by_class", "requests", "retries", "started")
+    __slots__ = (
+        "broken",
+        "budget_exhausted",
+        "by_class",
+        "client_stalled",
+        "requests",
+        "retries_by",
+        "started",
+    )
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.requests = 0
-        self.retries = 0
+        #: Attempts that were followed by another, by why the attempt failed.
+        self.retries_by: dict[str, int] = {}
+        #: Retries refused by the retry budget (the failure was answered instead).
+        self.budget_exhausted = 0
+        #: Answers cut after they began (upstream broke, went silent, or the deadline).
+        self.broken = 0
+        #: Clients dropped for reading nothing for ``client_write_timeout_s``.
+        self.client_stalled = 0
         #: Answers by status class: index 1..5 for 1xx..5xx.
         self.by_class = [0, 0, 0, 0, 0, 0]
         self.started = clock()
+
+    @property
+    def retries(self) -> int:
+        """Attempts that were followed by another."""
+        return sum(self.retries_by.values())
+
+    def retry(self, reason: str) -> None:
+        """Count one retry of an attempt that failed for ``reason``."""
+        self.retries_by[reason] = self.retries_by.get(reason, 0) + 1
 
     def count(self, status: int) -> None:
         """Count one answer with ``status``."""
@@ -59,6 +83,10 @@ def stats_payload(
             "requests": totals.requests,
             "responses": {f"{i}xx": totals.by_class[i] for i in range(1, 6)},
             "retries": totals.retries,
+            "retries_by_reason": dict(totals.retries_by),
+            "retry_budget_exhausted": totals.budget_exhausted,
+            "broken_answers": totals.broken,
+            "clients_stalled": totals.client_stalled,
             "in_flight": sum(u.in_flight for u in registry.all()),
             "active": active,
             "queue_depth": sum(a.depth for a in admissions.values()),

@@ -3,14 +3,22 @@
 In-flight counts are taken at dispatch (``take``) and given back exactly once
 (``give_back``); both are plain synchronous calls, so no ``await`` can fall between a
 check and its update and cancellation can never leave a count behind.
+
+Time bounds are learned per upstream from its time to first answer byte (TTFB): an
+attempt waits at most ``first_byte_timeout_s`` for its answer to begin (10 × the p99
+TTFB, at least 1 s, unless ``--first-byte-timeout`` fixes it), and an upstream whose
+oldest attempt still waiting for its answer is older than ``busy_after_s`` (4 × p99, at
+least 0.5 s) takes no new work: a request stuck on it (a 10 s job, a wedged device) does
+not make new requests queue behind it.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 READY: Final = "ready"
 STARTING: Final = "starting"
@@ -27,6 +35,27 @@ RATE_ALPHA: Final = 0.3
 #: Busy seconds (and completions) that make one rate sample.
 RATE_SAMPLE_S: Final = 0.25
 RATE_SAMPLE_MIN: Final = 2
+#: The learned first-byte timeout: this multiple of the p99 TTFB, never below the floor.
+FIRST_BYTE_FACTOR: Final = 10.0
+FIRST_BYTE_FLOOR_S: Final = 1.0
+#: An upstream is busy for new work when its oldest waiting attempt is this much past p99.
+BUSY_FACTOR: Final = 4.0
+BUSY_FLOOR_S: Final = 0.5
+#: TTFB samples kept, needed before anything is learned, and between two recomputations.
+TTFB_WINDOW: Final = 512
+TTFB_MIN_SAMPLES: Final = 20
+TTFB_EVERY: Final = 16
+
+
+class Abandoned(Exception):
+    """The upstream was found dead (failed probes) while this attempt waited for it."""
+
+
+class Waiting(Protocol):
+    """An attempt waiting for its answer to begin (``http1.Response``)."""
+
+    def fail(self, exc: BaseException) -> None:
+        """Give up on the answer with ``exc``."""
 
 
 class Upstream:
@@ -37,7 +66,9 @@ class Upstream:
         "_busy_since",
         "_clock",
         "_done",
+        "_ttfb_new",
         "base",
+        "busy_after_s",
         "cap_from_stats",
         "consecutive_fails",
         "consecutive_oks",
@@ -45,6 +76,8 @@ class Upstream:
         "ejections",
         "errors",
         "fail_times",
+        "first_byte_timeout_s",
+        "fixed_first_byte_s",
         "id",
         "in_flight",
         "is_gpufleet",
@@ -53,9 +86,15 @@ class Upstream:
         "max_outstanding",
         "pool",
         "rate",
+        "refused_cap",
+        "refused_until",
         "served",
         "state",
+        "stuck_until",
+        "suspect",
+        "ttfb",
         "url",
+        "waiting",
         "weight",
     )
 
@@ -67,6 +106,7 @@ class Upstream:
         pool: str = "default",
         weight: float = 1.0,
         max_outstanding: int = 0,
+        first_byte_timeout_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.id = id
@@ -93,16 +133,98 @@ class Upstream:
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         #: Measured service rate in requests/s while busy; 0.0 until measured.
         self.rate = 0.0
+        #: Attempts sent here whose answer has not begun, oldest first, with their start.
+        self.waiting: dict[Waiting, float] = {}
+        #: Recent times to first answer byte (seconds).
+        self.ttfb: deque[float] = deque(maxlen=TTFB_WINDOW)
+        #: ``--first-byte-timeout`` (0: learn it from ``ttfb``).
+        self.fixed_first_byte_s = first_byte_timeout_s
+        #: How long an attempt waits for its answer to begin (inf until learned).
+        self.first_byte_timeout_s = first_byte_timeout_s or math.inf
+        #: Oldest waiting attempt older than this: no new work (inf until learned).
+        self.busy_after_s = first_byte_timeout_s / 2 if first_byte_timeout_s else math.inf
+        #: After a "not started" refusal (queue full, 429): at most ``refused_cap`` in
+        #: flight until ``refused_until`` (monotonic; 0.0 when not in force).
+        self.refused_until = 0.0
+        self.refused_cap = 0
+        #: An attempt timed out here and nothing has answered since (see
+        #: ``first_byte_missed``); no new work before ``stuck_until``.
+        self.suspect = False
+        self.stuck_until = 0.0
         self._clock = clock
         self._busy_since = 0.0
         self._busy_acc = 0.0
         self._done = 0
+        self._ttfb_new = 0
 
     # The hot path -------------------------------------------------------------------
 
     def has_room(self) -> bool:
         """True when the router may send this upstream one more request."""
-        return self.in_flight < self.max_outstanding
+        if self.in_flight >= self.max_outstanding:
+            return False
+        if self.refused_until:
+            if self._clock() < self.refused_until:
+                if self.in_flight >= self.refused_cap:
+                    return False
+            else:
+                self.refused_until = 0.0
+        if self.suspect and (self.in_flight or self._clock() < self.stuck_until):
+            return False  # one trial at a time, once the stuck time is over
+        return not (self.waiting and self.is_stuck())
+
+    def is_stuck(self) -> bool:
+        """True when the oldest attempt still waiting here is past ``busy_after_s``."""
+        for started in self.waiting.values():
+            return self._clock() - started > self.busy_after_s
+        return False
+
+    def abandon_waiting(self, why: str) -> int:
+        """Fail every attempt still waiting for its answer here; how many there were."""
+        waiting = list(self.waiting)
+        self.waiting.clear()
+        for attempt in waiting:
+            attempt.fail(Abandoned(why))
+        return len(waiting)
+
+    def first_byte_missed(self, attempt: Waiting, timeout_s: float) -> bool:
+        """``attempt`` got no answer within ``timeout_s``: True when it was only queued.
+
+        It was queued when an older attempt still waits here, or one already timed out
+        since the upstream last answered. Otherwise it may be what stuck the upstream.
+        Either way the upstream is *suspect*: no new work for ``timeout_s``, then one
+        trial request at a time until an answer begins.
+        """
+        behind = self.suspect
+        for oldest in self.waiting:
+            behind = behind or oldest is not attempt
+            break
+        self.suspect = True
+        self.stuck_until = self._clock() + timeout_s
+        return behind
+
+    def refused(self, retry_after_s: float) -> None:
+        """The upstream refused an attempt as full: hold new work off for a while.
+
+        It keeps what it holds now (what it accepted), and gets nothing more until one of
+        those ends or ``retry_after_s`` passes.
+        """
+        self.refused_cap = self.in_flight - 1  # this attempt's slot is being given back
+        self.refused_until = self._clock() + retry_after_s
+
+    def note_first_byte(self, ttfb_s: float) -> None:
+        """An answer began ``ttfb_s`` after its attempt started: learn the time bounds."""
+        self.suspect = False
+        self.ttfb.append(ttfb_s)
+        self._ttfb_new += 1
+        if self._ttfb_new >= TTFB_EVERY and len(self.ttfb) >= TTFB_MIN_SAMPLES:
+            self._ttfb_new = 0
+            lat = sorted(self.ttfb)
+            p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
+            fixed = self.fixed_first_byte_s
+            learned = max(FIRST_BYTE_FLOOR_S, FIRST_BYTE_FACTOR * p99)
+            self.first_byte_timeout_s = fixed or learned
+            self.busy_after_s = min(self.first_byte_timeout_s, max(BUSY_FLOOR_S, BUSY_FACTOR * p99))
 
     def take(self) -> None:
         """Count one request in flight (at dispatch)."""
@@ -166,6 +288,10 @@ class Upstream:
             "rate": round(self.rate, 3),
             "weight": self.weight,
             "max_outstanding": self.max_outstanding,
+            "first_byte_timeout_s": _finite(self.first_byte_timeout_s),
+            "busy_after_s": _finite(self.busy_after_s),
+            "waiting": len(self.waiting),
+            "suspect": self.suspect,
             "gpufleet_worker": self.is_gpufleet,
             "labels": dict(self.labels),
         }
@@ -177,3 +303,8 @@ def percentile_ms(sorted_s: list[float], q: float) -> float:
         return 0.0
     idx = min(len(sorted_s) - 1, max(0, round(q * len(sorted_s) + 0.5) - 1))
     return round(sorted_s[idx] * 1000.0, 3)
+
+
+def _finite(value: float) -> float | None:
+    """``value`` rounded, or None while it is not learned (inf)."""
+    return None if math.isinf(value) else round(value, 3)

@@ -8,6 +8,8 @@
 - ``* /slow?ms=MS``: answers after MS milliseconds (counts requests the caller dropped);
 - ``* /status/CODE``: answers CODE with a JSON error body;
 - ``* /overloaded``: a gpufleet worker's 503 ``WorkerOverloaded`` answer;
+- ``* /drop?ms=MS``: reads the request, waits MS ms, closes the connection unanswered;
+- ``GET /big?mb=N``: N MiB of bytes, streamed in 64 KiB chunks (a slow reader's load);
 - ``GET /stats``: what this upstream saw (requests, cancelled, bytes, paths).
 
 ``--gpufleet`` makes it look like a gpufleet worker (``X-Gpufleet-Worker`` on every
@@ -116,6 +118,28 @@ def make_app(*, gpufleet: bool = False, max_batch_size: int = 8) -> web.Applicat
             headers={"Retry-After": "1"},
         )
 
+    async def drop(request: web.Request) -> web.StreamResponse:
+        seen.bytes_received += len(await request.read())
+        await asyncio.sleep(float(request.query.get("ms", "0")) / 1000.0)
+        seen.completed += 1  # it "ran": the caller cannot know
+        assert request.transport is not None
+        request.transport.abort()
+        raise asyncio.CancelledError  # nothing more to say on this connection
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        chunk = b"x" * 65536
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await response.prepare(request)
+        try:
+            for _ in range(int(float(request.query.get("mb", "64")) * 16)):
+                await response.write(chunk)
+        except (asyncio.CancelledError, ConnectionError):
+            seen.cancelled += 1
+            raise
+        await response.write_eof()
+        seen.completed += 1
+        return response
+
     async def stats(request: web.Request) -> web.Response:
         data: dict[str, object] = {
             "requests": seen.requests,
@@ -137,6 +161,8 @@ def make_app(*, gpufleet: bool = False, max_batch_size: int = 8) -> web.Applicat
     app.router.add_route("*", "/slow", slow)
     app.router.add_route("*", "/status/{code}", status)
     app.router.add_route("*", "/overloaded", overloaded)
+    app.router.add_route("*", "/drop", drop)
+    app.router.add_get("/big", big)
     app.router.add_route("*", "/echo{tail:.*}", echo)
     return app
 

@@ -50,7 +50,7 @@ def least_loaded(ready: Sequence[Upstream], rng: random.Random) -> Upstream | No
     ties = 0
     for u in ready:
         load = u.in_flight
-        if load >= u.max_outstanding:
+        if not u.has_room():
             continue
         if load < best_load:
             best, best_load, ties = u, load, 1

@@ -49,7 +49,7 @@ class Capacity:
         ties = 0
         rng = self._rng
         for u in ready:
-            if u.in_flight >= u.max_outstanding:
+            if not u.has_room():
                 continue
             score = (u.in_flight + 1) / (u.rate or default_rate)
             if best is None or score < best_score:
@@ -66,7 +66,7 @@ class Capacity:
         busy_rate = 0.0
         busy_load = 0
         for u in ready:
-            if u.in_flight >= u.max_outstanding:
+            if u.in_flight >= u.max_outstanding and not u.is_stuck():
                 rate = u.rate or default_rate
                 if (u.in_flight + 1) / rate < best_score:
                     busy_rate += rate

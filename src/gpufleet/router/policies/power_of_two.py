@@ -21,7 +21,7 @@ class PowerOfTwo:
         self, ready: Sequence[Upstream], key: str | None, waiting: int, waited_s: float
     ) -> Choice:
         """The less loaded of two random upstreams that have room."""
-        room = [u for u in ready if u.in_flight < u.max_outstanding]
+        room = [u for u in ready if u.has_room()]
         n = len(room)
         if n <= 1:
             return room[0] if room else None

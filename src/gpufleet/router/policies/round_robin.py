@@ -25,7 +25,7 @@ class RoundRobin:
         start = self._next
         for i in range(n):
             u = ready[(start + i) % n]
-            if u.in_flight < u.max_outstanding:
+            if u.has_room():
                 self._next = (start + i + 1) % n
                 return u
         return None

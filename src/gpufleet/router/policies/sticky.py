@@ -58,7 +58,7 @@ class Sticky:
         """The key's owner when it can take the request, else the least loaded."""
         if key:
             target = self.owner(key)
-            if target is not None and target.in_flight < target.max_outstanding:
+            if target is not None and target.has_room():
                 for u in ready:
                     if u is target:
                         return u

@@ -31,7 +31,7 @@ class Weighted:
         best_score = 0.0
         total = 0.0
         for u in ready:
-            if u.in_flight >= u.max_outstanding:
+            if not u.has_room():
                 continue
             score = current.get(u.id, 0.0) + u.weight
             current[u.id] = score
