@@ -63,9 +63,17 @@ class WorkerUnavailable(WorkerError):
 
 
 class ModelError(WorkerError):
-    """The model's predict() raised for the batch holding this item."""
+    """The model's predict() raised for the batch holding this item.
+
+    ``request_fault`` is True when the input looks to blame rather than the worker: the
+    item failed while its batch-mates (or the calls just before) succeeded.
+    """
 
     http_status = 500
+
+    def __init__(self, message: str = "", *, request_fault: bool = False) -> None:
+        super().__init__(message)
+        self.request_fault = request_fault
 
 
 class BadRequest(WorkerError):

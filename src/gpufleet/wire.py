@@ -30,11 +30,63 @@ ATTEMPTS_HEADER: Final = "X-Gpufleet-Attempts"
 FIRST_BYTE_TIMEOUT_HEADER: Final = "X-Gpufleet-First-Byte-Timeout"
 #: Session key for the sticky policy (default; configurable).
 SESSION_HEADER: Final = "X-Session-Id"
+#: On a worker's error answers: whose fault it was, ``request`` (a bad body, an item whose
+#: ``predict`` raised while the device was otherwise working) or ``worker`` (its own: a
+#: device error, every call failing). A router counts only ``worker`` ones (or 5xx
+#: without the header) toward passive ejection.
+FAULT_HEADER: Final = "X-Gpufleet-Fault"
+FAULT_REQUEST: Final = "request"
+FAULT_WORKER: Final = "worker"
 
 JSON_CONTENT_TYPE: Final = "application/json"
 
 #: ``server`` field of a gpufleet worker's /stats.
 WORKER_SERVER_NAME: Final = "gpufleet-worker"
+
+
+# JSON from another process ------------------------------------------------------------
+
+#: Deepest nesting of arrays and objects accepted in JSON from a socket (serde_json's).
+MAX_JSON_DEPTH: Final = 128
+
+
+class JSONTooDeep(ValueError):
+    """JSON nested deeper than ``MAX_JSON_DEPTH`` (arrays and objects)."""
+
+
+def decode_json(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` with bounded nesting: what every reader of a peer's JSON uses.
+
+    Raises:
+        ValueError: not JSON (``json.JSONDecodeError``), not UTF-8 (``UnicodeDecodeError``)
+            or nested deeper than ``max_depth`` (``JSONTooDeep``), never RecursionError.
+    """
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise JSONTooDeep(f"JSON nested deeper than {max_depth} levels") from None
+    # Nesting needs an opening bracket per level: most bodies are shallow by this count,
+    # and the walk below is skipped.
+    if isinstance(raw, bytes):
+        opened = raw.count(b"[") + raw.count(b"{")
+    else:
+        opened = raw.count("[") + raw.count("{")
+    if opened > max_depth and _is_deeper(data, max_depth):
+        raise JSONTooDeep(f"JSON nested deeper than {max_depth} levels")
+    return data
+
+
+def _is_deeper(data: Any, max_depth: int) -> bool:
+    """True when arrays and objects nest more than ``max_depth`` levels (no recursion)."""
+    stack = [(data, 1)] if isinstance(data, list | dict) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            return True
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, list | dict):
+                stack.append((child, depth + 1))
+    return False
 
 
 # Error payloads ------------------------------------------------------------------------
@@ -83,8 +135,8 @@ def parse_retry_after(value: str | None) -> float | None:
 def is_overloaded_body(body: bytes) -> bool:
     """True when a 503 body says the worker's queue was full (the request never ran)."""
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        data = decode_json(body)
+    except ValueError:
         return False
     return isinstance(data, dict) and data.get("error") in {"WorkerOverloaded", "WorkerUnavailable"}
 
@@ -107,8 +159,8 @@ class HealthBody(TypedDict, total=False):
 def stall_reason(body: bytes) -> str | None:
     """Why a worker's ``/health`` says it is stalled; None for any other answer."""
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        data = decode_json(body)
+    except ValueError:
         return None
     if not isinstance(data, dict) or data.get("status") != HEALTH_STALLED:
         return None
@@ -159,9 +211,13 @@ class WorkerStats(TypedDict, total=False):
 __all__ = [
     "ATTEMPTS_HEADER",
     "DEADLINE_HEADER",
+    "FAULT_HEADER",
+    "FAULT_REQUEST",
+    "FAULT_WORKER",
     "FIRST_BYTE_TIMEOUT_HEADER",
     "HEALTH_STALLED",
     "JSON_CONTENT_TYPE",
+    "MAX_JSON_DEPTH",
     "REQUEST_ID_HEADER",
     "SERVER_HEADER",
     "SESSION_HEADER",
@@ -170,8 +226,10 @@ __all__ = [
     "WORKER_SERVER_NAME",
     "ErrorPayload",
     "HealthBody",
+    "JSONTooDeep",
     "LatencyMs",
     "WorkerStats",
+    "decode_json",
     "error_payload",
     "is_overloaded_body",
     "parse_retry_after",

@@ -39,8 +39,10 @@ async def test_5xx_answers_eject_passively_and_4xx_never_count() -> None:
                 assert status == 404
             entry = await worker_entry(router.url, upstream.url)
             assert (entry["state"], entry["errors"], entry["ejections"]) == ("ready", 0, 0)
+            # The upstream calls these its own (a lone upstream is never ejected for a 5xx
+            # that may have come from the request).
             for i in range(3):
-                status, *_ = await _get(session, router.url + "/status/502")
+                status, *_ = await _get(session, router.url + "/status/502?fault=worker")
                 assert status == 502
                 entry = await worker_entry(router.url, upstream.url)
                 assert entry["errors"] == i + 1

@@ -162,7 +162,7 @@ async def test_after_an_outage_a_healthy_worker_is_back_at_once() -> None:
     ):
         await _ready(router, upstream)
         for _ in range(3):
-            await _call("GET", router.url + "/status/500")
+            await _call("GET", router.url + "/status/500?fault=worker")
         assert (await get_json(router.url + "/stats"))["workers"][0]["state"] == "ejected"
         # Its probes pass and nothing else is ready: back well before the 30 s window.
         took = await wait_state(router.url, upstream.url, "ready", within=5)

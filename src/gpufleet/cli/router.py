@@ -83,6 +83,12 @@ def router(
     fail_timeout: float | None = typer.Option(
         None, "--fail-timeout", help="passive: failure window and ejection time, s (default 10)"
     ),
+    max_ejection_percent: float | None = typer.Option(
+        None,
+        "--max-ejection-percent",
+        help="passive: most of a pool ejected at once, % (at least one; never the last ready "
+        "for a 5xx the upstream does not call its own) (default 50)",
+    ),
     sticky_header: str | None = typer.Option(
         None, help="header the sticky policy hashes (default X-Session-Id)"
     ),
@@ -129,6 +135,7 @@ def router(
             "readmit_after": readmit_after,
             "max_fails": max_fails,
             "fail_timeout_s": fail_timeout,
+            "max_ejection_percent": max_ejection_percent,
             "sticky_header": sticky_header,
             "admin_token": admin_token,
             "max_body_mb": max_body_mb,

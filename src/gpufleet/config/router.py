@@ -69,6 +69,9 @@ class RouterConfig:
     #: Passive ejection: this many failures within fail_timeout_s eject for fail_timeout_s.
     max_fails: int = 3
     fail_timeout_s: float = 10.0
+    #: Passive ejection takes at most this share of a pool at once (always at least one
+    #: upstream, never the last ready one for a 5xx that may have come from the request).
+    max_ejection_percent: float = 50.0
     sticky_header: str = "X-Session-Id"
     admin_token: str | None = None
     max_body_mb: float = 32.0
@@ -103,6 +106,10 @@ class RouterConfig:
         if self.first_byte_timeout_s < 0:
             raise ConfigError(
                 f"first_byte_timeout_s must be >= 0 (0: learned), got {self.first_byte_timeout_s}"
+            )
+        if not 0 <= self.max_ejection_percent <= 100:
+            raise ConfigError(
+                f"max_ejection_percent must be in 0..100, got {self.max_ejection_percent}"
             )
         if not 0 <= self.retry_budget_percent <= 100:
             raise ConfigError(

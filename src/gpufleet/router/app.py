@@ -117,6 +117,7 @@ class RouterState:
                 stream_idle_timeout_s=cfg.stream_idle_timeout_s,
                 client_write_timeout_s=cfg.client_write_timeout_s,
                 retry_lost=cfg.retry_lost,
+                max_ejection_percent=cfg.max_ejection_percent,
             ),
             self.totals,
             budget=RetryBudget(cfg.retry_budget_percent, cfg.retry_budget_min),

@@ -105,6 +105,16 @@ class RouterCollector(Collector):
             "Clients dropped for reading nothing within --client-write-timeout.",
         )
         stalled.add_metric([], totals.client_stalled)
+        request_faults = CounterMetricFamily(
+            "gpufleet_router_request_faults",
+            "5xx answers the upstream blamed on the request (not counted against it).",
+        )
+        request_faults.add_metric([], totals.request_faults)
+        held = CounterMetricFamily(
+            "gpufleet_router_ejections_held",
+            "Passive ejections not made (--max-ejection-percent, or the last ready upstream).",
+        )
+        held.add_metric([], totals.ejections_held)
         depth = GaugeMetricFamily(
             "gpufleet_router_queue_depth", "Requests waiting for a slot.", labels=["pool"]
         )
@@ -114,7 +124,8 @@ class RouterCollector(Collector):
         for name, adm in self._admissions.items():
             depth.add_metric([name], adm.depth)
             rejected.add_metric([name], adm.rejected + adm.timed_out)
-        yield from (requests, responses, retries, exhausted, broken, stalled, depth, rejected)
+        yield from (requests, responses, retries, exhausted, broken, stalled, request_faults, held)
+        yield from (depth, rejected)
 
 
 def metrics_text(collector: RouterCollector) -> bytes:

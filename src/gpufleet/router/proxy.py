@@ -88,6 +88,7 @@ _UPSTREAM = wire.UPSTREAM_HEADER
 _ATTEMPTS = istr(wire.ATTEMPTS_HEADER)
 _FIRST_BYTE = istr(wire.FIRST_BYTE_TIMEOUT_HEADER)
 _SERVER = wire.SERVER_HEADER.lower()
+_FAULT = wire.FAULT_HEADER.lower()
 _ACCEL = istr("X-Accel-Buffering")
 _CT = istr("Content-Type")
 _CL = istr("Content-Length")
@@ -115,6 +116,7 @@ class ProxySettings:
     stream_idle_timeout_s: float = 60.0
     client_write_timeout_s: float = 30.0
     retry_lost: bool = False
+    max_ejection_percent: float = 50.0
 
 
 class RequestTimeout(BadRequest):
@@ -610,7 +612,12 @@ class Proxy:
                     answer = web.Response(status=status, headers=out, body=data)
                     self._refused(upstream, answer)
                     raise _Failed(REFUSED, None, answer)
-                self._failed(upstream)
+                fault = resp.header(_FAULT)
+                if fault == wire.FAULT_REQUEST:
+                    # The upstream blames the request (a poisoned item): not its failure.
+                    self.totals.request_faults += 1
+                else:
+                    self._failed(upstream, input_shaped=fault != wire.FAULT_WORKER)
                 if small:
                     self.totals.count(status)
                     return web.Response(status=status, headers=out, body=data)
@@ -711,14 +718,22 @@ class Proxy:
             # Its slots may all be given back before the wait is over: look again then.
             asyncio.get_running_loop().call_later(retry_after, admission.dispatch)
 
-    def _failed(self, upstream: Upstream) -> None:
-        """Count a failure against ``upstream``; eject it passively past max_fails."""
+    def _failed(self, upstream: Upstream, *, input_shaped: bool = False) -> None:
+        """Count a failure against ``upstream``; eject it passively past max_fails.
+
+        ``input_shaped``: a 5xx answer the upstream did not call its own (it may have come
+        from the request): that never ejects the last ready upstream of a pool.
+        """
         now = self._clock()
         settings = self.settings
         if (
             upstream.record_failure(now, settings.max_fails, settings.fail_timeout_s)
             and upstream.state == READY
         ):
+            if not self._may_eject(upstream, input_shaped):
+                self.totals.ejections_held += 1
+                log.debug("not ejecting %s: too few upstreams would be left", upstream.url)
+                return
             upstream.ejected_until = now + settings.fail_timeout_s
             log.warning(
                 "ejecting %s: %d failures in %gs",
@@ -727,6 +742,18 @@ class Proxy:
                 settings.fail_timeout_s,
             )
             self.registry.set_state(upstream, EJECTED)
+
+    def _may_eject(self, upstream: Upstream, input_shaped: bool) -> bool:
+        """Whether a passive ejection of ``upstream`` keeps enough of its pool (as Envoy's
+        ``max_ejection_percent``: at most that share ejected at once, always at least one)."""
+        pool = self.registry.pools.get(upstream.pool)
+        if pool is None:
+            return True
+        if input_shaped and len(pool.ready) <= 1:
+            return False
+        out = sum(1 for u in pool.members if u.state == EJECTED)
+        share = int(len(pool.members) * self.settings.max_ejection_percent / 100)
+        return out < max(1, share)
 
 
 def _name(upstream: Upstream) -> str:

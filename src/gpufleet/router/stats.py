@@ -18,6 +18,8 @@ class Totals:
         "budget_exhausted",
         "by_class",
         "client_stalled",
+        "ejections_held",
+        "request_faults",
         "requests",
         "retries_by",
         "started",
@@ -33,6 +35,11 @@ class Totals:
         self.broken = 0
         #: Clients dropped for reading nothing for ``client_write_timeout_s``.
         self.client_stalled = 0
+        #: 5xx answers the upstream blamed on the request (``X-Gpufleet-Fault: request``):
+        #: passed on, not counted against the upstream.
+        self.request_faults = 0
+        #: Passive ejections not made: they would have left too few upstreams ready.
+        self.ejections_held = 0
         #: Answers by status class: index 1..5 for 1xx..5xx.
         self.by_class = [0, 0, 0, 0, 0, 0]
         self.started = clock()
@@ -87,6 +94,8 @@ def stats_payload(
             "retry_budget_exhausted": totals.budget_exhausted,
             "broken_answers": totals.broken,
             "clients_stalled": totals.client_stalled,
+            "request_faults": totals.request_faults,
+            "ejections_held": totals.ejections_held,
             "in_flight": sum(u.in_flight for u in registry.all()),
             "active": active,
             "queue_depth": sum(a.depth for a in admissions.values()),

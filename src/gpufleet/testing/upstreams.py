@@ -6,7 +6,8 @@
 - ``* /echo…``: JSON of what arrived (method, path, query, headers, body size, pid);
 - ``GET /sse?n=N&interval_ms=MS``: N server-sent events, one every MS milliseconds;
 - ``* /slow?ms=MS``: answers after MS milliseconds (counts requests the caller dropped);
-- ``* /status/CODE``: answers CODE with a JSON error body;
+- ``* /status/CODE[?fault=worker|request]``: answers CODE with a JSON error body (and
+  ``X-Gpufleet-Fault`` when ``fault`` is given);
 - ``* /overloaded``: a gpufleet worker's 503 ``WorkerOverloaded`` answer;
 - ``* /drop?ms=MS``: reads the request, waits MS ms, closes the connection unanswered;
 - ``GET /big?mb=N``: N MiB of bytes, streamed in 64 KiB chunks (a slow reader's load);
@@ -35,7 +36,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gpufleet.testing._process import ServerProcess, wait_healthy
-from gpufleet.wire import SERVER_HEADER, WORKER_SERVER_NAME
+from gpufleet.wire import FAULT_HEADER, SERVER_HEADER, WORKER_SERVER_NAME
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -109,7 +110,11 @@ def make_app(*, gpufleet: bool = False, max_batch_size: int = 8) -> web.Applicat
 
     async def status(request: web.Request) -> web.Response:
         code = int(request.match_info["code"])
-        return web.json_response({"error": "Status", "message": str(code)}, status=code)
+        fault = request.query.get("fault")
+        headers = {FAULT_HEADER: fault} if fault else None
+        return web.json_response(
+            {"error": "Status", "message": str(code)}, status=code, headers=headers
+        )
 
     async def overloaded(request: web.Request) -> web.Response:
         return web.json_response(

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from gpufleet import wire
-from gpufleet.errors import BadRequest, GpufleetError, PayloadTooLarge
+from gpufleet.errors import BadRequest, GpufleetError, ModelError, PayloadTooLarge
 from gpufleet.worker import codec
 from gpufleet.worker.service import DeadlineExceeded, WorkerService
 from gpufleet.worker.stats import GpuSampler, nvml_opener
@@ -55,13 +55,14 @@ def json_response(
 
 
 def error_response(exc: GpufleetError, status: int | None = None) -> web.Response:
-    """The wire error payload of ``exc``, with ``Retry-After`` when it has one."""
-    headers = {}
+    """The wire error payload of ``exc``, with ``Retry-After`` when it has one and
+    ``X-Gpufleet-Fault`` saying whether the request or the worker is to blame."""
+    status = status or exc.http_status
+    request_fault = status < 500 or (isinstance(exc, ModelError) and exc.request_fault)
+    headers = {wire.FAULT_HEADER: wire.FAULT_REQUEST if request_fault else wire.FAULT_WORKER}
     if exc.retry_after_s is not None:
         headers["Retry-After"] = wire.retry_after_header(exc.retry_after_s)
-    response = json_response(
-        wire.payload_from_exception(exc), status=status or exc.http_status, headers=headers
-    )
+    response = json_response(wire.payload_from_exception(exc), status=status, headers=headers)
     response[ERROR_KEY] = type(exc).__name__
     response[ERROR_MESSAGE_KEY] = exc.message or str(exc)
     return response
@@ -78,14 +79,23 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except GpufleetError as exc:
         response = error_response(exc)
     except DeadlineExceeded as exc:
-        response = json_response(wire.error_payload("DeadlineExceeded", str(exc)), status=504)
+        response = json_response(
+            wire.error_payload("DeadlineExceeded", str(exc)),
+            status=504,
+            headers={wire.FAULT_HEADER: wire.FAULT_WORKER},
+        )
         response[ERROR_KEY] = "DeadlineExceeded"
         response[ERROR_MESSAGE_KEY] = str(exc)
     except web.HTTPRequestEntityTooLarge as exc:
         response = error_response(PayloadTooLarge(exc.text or "request body too large"))
     except web.HTTPException as exc:
         name = exc.reason.replace(" ", "")
-        response = json_response(wire.error_payload(name, exc.text or exc.reason), exc.status)
+        fault = wire.FAULT_REQUEST if exc.status < 500 else wire.FAULT_WORKER
+        response = json_response(
+            wire.error_payload(name, exc.text or exc.reason),
+            exc.status,
+            headers={wire.FAULT_HEADER: fault},
+        )
         response[ERROR_MESSAGE_KEY] = exc.text or exc.reason
     if counted:
         _count(service, request.path, response, time.monotonic() - started)

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from gpufleet import wire
 from gpufleet.errors import BadRequest
 
 #: Top-level fields of ``POST /predict`` besides ``input``/``inputs``.
@@ -29,12 +30,15 @@ def parse_json(raw: bytes) -> Any:
     """Decode a JSON body.
 
     Raises:
-        BadRequest: empty, not UTF-8, or not JSON (with where it broke).
+        BadRequest: empty, not UTF-8, not JSON (with where it broke), or nested deeper
+            than ``wire.MAX_JSON_DEPTH``.
     """
     if not raw.strip():
         raise BadRequest('the request body is empty; send JSON like {"input": ...}')
     try:
-        return json.loads(raw)
+        return wire.decode_json(raw)
+    except wire.JSONTooDeep as exc:
+        raise BadRequest(f"the request body is {exc}") from None
     except UnicodeDecodeError as exc:
         raise BadRequest(f"the request body is not UTF-8: {exc.reason}") from None
     except json.JSONDecodeError as exc:

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gpufleet.errors import ConfigError, ModelError
@@ -27,6 +27,20 @@ from gpufleet.models.base import Model
 
 log = logging.getLogger("gpufleet.worker")
 _DONE = object()
+#: Device calls in a row in which no item succeeded, from which on failures are the
+#: worker's own (see ``Runner._blame``).
+FAILING_CALLS_OWN = 3
+#: Words of a RuntimeError that mean the device failed, whatever the input.
+_DEVICE_ERROR_MARKS = (
+    "cuda error",
+    "cuda driver",
+    "cudnn",
+    "cublas",
+    "nccl",
+    "device-side assert",
+    "illegal memory access",
+    "ecc error",
+)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -34,6 +48,14 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if type(exc).__name__ == "OutOfMemoryError":
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def is_device_error(exc: BaseException) -> bool:
+    """True when ``exc`` says the device failed (out of memory, a CUDA error), not the input."""
+    if is_out_of_memory(exc):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(m in text for m in _DEVICE_ERROR_MARKS)
 
 
 def resolve_device(requested: str) -> str:
@@ -59,6 +81,10 @@ class ItemFailed:
     only that item's caller gets a 500, its batch-mates get their outputs."""
 
     message: str
+    #: The device failed (out of memory alone, a CUDA error): never the input's fault.
+    device_error: bool = False
+    #: The input is to blame rather than the worker (set by ``Runner._blame``).
+    request_fault: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +130,8 @@ class Runner:
         self.last_finished_at: float | None = None
         #: Streams whose generator was closed before its end (caller gone, deadline).
         self.streams_closed = 0
+        #: Device calls in a row in which no item succeeded (see ``_blame``).
+        self.failing_calls = 0
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -207,11 +235,29 @@ class Runner:
         try:
             return self._predict_isolating(batch)
         except Exception as exc:  # a lone item (or isolation off): it fails by itself
-            message = exc.message if isinstance(exc, ModelError) else f"{type(exc).__name__}: {exc}"
-            return [ItemFailed(message) for _ in batch]
+            failed = ItemFailed(_message(exc), device_error=is_device_error(exc))
+            return [failed for _ in batch]
+
+    def _blame(self, *, any_ok: bool, device_error: bool) -> bool:
+        """Whether a failure in a call that just ended is the input's fault, not the worker's.
+
+        A device error is the worker's. An item that failed while another of its call
+        succeeded is the input's (a poisoned item, isolated). When no item of a call
+        succeeded, the input is blamed until ``FAILING_CALLS_OWN`` such calls come in a row
+        with no success between: a device that fails everything is soon called broken,
+        while one bad request sent alone (the usual case at low load) is not.
+        """
+        if device_error:
+            return False
+        return any_ok or self.failing_calls < FAILING_CALLS_OWN
 
     def _predict_encoded(self, batch: list[Any]) -> list[Any]:
-        outputs = self._predict_isolating(batch)
+        try:
+            outputs = self._predict_isolating(batch)
+        except Exception as exc:  # the whole call failed (a batch of one, or no isolation)
+            self.failing_calls += 1
+            fault = self._blame(any_ok=False, device_error=is_device_error(exc))
+            raise ModelError(_message(exc), request_fault=fault) from exc
         encoded: list[Any] = []
         for out in outputs:
             if isinstance(out, ItemFailed):
@@ -222,15 +268,27 @@ class Runner:
             except Exception as exc:
                 log.error("encode failed: %s: %s", type(exc).__name__, exc)
                 encoded.append(ItemFailed(f"encode raised {type(exc).__name__}: {exc}"))
-        return encoded
+        any_ok = any(not isinstance(out, ItemFailed) for out in encoded)
+        if any_ok:
+            self.failing_calls = 0
+        elif encoded:
+            self.failing_calls += 1
+        return [
+            replace(out, request_fault=self._blame(any_ok=any_ok, device_error=out.device_error))
+            if isinstance(out, ItemFailed)
+            else out
+            for out in encoded
+        ]
 
     async def predict(self, batch: list[Any]) -> list[Any]:
         """Run ``predict`` then ``encode`` on each output, on the device thread.
 
-        An output whose ``encode`` raised comes back as ``EncodeFailed``.
+        An item that failed alone (its ``predict`` or ``encode`` raised) comes back as
+        ``ItemFailed``, saying whether the input is to blame.
 
         Raises:
-            ModelError: predict raised (the message says what), or answered the wrong count.
+            ModelError: predict raised (the message says what, ``request_fault`` whose
+                fault it looks like), or answered the wrong count.
         """
         try:
             result: list[Any] = await self._call(self._predict_encoded, batch)
@@ -279,7 +337,8 @@ class Runner:
             raise
         except Exception as exc:
             finished = True  # the generator raised: it is closed already
-            raise ModelError(f"{type(exc).__name__}: {exc}") from exc
+            fault = self._blame(any_ok=False, device_error=is_device_error(exc))
+            raise ModelError(f"{type(exc).__name__}: {exc}", request_fault=fault) from exc
         finally:
             if it is not None and not finished:
                 # Not awaited: this may run under cancellation. The one device thread
@@ -296,3 +355,8 @@ class Runner:
     def thread_alive(self) -> bool:
         """True while the device thread exists (a hung predict keeps it alive)."""
         return any(t.is_alive() for t in getattr(self._executor, "_threads", ()))
+
+
+def _message(exc: BaseException) -> str:
+    """What a caller is told about an exception raised by model code."""
+    return exc.message if isinstance(exc, ModelError) else f"{type(exc).__name__}: {exc}"

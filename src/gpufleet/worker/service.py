@@ -294,7 +294,9 @@ class WorkerService:
             self.counters.failed_items += len(batch)
             for item in batch:
                 if item.future is not None and not item.future.done():
-                    item.future.set_exception(ModelError(exc.message))
+                    item.future.set_exception(
+                        ModelError(exc.message, request_fault=exc.request_fault)
+                    )
             return
         finally:
             self.metrics.compute_time.observe(self.clock() - started)
@@ -302,7 +304,9 @@ class WorkerService:
             if isinstance(out, ItemFailed):
                 self.counters.failed_items += 1
                 if item.future is not None and not item.future.done():
-                    item.future.set_exception(ModelError(out.message))
+                    item.future.set_exception(
+                        ModelError(out.message, request_fault=out.request_fault)
+                    )
             elif item.future is not None and not item.future.done():
                 item.future.set_result(out)
 
