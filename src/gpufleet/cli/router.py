@@ -18,8 +18,14 @@ def router(
     ),
     policy: str | None = typer.Option(
         None,
-        help="capacity | round-robin | least-outstanding | power-of-two | weighted | sticky "
-        "(default capacity)",
+        help="prefix | capacity | round-robin | least-outstanding | power-of-two | weighted | "
+        "sticky (default prefix: by prompt prefix for LLM bodies, else as capacity)",
+    ),
+    prefix_cache_mb: float | None = typer.Option(
+        None, "--prefix-cache-mb", help="memory bound of the prompt-prefix index (default 64)"
+    ),
+    prefix_ttl: float | None = typer.Option(
+        None, "--prefix-ttl", help="forget prefixes unused this long, s (default 600)"
     ),
     host: str | None = typer.Option(None, help="address to bind (default 127.0.0.1)"),
     port: int | None = typer.Option(None, help="port to bind; 0 picks a free one (default 8000)"),
@@ -113,6 +119,8 @@ def router(
             "workers": tuple(worker) if worker else None,
             "routes": tuple(route) if route else None,
             "policy": policy,
+            "prefix_cache_mb": prefix_cache_mb,
+            "prefix_ttl_s": prefix_ttl,
             "host": host,
             "port": port,
             "port_file": port_file,

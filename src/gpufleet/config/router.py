@@ -8,9 +8,10 @@ from typing import Literal
 from gpufleet.errors import ConfigError
 
 PolicyName = Literal[
-    "capacity", "round-robin", "least-outstanding", "power-of-two", "weighted", "sticky"
+    "prefix", "capacity", "round-robin", "least-outstanding", "power-of-two", "weighted", "sticky"
 ]
 POLICY_NAMES: tuple[str, ...] = (
+    "prefix",
     "capacity",
     "round-robin",
     "least-outstanding",
@@ -30,7 +31,13 @@ class RouterConfig:
 
     workers: tuple[str, ...] = ()
     routes: tuple[str, ...] = ()
-    policy: PolicyName = "capacity"
+    #: ``prefix``: by prompt prefix for LLM bodies (the engines' KV caches), else as
+    #: ``capacity`` (shortest expected wait from each upstream's measured rate).
+    policy: PolicyName = "prefix"
+    #: Memory bound of each pool's prompt-prefix index (LRU past it).
+    prefix_cache_mb: float = 64.0
+    #: Prefix index entries unused this long are dropped (engines evict old prefixes).
+    prefix_ttl_s: float = 600.0
     host: str = "127.0.0.1"
     port: int = 8000
     port_file: str | None = None
@@ -100,6 +107,8 @@ class RouterConfig:
             "max_body_mb",
             "stream_idle_timeout_s",
             "client_write_timeout_s",
+            "prefix_cache_mb",
+            "prefix_ttl_s",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")

@@ -52,7 +52,7 @@ def startup_lines(cfg: FleetConfig, plan: FleetPlan) -> list[str]:
                 f"  {w.device:<6} port {w.spec.port:<5} CUDA_VISIBLE_DEVICES={cvd:<8} "
                 f"log {w.spec.log_path}"
             )
-    policy = cfg.policy or "the router's default (capacity)"
+    policy = cfg.policy or "the router's default (prefix)"
     port = "a free port" if cfg.port == 0 else str(cfg.port)
     lines.append(f"gpufleet: router on {cfg.host}:{port}, policy {policy}")
     return lines

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 
 from gpufleet.errors import AdmissionRejected, NoHealthyBackend, UpstreamTimeout
 from gpufleet.router.policies import Policy
@@ -23,15 +23,21 @@ from gpufleet.router.upstream import Upstream
 
 
 class _Waiter:
-    __slots__ = ("enqueued", "exclude", "fut", "key")
+    __slots__ = ("enqueued", "exclude", "fut", "key", "prompt")
 
     def __init__(
-        self, fut: asyncio.Future[Upstream], key: str | None, exclude: Collection[str], t: float
+        self,
+        fut: asyncio.Future[Upstream],
+        key: str | None,
+        exclude: Collection[str],
+        t: float,
+        prompt: Sequence[int] | None,
     ) -> None:
         self.fut = fut
         self.key = key
         self.exclude = exclude
         self.enqueued = t
+        self.prompt = prompt
 
 
 class Admission:
@@ -52,6 +58,8 @@ class Admission:
         self.queue_timeout_s = queue_timeout_s
         self._clock = clock
         self._queue: deque[_Waiter] = deque()
+        #: The policy routes by prompt: the proxy reads prompts for this pool.
+        self.uses_prompt: bool = getattr(policy, "uses_prompt", False)
         self._timer: asyncio.TimerHandle | None = None
         #: Requests refused because the queue was full or their wait ran out.
         self.rejected = 0
@@ -68,7 +76,13 @@ class Admission:
             return [u for u in ready if u.id not in exclude]
         return ready
 
-    async def acquire(self, key: str | None, exclude: Collection[str], deadline: float) -> Upstream:
+    async def acquire(
+        self,
+        key: str | None,
+        exclude: Collection[str],
+        deadline: float,
+        prompt: Sequence[int] | None = None,
+    ) -> Upstream:
         """An upstream with one in-flight slot taken for this request.
 
         Raises:
@@ -80,7 +94,7 @@ class Admission:
             ready = self._candidates(exclude)
             if not ready:
                 raise NoHealthyBackend(f"no ready upstream in pool {self.pool.name!r}")
-            choice = self.policy.choose(ready, key, 1, 0.0)
+            choice = self.policy.choose(ready, key, 1, 0.0, prompt)
             if isinstance(choice, Upstream):
                 choice.take()
                 return choice
@@ -91,7 +105,7 @@ class Admission:
             raise AdmissionRejected(f"admission queue of pool {self.pool.name!r} is full")
         now = self._clock()
         fut: asyncio.Future[Upstream] = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(fut, key, exclude, now)
+        waiter = _Waiter(fut, key, exclude, now, prompt)
         self._queue.append(waiter)
         self.dispatch()
         wait_s = min(self.queue_timeout_s, deadline - now)
@@ -139,7 +153,7 @@ class Admission:
                 )
                 continue
             choice = self.policy.choose(
-                ready, waiter.key, len(queue), self._clock() - waiter.enqueued
+                ready, waiter.key, len(queue), self._clock() - waiter.enqueued, waiter.prompt
             )
             if isinstance(choice, Upstream):
                 queue.popleft()

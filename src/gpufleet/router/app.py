@@ -71,7 +71,13 @@ class RouterState:
         if found is None:
             found = self.admissions[pool.name] = Admission(
                 pool,
-                make_policy(self.cfg.policy, pool, random.Random(self.rng.random())),
+                make_policy(
+                    self.cfg.policy,
+                    pool,
+                    random.Random(self.rng.random()),
+                    prefix_cache_bytes=int(self.cfg.prefix_cache_mb * 2**20),
+                    prefix_ttl_s=self.cfg.prefix_ttl_s,
+                ),
                 max_queue=self.cfg.max_queue,
                 queue_timeout_s=self.cfg.queue_timeout_s,
             )

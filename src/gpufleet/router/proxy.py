@@ -28,10 +28,12 @@ from dataclasses import dataclass
 from typing import Final
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, istr
 from yarl import URL
 
 from gpufleet import wire
+from gpufleet._server import refuse_and_close
 from gpufleet.errors import (
     AdmissionRejected,
     BadRequest,
@@ -44,6 +46,7 @@ from gpufleet.errors import (
 from gpufleet.router.admission import Admission
 from gpufleet.router.http1 import AnswerBroken, Client, Lost, NotSent, Response
 from gpufleet.router.pool import Registry
+from gpufleet.router.prefix import prompt_blocks, prompt_text
 from gpufleet.router.retry_budget import RetryBudget
 from gpufleet.router.stats import Totals
 from gpufleet.router.upstream import EJECTED, READY, Abandoned, Upstream
@@ -364,6 +367,10 @@ class Proxy:
                 await answer.prepare(request)
                 await answer.write_eof()
                 request.protocol.force_close()
+            elif not request.content.is_eof():
+                # Refused before its body ended (over the limit, broken framing): the rest
+                # is not read (issue 13).
+                return await refuse_and_close(request, answer)
             return answer
         finally:
             self.active -= 1
@@ -384,6 +391,8 @@ class Proxy:
                     body: bytes | None = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 raise PayloadTooLarge("body is over the limit") from None
+            except HttpProcessingError as exc:
+                raise BadRequest(f"malformed request body: {exc.message}") from None
             except TimeoutError:
                 raise RequestTimeout(
                     f"request body not received within {settings.timeout_s:g}s"
@@ -403,6 +412,11 @@ class Proxy:
         # The request line is ``method + upstream's path prefix + target``, made per attempt.
         request_line = (f"{method} ".encode(), target.encode("utf-8", "surrogateescape"))
         key = request.headers.get(self._sticky)
+        prompt: list[int] | None = None
+        if body and admission.uses_prompt:
+            text = prompt_text(upstream_path, body)
+            if text:
+                prompt = prompt_blocks(text)
         # Upstreams this request must not go back to (a refusal does not count: the
         # upstream takes it again once it has room, which is what Retry-After asks).
         exclude: list[str] = []
@@ -413,7 +427,7 @@ class Proxy:
         try:
             while True:
                 try:
-                    upstream = await admission.acquire(key, exclude, deadline)
+                    upstream = await admission.acquire(key, exclude, deadline, prompt)
                 except (NoHealthyBackend, AdmissionRejected, UpstreamTimeout):
                     if failed is not None:
                         return self._give_up(failed, req)

@@ -30,7 +30,12 @@ class Policy(Protocol):
     name: str
 
     def choose(
-        self, ready: Sequence[Upstream], key: str | None, waiting: int, waited_s: float
+        self,
+        ready: Sequence[Upstream],
+        key: str | None,
+        waiting: int,
+        waited_s: float,
+        prompt: Sequence[int] | None = None,
     ) -> Choice:
         """Pick for one request.
 
@@ -39,6 +44,8 @@ class Policy(Protocol):
             key: the request's affinity key (the sticky header), if any.
             waiting: requests waiting in the pool's queue, this one included.
             waited_s: how long this request has waited so far.
+            prompt: the chained block keys of the request's prompt, for policies that
+                say ``uses_prompt = True`` (see ``router.prefix``); else None.
         """
         ...
 

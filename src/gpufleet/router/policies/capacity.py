@@ -31,7 +31,12 @@ class Capacity:
         self._rng = rng or random.Random()
 
     def choose(
-        self, ready: Sequence[Upstream], key: str | None, waiting: int, waited_s: float
+        self,
+        ready: Sequence[Upstream],
+        key: str | None,
+        waiting: int,
+        waited_s: float,
+        prompt: Sequence[int] | None = None,
     ) -> Choice:
         """The upstream with room that would finish this request first, or a hold."""
         # Upstreams not measured yet count as the mean of the measured ones (or all

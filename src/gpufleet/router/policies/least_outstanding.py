@@ -18,7 +18,12 @@ class LeastOutstanding:
         self._rng = rng or random.Random()
 
     def choose(
-        self, ready: Sequence[Upstream], key: str | None, waiting: int, waited_s: float
+        self,
+        ready: Sequence[Upstream],
+        key: str | None,
+        waiting: int,
+        waited_s: float,
+        prompt: Sequence[int] | None = None,
     ) -> Choice:
         """The least-loaded upstream with room."""
         return least_loaded(ready, self._rng)

@@ -18,7 +18,12 @@ class PowerOfTwo:
         self._rng = rng or random.Random()
 
     def choose(
-        self, ready: Sequence[Upstream], key: str | None, waiting: int, waited_s: float
+        self,
+        ready: Sequence[Upstream],
+        key: str | None,
+        waiting: int,
+        waited_s: float,
+        prompt: Sequence[int] | None = None,
     ) -> Choice:
         """The less loaded of two random upstreams that have room."""
         room = [u for u in ready if u.has_room()]

@@ -18,7 +18,12 @@ class RoundRobin:
         self._next = 0
 
     def choose(
-        self, ready: Sequence[Upstream], key: str | None, waiting: int, waited_s: float
+        self,
+        ready: Sequence[Upstream],
+        key: str | None,
+        waiting: int,
+        waited_s: float,
+        prompt: Sequence[int] | None = None,
     ) -> Choice:
         """The next upstream in turn that has room."""
         n = len(ready)

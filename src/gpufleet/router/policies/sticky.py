@@ -53,7 +53,12 @@ class Sticky:
         return self._owners[i]
 
     def choose(
-        self, ready: Sequence[Upstream], key: str | None, waiting: int, waited_s: float
+        self,
+        ready: Sequence[Upstream],
+        key: str | None,
+        waiting: int,
+        waited_s: float,
+        prompt: Sequence[int] | None = None,
     ) -> Choice:
         """The key's owner when it can take the request, else the least loaded."""
         if key:

@@ -23,7 +23,12 @@ class Weighted:
         self._current: dict[str, float] = {}
 
     def choose(
-        self, ready: Sequence[Upstream], key: str | None, waiting: int, waited_s: float
+        self,
+        ready: Sequence[Upstream],
+        key: str | None,
+        waiting: int,
+        waited_s: float,
+        prompt: Sequence[int] | None = None,
     ) -> Choice:
         """The upstream with room whose smoothed weight is highest."""
         current = self._current

@@ -1,0 +1,97 @@
+"""``prefix`` (the default): the upstream holding the longest cached prefix, unless busy.
+
+For a request whose prompt the router can read (``router.prefix``), the upstream that
+was sent the longest leading part of it most likely still holds its KV cache, and gets
+it — unless that would make it a hot spot: its expected wait, ``(in_flight + 1) /
+rate`` as the capacity policy measures it, may exceed the best upstream's by at most
+``BALANCE`` times plus ``SLACK`` requests' worth. Past that the request goes by load
+(the capacity policy), and the upstream it lands on then holds the prefix too, so one
+tenant flooding the fleet spreads over every GPU, and a slow GPU gets affinity traffic
+only in proportion to its measured speed. Requests without a prompt (other paths, other
+bodies) are routed by the capacity policy alone.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Final
+
+from gpufleet.router.policies.base import Choice
+from gpufleet.router.policies.capacity import Capacity
+from gpufleet.router.prefix import PrefixIndex
+from gpufleet.router.upstream import Upstream
+
+#: Affinity may cost at most this factor of the best expected wait ...
+BALANCE: Final = 1.5
+#: ... plus this many requests at the best upstream's rate.
+SLACK: Final = 2.0
+
+
+class Prefix:
+    """Prefix affinity with the capacity policy as the load guard and the fallback."""
+
+    name = "prefix"
+    #: The admission hands this policy the prompt's block keys.
+    uses_prompt = True
+
+    def __init__(self, index: PrefixIndex, rng: random.Random | None = None) -> None:
+        self.index = index
+        self._capacity = Capacity(rng)
+        #: Requests sent by affinity, and those that had a match but went by load.
+        self.affine = 0
+        self.by_load = 0
+
+    def choose(
+        self,
+        ready: Sequence[Upstream],
+        key: str | None,
+        waiting: int,
+        waited_s: float,
+        prompt: Sequence[int] | None = None,
+    ) -> Choice:
+        """The upstream with the longest cached prefix within the load guard, else by load."""
+        if not prompt:
+            return self._capacity.choose(ready, key, waiting, waited_s)
+        matched = self.index.match(prompt)
+        choice: Choice = None
+        if matched:
+            choice = self._affine(ready, matched)
+            if choice is None:
+                self.by_load += 1
+            else:
+                self.affine += 1
+        if choice is None:
+            choice = self._capacity.choose(ready, key, waiting, waited_s)
+        if isinstance(choice, Upstream):
+            self.index.record(prompt, choice.id)
+        return choice
+
+    def _affine(self, ready: Sequence[Upstream], matched: dict[int, int]) -> Upstream | None:
+        known = 0.0
+        n_known = 0
+        for u in ready:
+            if u.rate > 0.0:
+                known += u.rate
+                n_known += 1
+        default_rate = known / n_known if n_known else 1.0
+        bit = self.index.bit
+        best: Upstream | None = None
+        best_score = 0.0
+        best_rate = 1.0
+        affine: Upstream | None = None
+        affine_n = 0
+        affine_score = 0.0
+        for u in ready:
+            if not u.has_room():
+                continue
+            rate = u.rate or default_rate
+            score = (u.in_flight + 1) / rate
+            if best is None or score < best_score:
+                best, best_score, best_rate = u, score, rate
+            n = matched.get(bit(u.id), 0)
+            if n and (n > affine_n or (n == affine_n and score < affine_score)):
+                affine, affine_n, affine_score = u, n, score
+        if affine is None or affine_score > BALANCE * best_score + SLACK / best_rate:
+            return None
+        return affine

@@ -1,0 +1,194 @@
+"""Prompt-prefix routing: the prompt's blocks, the bounded index, the policy's load guard."""
+
+from __future__ import annotations
+
+import json
+import random
+import tracemalloc
+from collections import Counter
+
+from gpufleet.router.policies import make_policy
+from gpufleet.router.policies.prefix import Prefix
+from gpufleet.router.pool import Pool
+from gpufleet.router.prefix import (
+    BLOCK_CHARS,
+    BYTES_PER_ENTRY,
+    PrefixIndex,
+    prompt_blocks,
+    prompt_text,
+)
+from gpufleet.router.upstream import READY, Upstream
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _chat(system: str, user: str) -> bytes:
+    return json.dumps(
+        {
+            "model": "m",
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            "max_tokens": 8,
+            "stream": True,
+        }
+    ).encode()
+
+
+def test_prompts_are_read_from_the_llm_routes_only() -> None:
+    body = _chat("You are terse.", "hi")
+    assert prompt_text("/v1/chat/completions", body) == "system\nYou are terse.\nuser\nhi\n"
+    assert prompt_text("/pool/v1/chat/completions", body) is not None  # after a route prefix
+    parts = json.dumps(
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}]}]}
+    ).encode()
+    assert prompt_text("/v1/chat/completions", parts) == "user\na\n"
+    assert prompt_text("/v1/completions", b'{"prompt": "once upon"}') == "once upon"
+    assert prompt_text("/v1/completions", b'{"prompt": ["x", "y"]}') == "x"
+    assert prompt_text("/generate", b'{"text": "abc", "sampling_params": {}}') == "abc"
+    assert prompt_text("/predict", body) is None
+    assert prompt_text("/v1/chat/completions", b"not json") is None
+    assert prompt_text("/v1/chat/completions", b'{"messages": 5}') is None
+
+
+def test_blocks_are_chained_so_a_key_stands_for_its_whole_prefix() -> None:
+    shared = "s" * (BLOCK_CHARS * 3)
+    a = prompt_blocks(shared + "a" * BLOCK_CHARS * 2)
+    b = prompt_blocks(shared + "b" * BLOCK_CHARS * 2)
+    assert len(a) == len(b) == 5
+    assert a[:3] == b[:3]
+    assert a[3] != b[3]
+    # The same block text after a different prefix is a different key.
+    assert (
+        prompt_blocks("x" * BLOCK_CHARS + "y" * BLOCK_CHARS)[1]
+        != prompt_blocks("z" * BLOCK_CHARS + "y" * BLOCK_CHARS)[1]
+    )
+    assert prompt_blocks("short") == []
+
+
+def test_the_index_finds_the_longest_prefix_per_upstream() -> None:
+    index = PrefixIndex(1 << 20, 600, clock=Clock())
+    base = "p" * BLOCK_CHARS * 4
+    long_ = prompt_blocks(base + "q" * BLOCK_CHARS * 4)
+    short = prompt_blocks(base)
+    index.record(long_, "w0")
+    index.record(short, "w1")
+    found = index.match(prompt_blocks(base + "q" * BLOCK_CHARS * 4 + "tail" * 40))
+    assert found == {index.bit("w0"): 8, index.bit("w1"): 4}
+    assert index.match(prompt_blocks("other" * 100)) == {}
+
+
+def test_the_index_stays_under_its_memory_bound_with_100k_prompts() -> None:
+    max_bytes = 4 << 20
+    index = PrefixIndex(max_bytes, 600, clock=Clock())
+    rng = random.Random(1)
+    tracemalloc.start()
+    try:
+        for i in range(100_000):
+            text = f"{i}:{rng.random()}" * 20
+            index.record(prompt_blocks(text), f"w{i % 4}")
+        current, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(index) == index.max_entries
+    assert index.approx_bytes <= max_bytes
+    assert index.evicted > 0
+    per_entry = current / len(index)
+    print(f"{len(index)} entries, {current / 2**20:.2f} MiB traced, {per_entry:.0f} B/entry")
+    assert per_entry <= BYTES_PER_ENTRY
+    # The most recent prompts are still found; the oldest were evicted first.
+    assert index.match(prompt_blocks(text))
+
+
+def test_entries_unused_past_the_ttl_are_forgotten() -> None:
+    clock = Clock()
+    index = PrefixIndex(1 << 20, 60, clock=clock)
+    blocks = prompt_blocks("t" * BLOCK_CHARS * 10)
+    index.record(blocks, "w0")
+    clock.now += 59
+    assert index.match(blocks)
+    clock.now += 2
+    assert index.match(blocks) == {}
+    assert index.expire() == 10
+    assert len(index) == 0
+
+
+def _pool(*rates: float, cap: int = 64) -> Pool:
+    pool = Pool("default")
+    for i, rate in enumerate(rates):
+        u = Upstream(f"w{i}", f"http://h{i}", max_outstanding=cap)
+        u.state = READY
+        u.rate = rate
+        pool.members.append(u)
+    pool.refresh()
+    return pool
+
+
+def _run(policy: Prefix, pool: Pool, prompts: list[list[int]]) -> list[str]:
+    """Dispatch each prompt (the slot stays taken: a closed loop at full load)."""
+    out = []
+    for prompt in prompts:
+        choice = policy.choose(pool.ready, None, 1, 0.0, prompt)
+        assert isinstance(choice, Upstream)
+        choice.take()
+        out.append(choice.id)
+    return out
+
+
+def _tenant(t: int, user: int) -> list[int]:
+    return prompt_blocks(f"tenant {t} system prompt " * 200 + f"question {user} " * 10)
+
+
+def test_a_tenant_sticks_to_one_upstream_while_the_fleet_stays_balanced() -> None:
+    pool = _pool(10.0, 10.0, 10.0, 10.0)
+    policy = make_policy("prefix", pool, random.Random(3))
+    assert isinstance(policy, Prefix)
+    picks: dict[int, Counter[str]] = {t: Counter() for t in range(8)}
+    for round_ in range(6):
+        for t in range(8):
+            choice = policy.choose(pool.ready, None, 1, 0.0, _tenant(t, round_))
+            assert isinstance(choice, Upstream)
+            picks[t][choice.id] += 1
+            choice.take()
+        for u in pool.members:  # each round's requests finish before the next round
+            while u.in_flight:
+                u.give_back(0.1)
+    for t, counter in picks.items():
+        assert len(counter) == 1, (t, counter)  # the same tenant, the same upstream
+    load = Counter(next(iter(c)) for c in picks.values())
+    assert sorted(load.values()) == [2, 2, 2, 2]  # and the tenants spread evenly
+
+
+def test_one_tenant_flooding_spreads_over_every_upstream() -> None:
+    pool = _pool(10.0, 10.0, 10.0, 10.0)
+    policy = make_policy("prefix", pool, random.Random(4))
+    assert isinstance(policy, Prefix)
+    got = Counter(_run(policy, pool, [_tenant(0, i) for i in range(64)]))
+    assert set(got) == {"w0", "w1", "w2", "w3"}
+    assert max(got.values()) <= 2 * min(got.values()), got
+
+
+def test_a_slow_upstream_gets_affinity_traffic_by_its_speed() -> None:
+    pool = _pool(40.0, 40.0, 40.0, 10.0)
+    policy = make_policy("prefix", pool, random.Random(5))
+    assert isinstance(policy, Prefix)
+    got = Counter(_run(policy, pool, [_tenant(i % 16, i) for i in range(96)]))
+    share = got["w3"] / 96
+    print(dict(got), f"slow share {share:.3f} (its speed: {10 / 130:.3f})")
+    assert share < 0.15
+
+
+def test_requests_without_a_prompt_go_by_capacity() -> None:
+    pool = _pool(10.0, 10.0)
+    policy = make_policy("prefix", pool, random.Random(6))
+    got: Counter[str] = Counter()
+    for _ in range(20):
+        choice = policy.choose(pool.ready, None, 1, 0.0, None)
+        assert isinstance(choice, Upstream)
+        choice.take()
+        got[choice.id] += 1
+    assert got == {"w0": 10, "w1": 10}
