@@ -17,8 +17,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gpufleet import wire
+from gpufleet._server import refuse_and_close
 from gpufleet.errors import BadRequest, GpufleetError, ModelError, PayloadTooLarge
 from gpufleet.worker import codec
 from gpufleet.worker.service import DeadlineExceeded, WorkerService
@@ -99,6 +101,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         response[ERROR_MESSAGE_KEY] = exc.text or exc.reason
     if counted:
         _count(service, request.path, response, time.monotonic() - started)
+    if response.status >= 400 and not request.content.is_eof():
+        # Refused before its body ended (over the limit, broken framing): the rest is not
+        # read (issue 13).
+        return await refuse_and_close(request, response)
     return response
 
 
@@ -144,6 +150,8 @@ async def read_json(request: web.Request) -> Any:
         raise PayloadTooLarge(
             f"the body is over the limit of {limit} bytes (--max-body-mb)"
         ) from None
+    except HttpProcessingError as exc:
+        raise BadRequest(f"malformed request body: {exc.message}") from None
     return codec.parse_json(raw)
 
 
