@@ -27,3 +27,10 @@ def test_helpers_that_read_a_peers_body_survive_deep_json() -> None:
     deep = b"[" * 100_000
     assert not wire.is_overloaded_body(deep)
     assert wire.stall_reason(deep) is None
+
+
+def test_prefix_routing_reads_no_prompt_from_deep_json() -> None:
+    from gpufleet.router.prefix import prompt_text
+
+    deep = b'{"x": ' + b"[" * 200_000 + b"]" * 200_000 + b', "prompt": "hi"}'
+    assert prompt_text("/v1/completions", deep) is None

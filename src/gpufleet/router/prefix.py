@@ -66,7 +66,7 @@ def prompt_text(path: str, body: bytes) -> str | None:
         return None
     try:
         parsed = _DECODER.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # deeply nested skipped fields (issue 13)
         return None
     if parsed.messages:
         parts: list[str] = []
