@@ -2,7 +2,9 @@
 
 ``run_worker()`` and ``run_router()`` start a real ``gpufleet`` process bound to port 0 on
 127.0.0.1, learn its port from ``--port-file``, wait for ``GET /health`` to answer 200, and
-stop it (SIGTERM, then SIGKILL) on exit.
+stop it (SIGTERM, then SIGKILL) on exit. ``run_engine()`` does the same for a simulated LLM
+engine (``gpufleet.testing.llm_engine``: vLLM/SGLang routes, continuous batching, a prefix
+KV cache, in wall time), configured by ``EngineConfig``'s flags.
 """
 
 from gpufleet.testing._process import (
@@ -13,5 +15,15 @@ from gpufleet.testing._process import (
     run_worker,
     wait_healthy,
 )
+from gpufleet.testing.llm_engine import EngineConfig, run_engine
 
-__all__ = ["ServerProcess", "free_port", "run_router", "run_server", "run_worker", "wait_healthy"]
+__all__ = [
+    "EngineConfig",
+    "ServerProcess",
+    "free_port",
+    "run_engine",
+    "run_router",
+    "run_server",
+    "run_worker",
+    "wait_healthy",
+]
