@@ -140,13 +140,15 @@ async def test_a_frozen_worker_gets_its_requests_taken_back() -> None:
 async def test_stalled_readers_lose_their_slot_not_the_fleets() -> None:
     with (
         run_upstream() as upstream,
-        run_router([upstream.url], "--client-write-timeout", "1.5") as router,
+        run_router(
+            [upstream.url], "--client-write-timeout", "1.5", "--max-outstanding", "4"
+        ) as router,
     ):
         await _ready(router, upstream)
         port = router.port
         readers: list[socket.socket] = []
         try:
-            for _ in range(4):  # the cap of a server that is not a gpufleet worker
+            for _ in range(4):  # the cap
                 sock = socket.create_connection(("127.0.0.1", port))
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
                 sock.sendall(b"GET /big?mb=64 HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from gpufleet import wire
+from gpufleet.router import engines
 from gpufleet.router.pool import Registry
 from gpufleet.router.upstream import DRAINING, EJECTED, READY, REMOVED, STARTING, Upstream
 
@@ -99,6 +100,10 @@ class HealthChecker:
             try:
                 upstreams = [u for u in self.registry.all() if u.state != DRAINING]
                 await asyncio.gather(*(self.probe(u) for u in upstreams))
+                engines_ = [u for u in upstreams if u.engine == "vllm" and u.cap_from_stats]
+                if engines_ and self._session is not None:
+                    session = self._session
+                    await asyncio.gather(*(engines.poll(session, u) for u in engines_))
                 if self.on_round is not None:
                     self.on_round()
             except Exception:  # a bug in a probe must not stop health checking
@@ -149,11 +154,14 @@ class HealthChecker:
         upstream.is_gpufleet = is_gpufleet
         if is_gpufleet and upstream.cap_from_stats:
             await self._learn_cap(upstream)
+        elif upstream.cap_from_stats and not upstream.engine:
+            assert self._session is not None
+            await engines.discover(self._session, upstream)
         if upstream.state == state:  # nothing changed it while /stats was read
             log.info(
                 "%s is ready (%s, max_outstanding=%d)",
                 upstream.url,
-                "gpufleet worker" if is_gpufleet else "http server",
+                "gpufleet worker" if is_gpufleet else f"{upstream.engine or 'http'} server",
                 upstream.max_outstanding,
             )
             self.registry.set_state(upstream, READY)

@@ -20,6 +20,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Final, Protocol
 
+from gpufleet.router.limit import GradientLimit
+
 READY: Final = "ready"
 STARTING: Final = "starting"
 EJECTED: Final = "ejected"
@@ -74,6 +76,8 @@ class Upstream:
         "consecutive_oks",
         "ejected_until",
         "ejections",
+        "engine",
+        "engine_load",
         "errors",
         "fail_times",
         "first_byte_timeout_s",
@@ -83,6 +87,7 @@ class Upstream:
         "is_gpufleet",
         "labels",
         "latencies",
+        "limiter",
         "max_outstanding",
         "pool",
         "rate",
@@ -120,6 +125,12 @@ class Upstream:
         self.max_outstanding = max_outstanding or DEFAULT_MAX_OUTSTANDING
         self.state: str = STARTING
         self.is_gpufleet = False
+        #: What kind of server it is ("sglang", "tgi", "vllm", "http"; see engines.py).
+        self.engine = ""
+        #: The engine's own (running, waiting, monotonic time of the read), if it says.
+        self.engine_load: tuple[int, int, float] | None = None
+        #: Adapts ``max_outstanding`` from latency (servers that say nothing of it).
+        self.limiter: GradientLimit | None = None
         #: Where it runs, as its launcher says (``node``, ``gpu`` …; set through the admin API).
         self.labels: dict[str, str] = {}
         self.in_flight = 0
@@ -215,6 +226,8 @@ class Upstream:
     def note_first_byte(self, ttfb_s: float) -> None:
         """An answer began ``ttfb_s`` after its attempt started: learn the time bounds."""
         self.suspect = False
+        if self.limiter is not None:
+            self.max_outstanding = self.limiter.sample(ttfb_s, self.in_flight)
         self.ttfb.append(ttfb_s)
         self._ttfb_new += 1
         if self._ttfb_new >= TTFB_EVERY and len(self.ttfb) >= TTFB_MIN_SAMPLES:
@@ -293,6 +306,12 @@ class Upstream:
             "waiting": len(self.waiting),
             "suspect": self.suspect,
             "gpufleet_worker": self.is_gpufleet,
+            "engine": self.engine or None,
+            "engine_load": (
+                None
+                if self.engine_load is None
+                else {"running": self.engine_load[0], "waiting": self.engine_load[1]}
+            ),
             "labels": dict(self.labels),
         }
 

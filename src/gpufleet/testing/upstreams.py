@@ -39,6 +39,9 @@ from gpufleet.testing._process import ServerProcess, wait_healthy
 from gpufleet.wire import FAULT_HEADER, SERVER_HEADER, WORKER_SERVER_NAME
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: What a router asks of any upstream by itself (health, stats, engine discovery): not
+#: counted as requests.
+_PROBES = frozenset({"/health", "/stats", "/get_server_info", "/info", "/metrics"})
 
 
 class _Seen:
@@ -57,7 +60,7 @@ def make_app(*, gpufleet: bool = False, max_batch_size: int = 8) -> web.Applicat
 
     @web.middleware
     async def count(request: web.Request, handler: _Handler) -> web.StreamResponse:
-        if request.path not in ("/health", "/stats") and not request.path.startswith("/control"):
+        if request.path not in _PROBES and not request.path.startswith("/control"):
             seen.requests += 1
             seen.paths[request.path] += 1
         response = await handler(request)
