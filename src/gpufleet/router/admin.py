@@ -1,7 +1,9 @@
 """``/admin/workers``: list, add, drain and remove upstreams at run time (Bearer token).
 
-With no token configured the whole API answers 404, as if it did not exist. Only
-``http(s)`` URLs are accepted. Adding the same URL to the same pool again answers the
+With no token configured the whole API answers 404, as if it did not exist. Every path
+under ``/admin`` is the API's, whatever the method: one it does not define is a 404 or
+405 JSON answer here, never proxied (an upstream would get the token). Only ``http(s)``
+URLs are accepted. Adding the same URL to the same pool again answers the
 existing entry (200, its weight and labels updated), so a supervisor can repeat a call
 safely. ``labels`` (string to string) say where an upstream runs (a Ray node, a GPU); the
 router only shows them in ``/stats``.
@@ -10,16 +12,28 @@ router only shows them in ``/stats``.
 from __future__ import annotations
 
 import hmac
-import json
+import re
 from collections.abc import Awaitable, Callable
+from typing import Final
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
+from gpufleet import wire
+from gpufleet._server import refuse_and_close
 from gpufleet.errors import ConfigError
 from gpufleet.router.pool import DEFAULT_POOL, Registry, WorkerSpec, check_url, parse_weight
 from gpufleet.router.upstream import DRAINING, STARTING, Upstream
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: The largest admin request body.
+MAX_BODY: Final = 64 * 1024
+#: Each admin path and the methods it takes (for 405 and ``Allow``).
+_METHODS: Final = (
+    (re.compile(r"/admin/workers/?"), "GET, POST"),
+    (re.compile(r"/admin/workers/[^/]+/drain/?"), "POST"),
+    (re.compile(r"/admin/workers/[^/]+/?"), "DELETE"),
+)
 
 
 def _error(status: int, error: str, message: str) -> web.Response:
@@ -47,6 +61,9 @@ class AdminAPI:
         app.router.add_post("/admin/workers", self._guard(self.add))
         app.router.add_post("/admin/workers/{id}/drain", self._guard(self.drain))
         app.router.add_delete("/admin/workers/{id}", self._guard(self.remove))
+        # Whatever else is under /admin is answered here, never proxied.
+        app.router.add_route("*", "/admin", self._guard(self.unknown))
+        app.router.add_route("*", "/admin/{tail:.*}", self._guard(self.unknown))
 
     def _guard(self, handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
@@ -54,9 +71,9 @@ class AdminAPI:
                 return _error(404, "NotFound", "the admin API is off (no admin token set)")
             auth = request.headers.get("Authorization", "")
             scheme, _, given = auth.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                given.strip().encode(), self._token
-            ):
+            # Header bytes that are not UTF-8 come as surrogates: back to the same bytes.
+            given_bytes = given.strip().encode("utf-8", "surrogateescape")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, self._token):
                 response = _error(401, "Unauthorized", "admin calls need a valid Bearer token")
                 response.headers["WWW-Authenticate"] = 'Bearer realm="gpufleet-router"'
                 return response
@@ -64,15 +81,30 @@ class AdminAPI:
 
         return guarded
 
+    async def unknown(self, request: web.Request) -> web.StreamResponse:
+        """Any other ``/admin`` call: 405 (with ``Allow``) for a known path, else 404."""
+        path = request.path
+        for pattern, allow in _METHODS:
+            if pattern.fullmatch(path):
+                response = _error(
+                    405, "MethodNotAllowed", f"{path} takes {allow}, not {request.method}"
+                )
+                response.headers["Allow"] = allow
+                return await _unread_body(request, response)
+        return await _unread_body(request, _error(404, "NotFound", f"no admin call at {path}"))
+
     async def list(self, request: web.Request) -> web.Response:
         """``GET /admin/workers``."""
         return web.json_response({"workers": [u.snapshot() for u in self.registry.all()]})
 
-    async def add(self, request: web.Request) -> web.Response:
+    async def add(self, request: web.Request) -> web.StreamResponse:
         """``POST /admin/workers`` ``{"url", "weight"?, "pool"?, "labels"?}``."""
+        raw = await _read_body(request)
+        if isinstance(raw, web.StreamResponse):
+            return raw
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = wire.decode_json(raw)
+        except ValueError:
             return _error(400, "BadRequest", "the body must be JSON")
         if not isinstance(body, dict) or not isinstance(body.get("url"), str):
             return _error(400, "BadRequest", 'the body must be {"url": ..., "weight"?, "pool"?}')
@@ -127,3 +159,31 @@ class AdminAPI:
         if self._on_remove is not None:
             self._on_remove(upstream)
         return web.json_response(upstream.snapshot())
+
+
+async def _read_body(request: web.Request) -> bytes | web.StreamResponse:
+    """The request body, or the 413 that refused it (over ``MAX_BODY``)."""
+    too_large = _error(413, "PayloadTooLarge", f"admin bodies are at most {MAX_BODY} bytes")
+    length = request.content_length
+    if length is not None and length > MAX_BODY:
+        return await refuse_and_close(request, too_large)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while chunk := await request.content.readany():
+            size += len(chunk)
+            if size > MAX_BODY:
+                return await refuse_and_close(request, too_large)
+            chunks.append(chunk)
+    except HttpProcessingError as exc:
+        return await refuse_and_close(
+            request, _error(400, "BadRequest", f"malformed request body: {exc.message}")
+        )
+    return b"".join(chunks)
+
+
+async def _unread_body(request: web.Request, response: web.Response) -> web.StreamResponse:
+    """``response``, closing the connection if a body is still arriving (it is not read)."""
+    if request.content.is_eof():
+        return response
+    return await refuse_and_close(request, response)

@@ -124,6 +124,7 @@ class RouterState:
                 client_write_timeout_s=cfg.client_write_timeout_s,
                 retry_lost=cfg.retry_lost,
                 max_ejection_percent=cfg.max_ejection_percent,
+                admin_token=cfg.admin_token,
             ),
             self.totals,
             budget=RetryBudget(cfg.retry_budget_percent, cfg.retry_budget_min),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import os
@@ -92,6 +93,7 @@ _ATTEMPTS = istr(wire.ATTEMPTS_HEADER)
 _FIRST_BYTE = istr(wire.FIRST_BYTE_TIMEOUT_HEADER)
 _SERVER = wire.SERVER_HEADER.lower()
 _FAULT = wire.FAULT_HEADER.lower()
+_AUTHORIZATION = b"authorization"
 _ACCEL = istr("X-Accel-Buffering")
 _CT = istr("Content-Type")
 _CL = istr("Content-Length")
@@ -120,6 +122,8 @@ class ProxySettings:
     client_write_timeout_s: float = 30.0
     retry_lost: bool = False
     max_ejection_percent: float = 50.0
+    #: The admin API's token: an ``Authorization`` header carrying it is not passed on.
+    admin_token: str | None = None
 
 
 class RequestTimeout(BadRequest):
@@ -339,6 +343,7 @@ class Proxy:
         self._rid_prefix = os.urandom(6).hex()
         self._rid_next = 0
         self._sticky = istr(settings.sticky_header)
+        self._admin_token = (settings.admin_token or "").encode()
         #: Requests being proxied now, and an event set when that drops to 0 (drain).
         self.active = 0
         self.idle: asyncio.Event | None = None
@@ -479,6 +484,11 @@ class Proxy:
         assert failed.error is not None
         raise failed.error
 
+    def _is_admin(self, authorization: bytes) -> bool:
+        """True when an ``Authorization`` value carries the admin token (constant time)."""
+        _, _, given = authorization.strip().partition(b" ")
+        return hmac.compare_digest(given.strip(), self._admin_token)
+
     def _request_headers(self, request: web.Request, rid: str, body: bytes | None) -> bytes:
         """The header lines passed upstream (all but Host and the deadline), as bytes."""
         drop = _REQUEST_DROP
@@ -502,6 +512,8 @@ class Proxy:
                 has_xfh = True
             elif lower == _XFP:
                 has_xfp = True
+            elif lower == _AUTHORIZATION and self._admin_token and self._is_admin(value):
+                continue  # the admin token never leaves the router (issue 13)
             lines += (name, b": ", value, _CRLF)
         peer = (request.remote or "").encode("latin-1")
         lines += (b"X-Forwarded-For: ", prior + b", " + peer if prior else peer, _CRLF)
