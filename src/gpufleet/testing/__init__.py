@@ -15,7 +15,8 @@ from gpufleet.testing._process import (
     run_worker,
     wait_healthy,
 )
-from gpufleet.testing.llm_engine import EngineConfig, run_engine
+from gpufleet.testing.llm.config import EngineConfig
+from gpufleet.testing.llm.server import run_engine
 
 __all__ = [
     "EngineConfig",

@@ -402,19 +402,21 @@ def make_app(cfg: EngineConfig | None = None) -> web.Application:
     add = app.router
     add.add_post("/v1/chat/completions", chat_completions)
     add.add_post("/v1/completions", completions)
-    add.add_post("/generate", generate)
     add.add_get("/v1/models", models)
     add.add_get("/health", health)
-    add.add_get("/health_generate", health_generate)
-    add.add_get("/get_server_info", server_info)
-    add.add_get("/server_info", server_info)
-    add.add_get("/get_model_info", model_info)
-    add.add_get("/get_load", get_load)
-    add.add_post("/flush_cache", flush_cache)
-    add.add_post("/reset_prefix_cache", flush_cache)
-    add.add_get("/metrics", metrics)
     add.add_get("/stats", stats)
     add.add_get("/version", _version)
+    if engine.cfg.api in ("both", "vllm"):
+        add.add_get("/metrics", metrics)
+        add.add_post("/reset_prefix_cache", flush_cache)
+    if engine.cfg.api in ("both", "sglang"):
+        add.add_post("/generate", generate)
+        add.add_get("/health_generate", health_generate)
+        add.add_get("/get_server_info", server_info)
+        add.add_get("/server_info", server_info)
+        add.add_get("/get_model_info", model_info)
+        add.add_get("/get_load", get_load)
+        add.add_post("/flush_cache", flush_cache)
     return app
 
 

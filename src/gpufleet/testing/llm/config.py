@@ -9,9 +9,12 @@ from typing import Any
 
 from gpufleet.errors import ConfigError
 
+#: Which engine's routes to answer (a router may tell engines apart by their routes).
+APIS = ("both", "vllm", "sglang")
 
-def _knob(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+
+def _knob(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,12 @@ class EngineConfig:
     max_tokens_default: int = _knob(64, "completion tokens when a request names none")
     max_waiting: int = _knob(4096, "waiting sequences beyond which a request gets 503")
     seed: int = _knob(0, "seed of the generated words")
+    api: str = _knob(
+        "both",
+        "routes to answer: vllm (OpenAI routes, /metrics), sglang (OpenAI routes, /generate, "
+        "/get_server_info and friends, no /metrics) or both",
+        APIS,
+    )
 
     def __post_init__(self) -> None:
         for name in ("speed", "step_base_ms", "step_per_seq_ms", "prefill_us_per_token"):
@@ -51,6 +60,8 @@ class EngineConfig:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.api not in APIS:
+            raise ConfigError(f"api must be one of {', '.join(APIS)}, got {self.api!r}")
         if not self.model_name:
             raise ConfigError("model_name must not be empty")
 
@@ -68,6 +79,7 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
             "--" + f.name.replace("_", "-"),
             type=kind,
             default=f.default,
+            choices=f.metadata["choices"],
             help=f"{f.metadata['help']} (default: {f.default})",
         )
 
