@@ -13,9 +13,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
-from gpufleet.testing import ServerProcess, run_engine
-from gpufleet.testing.llm import render_chat, tokenize
+from gpufleet.testing import EngineConfig, ServerProcess, run_engine
+from gpufleet.testing.llm import make_app, render_chat, tokenize
 from tests.integration._router import get_json, wait_for
 
 TIMEOUT = aiohttp.ClientTimeout(total=20)
@@ -279,3 +280,17 @@ async def test_a_caller_who_leaves_frees_its_slot() -> None:
             assert time.monotonic() - started < 2.0
         assert "Traceback" not in engine.log()
         assert "Error" not in engine.log()
+
+
+async def test_api_flag_picks_the_routes_in_process() -> None:
+    # make_app serves in-process too; --api vllm hides SGLang's routes, --api sglang /metrics.
+    for api, present, absent in (
+        ("vllm", "/metrics", "/get_server_info"),
+        ("sglang", "/get_server_info", "/metrics"),
+    ):
+        server = TestServer(make_app(EngineConfig(api=api)))
+        async with TestClient(server) as client:
+            assert (await client.get(present)).status == 200
+            assert (await client.get(absent)).status == 404
+            resp = await client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2})
+            assert (await resp.json())["usage"]["completion_tokens"] == 2

@@ -52,23 +52,18 @@ def render_metrics(engine: Engine) -> str:
         lines.append(f"{name}_count{{{labels}}} {_fmt(hist.count)}")
         lines.append(f"{name}_sum{{{labels}}} {_fmt(hist.sum)}")
 
-    metric(
-        "vllm:num_requests_running",
-        "gauge",
-        "Number of requests in model execution batches.",
-        len(sched.running),
-    )
-    metric(
-        "vllm:num_requests_waiting",
-        "gauge",
-        "Number of requests waiting to be processed.",
-        len(sched.waiting),
-    )
-    metric(
-        "vllm:kv_cache_usage_perc",
-        "gauge",
-        "KV-cache usage. 1 means 100 percent usage.",
-        sched.kv_usage,
+    gauges = (
+        (
+            "vllm:num_requests_running",
+            "Number of requests in model execution batches.",
+            len(sched.running),
+        ),
+        (
+            "vllm:num_requests_waiting",
+            "Number of requests waiting to be processed.",
+            len(sched.waiting),
+        ),
+        ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", sched.kv_usage),
     )
     counters = (
         ("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.",
@@ -80,14 +75,13 @@ def render_metrics(engine: Engine) -> str:
          sched.generation_tokens),
         ("vllm:num_preemptions", "Cumulative number of preemption from the engine.", 0),
     )  # fmt: skip
+    for name, help, value in gauges:
+        metric(name, "gauge", help, value)
     for name, help, value in counters:
+        # prometheus_client's convention, which vLLM follows: the sample has _total.
         metric(name, "counter", help, value, sample=name + "_total")
-    histogram(
-        "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
-        engine.ttft,
-    )  # fmt: skip
-    histogram(
-        "vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.",
-        engine.e2e,
-    )  # fmt: skip
+    histogram("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
+              engine.ttft)  # fmt: skip
+    histogram("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.",
+              engine.e2e)  # fmt: skip
     return "\n".join(lines) + "\n"
