@@ -71,6 +71,29 @@ async def test_a_tenant_stays_on_one_engine_and_the_tenants_spread() -> None:
         assert sorted(tenants_per_engine.values()) == [2, 2, 2, 2], tenants_per_engine
         for e in engines:
             assert (await get_json(e.url + "/stats"))["cache_hit_rate"] > 0.5
+        # Tokens are counted per upstream from the answers' usage, and streams are timed.
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session,
+            session.post(
+                router.url + "/v1/chat/completions",
+                json={
+                    **_body(0, 99, max_tokens=8),
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                },
+            ) as resp,
+        ):
+            assert resp.status == 200
+            await resp.read()
+        stats = await get_json(router.url + "/stats")
+        tokens = [w["tokens"] for w in stats["workers"]]
+        assert sum(t["answers"] for t in tokens) == 33
+        assert sum(t["completion"] for t in tokens) == 32 * 4 + 8
+        assert sum(t["prompt"] for t in tokens) > 33 * 900  # ~920 tokens per prompt
+        assert max(t["ttft_ms"]["p50"] for t in tokens) > 0
+        prefix = stats["pools"]["default"]["prefix"]
+        assert prefix["affine"] >= 24
+        assert prefix["entries"] > 0
 
 
 async def test_one_tenant_flooding_the_fleet_spreads_over_every_engine() -> None:

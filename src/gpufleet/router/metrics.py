@@ -61,8 +61,35 @@ class RouterCollector(Collector):
             "1 for the upstream's state.",
             labels=[*labels, "state"],
         )
+        prompt_tokens = CounterMetricFamily(
+            "gpufleet_router_upstream_prompt_tokens",
+            "Prompt tokens of LLM answers (their usage).",
+            labels=labels,
+        )
+        completion_tokens = CounterMetricFamily(
+            "gpufleet_router_upstream_completion_tokens",
+            "Completion tokens of LLM answers (usage, else stream events).",
+            labels=labels,
+        )
+        ttft = GaugeMetricFamily(
+            "gpufleet_router_upstream_ttft_seconds",
+            "Recent time to first token of LLM streams, quantiles.",
+            labels=[*labels, "quantile"],
+        )
+        itl = GaugeMetricFamily(
+            "gpufleet_router_upstream_inter_token_seconds",
+            "Recent mean time between tokens of LLM streams, quantiles.",
+            labels=[*labels, "quantile"],
+        )
         for u in self._registry.all():
             lv = [u.id, u.url, u.pool]
+            if u.tokens is not None:
+                prompt_tokens.add_metric(lv, u.tokens.prompt)
+                completion_tokens.add_metric(lv, u.tokens.completion)
+                ttft_s, itl_s = sorted(u.tokens.ttft), sorted(u.tokens.itl)
+                for q in (0.5, 0.99):
+                    ttft.add_metric([*lv, str(q)], percentile_ms(ttft_s, q) / 1000.0)
+                    itl.add_metric([*lv, str(q)], percentile_ms(itl_s, q) / 1000.0)
             served.add_metric(lv, u.served)
             errors.add_metric(lv, u.errors)
             ejections.add_metric(lv, u.ejections)
@@ -74,6 +101,7 @@ class RouterCollector(Collector):
             for s in STATES:
                 state.add_metric([*lv, s], 1.0 if u.state == s else 0.0)
         yield from (served, errors, ejections, in_flight, rate, latency, state)
+        yield from (prompt_tokens, completion_tokens, ttft, itl)
 
         totals = self._totals
         requests = CounterMetricFamily("gpufleet_router_requests", "Requests received.")

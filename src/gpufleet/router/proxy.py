@@ -47,9 +47,10 @@ from gpufleet.errors import (
 from gpufleet.router.admission import Admission
 from gpufleet.router.http1 import AnswerBroken, Client, Lost, NotSent, Response
 from gpufleet.router.pool import Registry
-from gpufleet.router.prefix import prompt_blocks, prompt_text
+from gpufleet.router.prefix import PROMPT_PATHS, prompt_blocks, prompt_text
 from gpufleet.router.retry_budget import RetryBudget
 from gpufleet.router.stats import Totals
+from gpufleet.router.tokens import usage_of
 from gpufleet.router.upstream import EJECTED, READY, Abandoned, Upstream
 
 log = logging.getLogger("gpufleet.router")
@@ -104,6 +105,8 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 #: Answers up to this size with a Content-Length are read whole and sent in one write.
 _SMALL_BODY = 256 * 1024
+#: Bytes of an LLM stream's end kept to find its ``usage``.
+_TAIL = 4096
 #: The longest client ``X-Request-Id`` kept (longer ones, or not printable ASCII: minted).
 MAX_REQUEST_ID = 200
 
@@ -188,11 +191,13 @@ class _ClientStalled(_Stop):
 class _Request:
     """What one request carries through its attempts."""
 
-    __slots__ = ("attempts", "first_byte_s", "rid")
+    __slots__ = ("attempts", "first_byte_s", "llm", "rid")
 
     def __init__(self, rid: str, first_byte_s: float) -> None:
         self.rid = rid
         self.attempts = 0
+        #: An LLM route (chat, completions, generate): its tokens are counted.
+        self.llm = False
         #: The caller's own first-byte timeout (``X-Gpufleet-First-Byte-Timeout``), or 0.
         self.first_byte_s = first_byte_s
 
@@ -418,6 +423,7 @@ class Proxy:
         request_line = (f"{method} ".encode(), target.encode("utf-8", "surrogateescape"))
         key = request.headers.get(self._sticky)
         prompt: list[int] | None = None
+        req.llm = method == "POST" and upstream_path.endswith(PROMPT_PATHS)
         if body and admission.uses_prompt:
             text = prompt_text(upstream_path, body)
             if text:
@@ -651,6 +657,8 @@ class Proxy:
                 data = await resp.read()
                 latency = self._clock() - started
                 self.totals.count(status)
+                if req.llm and status == 200:
+                    upstream.token_counts().add(usage_of(data))
                 return web.Response(status=status, headers=out, body=data)
             # A stream (or a large body): pass it on chunk by chunk.
             out[_ACCEL] = "no"
@@ -659,8 +667,17 @@ class Proxy:
                 stream.content_length = length
             await stream.prepare(request)
             self.totals.count(status)
+            llm = req.llm and status == 200
+            events = 0
+            tail = b""
+            first_at: float | None = None
             try:
                 async for chunk in resp.iter_chunks():
+                    if llm:
+                        if first_at is None:
+                            first_at = self._clock()
+                        events += chunk.count(b"data:")
+                        tail = chunk if len(chunk) >= _TAIL else (tail + chunk)[-_TAIL:]
                     watch.writes += 1
                     watch.writing = True
                     await stream.write(chunk)
@@ -675,6 +692,14 @@ class Proxy:
             await stream.write_eof()
             if status < 500:
                 latency = self._clock() - started
+            if llm:
+                end = self._clock()
+                upstream.token_counts().add_stream(
+                    tail,
+                    events,
+                    None if first_at is None else first_at - started,
+                    0.0 if first_at is None else end - first_at,
+                )
             return stream
         except (_Stop, AnswerBroken, Lost) as exc:
             # The head had arrived; the body broke before anything reached the client.

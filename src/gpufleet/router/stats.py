@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from gpufleet.router.admission import Admission
+from gpufleet.router.policies.prefix import Prefix
 from gpufleet.router.pool import Registry
 
 
@@ -82,6 +83,7 @@ def stats_payload(
                 "workers": [u.id for u in pool.members],
                 "ready": len(pool.ready),
                 "queue_depth": admissions[name].depth if name in admissions else 0,
+                "prefix": _prefix_stats(admissions.get(name)),
             }
             for name, pool in registry.pools.items()
         },
@@ -103,4 +105,22 @@ def stats_payload(
             "queue_timeouts": sum(a.timed_out for a in admissions.values()),
             "ready_workers": sum(1 for u in registry.all() if u.state == "ready"),
         },
+    }
+
+
+def _prefix_stats(admission: Admission | None) -> dict[str, Any] | None:
+    """The pool's prompt-prefix index, when its policy routes by prefix."""
+    policy = admission.policy if admission is not None else None
+    if not isinstance(policy, Prefix):
+        return None
+    index = policy.index
+    return {
+        "entries": len(index),
+        "approx_bytes": index.approx_bytes,
+        "max_entries": index.max_entries,
+        "lookups": index.lookups,
+        "hits": index.hits,
+        "evicted": index.evicted,
+        "affine": policy.affine,
+        "by_load": policy.by_load,
     }

@@ -18,9 +18,12 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from gpufleet.router.limit import GradientLimit
+
+if TYPE_CHECKING:
+    from gpufleet.router.tokens import TokenCounts
 
 READY: Final = "ready"
 STARTING: Final = "starting"
@@ -97,6 +100,7 @@ class Upstream:
         "state",
         "stuck_until",
         "suspect",
+        "tokens",
         "ttfb",
         "url",
         "waiting",
@@ -131,6 +135,8 @@ class Upstream:
         self.engine_load: tuple[int, int, float] | None = None
         #: Adapts ``max_outstanding`` from latency (servers that say nothing of it).
         self.limiter: GradientLimit | None = None
+        #: LLM tokens in and out, TTFT and inter-token latency (made on the first answer).
+        self.tokens: TokenCounts | None = None
         #: Where it runs, as its launcher says (``node``, ``gpu`` …; set through the admin API).
         self.labels: dict[str, str] = {}
         self.in_flight = 0
@@ -189,6 +195,14 @@ class Upstream:
         for started in self.waiting.values():
             return self._clock() - started > self.busy_after_s
         return False
+
+    def token_counts(self) -> TokenCounts:
+        """This upstream's LLM token counters (made on first use)."""
+        if self.tokens is None:
+            from gpufleet.router.tokens import TokenCounts
+
+            self.tokens = TokenCounts()
+        return self.tokens
 
     def abandon_waiting(self, why: str) -> int:
         """Fail every attempt still waiting for its answer here; how many there were."""
@@ -307,6 +321,7 @@ class Upstream:
             "suspect": self.suspect,
             "gpufleet_worker": self.is_gpufleet,
             "engine": self.engine or None,
+            "tokens": None if self.tokens is None else self.tokens.snapshot(),
             "engine_load": (
                 None
                 if self.engine_load is None
