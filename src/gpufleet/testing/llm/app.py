@@ -33,7 +33,10 @@ async def models(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    """``GET /health``: the engine loop runs."""
+    """``GET /health``: 200 ``{}`` while the engine loop runs, 503 once it failed."""
+    failure = request.app[ENGINE].failure
+    if failure is not None:
+        return web.json_response({"error": "EngineDead", "message": failure}, status=503)
     return web.json_response({})
 
 

@@ -35,6 +35,8 @@ class Engine:
         self.ttft = Histogram(TTFT_BUCKETS)
         self.e2e = Histogram(E2E_BUCKETS)
         self.rejected = 0
+        #: Why the engine loop stopped, if it did (then /health answers 503).
+        self.failure: str | None = None
         self._wake = asyncio.Event()
         self._events: dict[Sequence, asyncio.Event] = {}
 
@@ -94,6 +96,14 @@ class Engine:
         return self.scheduler.cache.clear()
 
     async def _loop(self) -> None:
+        try:
+            await self._steps()
+        except Exception as exc:
+            # A bug here must not look like a healthy engine that never answers.
+            log.exception("engine loop failed")
+            self.failure = repr(exc)
+
+    async def _steps(self) -> None:
         loop = asyncio.get_running_loop()
         sched = self.scheduler
         while True:
