@@ -101,6 +101,12 @@ def router(
     admin_token: str | None = typer.Option(
         None, help="Bearer token of /admin (or GPUFLEET_ADMIN_TOKEN); unset: admin API off"
     ),
+    allow_upstream: list[str] | None = typer.Option(
+        None,
+        "--allow-upstream",
+        help="CIDR that admin-added upstreams must resolve into (repeatable; loopback "
+        "always may); unset: any but link-local, metadata, multicast",
+    ),
     max_body_mb: float | None = typer.Option(None, help="largest request body (default 32)"),
     max_header_kb: int | None = typer.Option(None, help="largest header line (default 16)"),
     drain_timeout: float | None = typer.Option(
@@ -146,6 +152,7 @@ def router(
             "max_ejection_percent": max_ejection_percent,
             "sticky_header": sticky_header,
             "admin_token": admin_token,
+            "allowed_upstreams": tuple(allow_upstream) if allow_upstream else None,
             "max_body_mb": max_body_mb,
             "max_header_kb": max_header_kb,
             "drain_timeout_s": drain_timeout,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
@@ -81,6 +82,10 @@ class RouterConfig:
     max_ejection_percent: float = 50.0
     sticky_header: str = "X-Session-Id"
     admin_token: str | None = None
+    #: Networks (CIDR) that upstreams added through the admin API must resolve into
+    #: (loopback always may); empty: any address that can be a model server (never
+    #: link-local, metadata, multicast, unspecified). ``--worker`` URLs are not limited.
+    allowed_upstreams: tuple[str, ...] = ()
     max_body_mb: float = 32.0
     max_header_kb: int = 16
     drain_timeout_s: float = 30.0
@@ -128,6 +133,11 @@ class RouterConfig:
             raise ConfigError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
         if not self.health_path.startswith("/"):
             raise ConfigError(f"health_path must start with '/', got {self.health_path!r}")
+        for cidr in self.allowed_upstreams:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(f"allowed_upstreams: not a network (CIDR): {cidr!r}") from None
         if self.admin_token is not None and len(self.admin_token) < 8:
             raise ConfigError("admin_token must be at least 8 characters")
 

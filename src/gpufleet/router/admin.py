@@ -11,18 +11,29 @@ router only shows them in ``/stats``.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import ipaddress
 import re
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Final
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from yarl import URL
 
 from gpufleet import wire
 from gpufleet._server import refuse_and_close
 from gpufleet.errors import ConfigError
-from gpufleet.router.pool import DEFAULT_POOL, Registry, WorkerSpec, check_url, parse_weight
+from gpufleet.router.pool import (
+    DEFAULT_POOL,
+    Registry,
+    WorkerSpec,
+    address_problem,
+    check_url,
+    parse_weight,
+)
 from gpufleet.router.upstream import DRAINING, STARTING, Upstream
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -49,8 +60,12 @@ class AdminAPI:
         token: str | None,
         on_add: Callable[[Upstream], None],
         on_remove: Callable[[Upstream], None] | None = None,
+        *,
+        allowed: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (),
     ) -> None:
         self.registry = registry
+        #: Networks admin-added upstreams must resolve into (empty: any sane address).
+        self.allowed = allowed
         self._token = token.encode() if token else None
         self._on_add = on_add
         self._on_remove = on_remove
@@ -125,6 +140,9 @@ class AdminAPI:
             weight_value = parse_weight(str(weight))
         except ConfigError as exc:
             return _error(400, "BadRequest", str(exc))
+        problem = await self._target_problem(url)
+        if problem is not None:
+            return _error(400, "BadRequest", f"upstream {url!r} refused: {problem}")
         existing = self.registry.find(url, pool)
         if existing is not None:
             existing.weight = weight_value
@@ -138,6 +156,34 @@ class AdminAPI:
         upstream.labels = dict(labels or {})
         self._on_add(upstream)
         return web.json_response(upstream.snapshot(), status=201)
+
+    async def _target_problem(self, url: str) -> str | None:
+        """Why the admin API will not add ``url`` (what its host resolves to), or None.
+
+        A host name is resolved now and each of its addresses checked (a name may point at
+        a metadata service). The router connects later, by name: a DNS answer that changes
+        meanwhile is not seen here; ``--allow-upstream`` and the network are the bound.
+        """
+        parsed = URL(url)
+        host = (parsed.raw_host or "").split("%", 1)[0]
+        try:
+            addresses = [ipaddress.ip_address(host)]
+        except ValueError:
+            try:
+                async with asyncio.timeout(2.0):
+                    infos = await asyncio.get_running_loop().getaddrinfo(
+                        host, parsed.port, type=socket.SOCK_STREAM
+                    )
+            except (OSError, TimeoutError, UnicodeError) as exc:
+                return f"its host does not resolve ({exc or type(exc).__name__})"
+            addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
+        for ip in addresses:
+            problem = address_problem(ip)
+            if problem is not None:
+                return f"{ip} is {problem}"
+            if self.allowed and not ip.is_loopback and not any(ip in n for n in self.allowed):
+                return f"{ip} is outside --allow-upstream"
+        return None
 
     def _lookup(self, request: web.Request) -> Upstream | None:
         return self.registry.by_id.get(request.match_info["id"])

@@ -8,6 +8,7 @@ catch-all route is added); ``dashboard.register`` adds ``/dashboard`` (and the
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -185,7 +186,13 @@ def create_app(
     app.router.add_get("/health", health)
     app.router.add_get("/stats", stats)
     app.router.add_get("/metrics", metrics)
-    AdminAPI(state.registry, cfg.admin_token, state.on_add, state.on_remove).register(app)
+    AdminAPI(
+        state.registry,
+        cfg.admin_token,
+        state.on_add,
+        state.on_remove,
+        allowed=tuple(ipaddress.ip_network(c, strict=False) for c in cfg.allowed_upstreams),
+    ).register(app)
     for extension in extensions:
         extension(app, state)
     if not any(getattr(r, "canonical", None) == "/dashboard" for r in app.router.resources()):

@@ -24,6 +24,7 @@ import aiohttp
 from aiohttp import web
 
 from gpufleet import wire
+from gpufleet.router.health import read_json
 from gpufleet.router.pool import Registry
 from gpufleet.router.stats import stats_payload
 from gpufleet.router.upstream import REMOVED, Upstream, percentile_ms
@@ -38,6 +39,8 @@ STATS_PATH = "/dashboard/stats"
 #: Seconds of history kept for the charts, and seconds between two samples.
 HISTORY_S = 300.0
 HISTORY_EVERY_S = 2.0
+#: What ``/dashboard/stats`` passes on of a worker's own ``/stats``.
+_WORKER_FIELDS = frozenset(wire.WorkerStats.__required_keys__ | wire.WorkerStats.__optional_keys__)
 
 
 def page() -> bytes:
@@ -96,17 +99,22 @@ class WorkerStatsReader:
             return {"worker_error": "the router is not serving"}
         try:
             async with asyncio.timeout(self.timeout_s):
-                async with self._session.get(upstream.base + "/stats") as resp:
+                # Redirects are not followed: an upstream must not make the router read
+                # (and show) another address.
+                async with self._session.get(
+                    upstream.base + "/stats", allow_redirects=False
+                ) as resp:
                     if resp.status != 200:
                         return {"worker_error": f"/stats answered HTTP {resp.status}"}
-                    data = await resp.json(content_type=None)
+                    data = await read_json(resp)
         except TimeoutError:
             return {"worker_error": f"/stats did not answer within {self.timeout_s:g}s"}
         except (aiohttp.ClientError, ValueError, OSError) as exc:
             return {"worker_error": f"/stats unreadable: {exc or type(exc).__name__}"}
         if not isinstance(data, dict) or data.get("server") != wire.WORKER_SERVER_NAME:
             return {"worker_error": "/stats is not a gpufleet worker's"}
-        return {"worker": data}
+        # Only the fields of a worker's /stats are shown, whatever else it holds.
+        return {"worker": {k: v for k, v in data.items() if k in _WORKER_FIELDS}}
 
 
 class History:

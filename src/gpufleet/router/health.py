@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
@@ -36,6 +37,8 @@ log = logging.getLogger("gpufleet.router.health")
 
 #: Batches a gpufleet worker may have in flight from this router (see the module doc).
 BATCHES_IN_FLIGHT = 2
+#: The largest ``/stats`` answer read from an upstream.
+MAX_STATS_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,14 +193,32 @@ class HealthChecker:
     async def _learn_cap(self, upstream: Upstream) -> None:
         assert self._session is not None
         try:
-            async with self._session.get(upstream.base + "/stats") as resp:
-                data = await resp.json(content_type=None)
+            async with self._session.get(upstream.base + "/stats", allow_redirects=False) as resp:
+                data = await read_json(resp)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             log.warning("could not read /stats of %s: %s", upstream.url, exc)
             return
         size = data.get("max_batch_size") if isinstance(data, dict) else None
         if isinstance(size, int) and size >= 1 and data.get("server") == wire.WORKER_SERVER_NAME:
             upstream.max_outstanding = BATCHES_IN_FLIGHT * size
+
+
+async def read_json(resp: aiohttp.ClientResponse, limit: int = MAX_STATS_BYTES) -> Any:
+    """A peer's JSON answer: 200 only, at most ``limit`` bytes, bounded nesting.
+
+    Raises:
+        ValueError: another status, a larger body, or not JSON.
+    """
+    if resp.status != 200:
+        raise ValueError(f"answered HTTP {resp.status}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise ValueError(f"answer over {limit} bytes")
+        chunks.append(chunk)
+    return wire.decode_json(b"".join(chunks))
 
 
 def _reason(body: bytes) -> str:

@@ -8,6 +8,10 @@ list of ready upstreams stays current and waiting requests are woken.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import re
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,16 +33,73 @@ class WorkerSpec:
     weight: float = 1.0
 
 
+#: Addresses that are never a model server: cloud metadata services not in a link-local
+#: range (AWS's IPv6 one, Alibaba's).
+_METADATA = frozenset(
+    {ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("100.100.100.200")}
+)
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def address_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why ``ip`` can never be an upstream (metadata, link-local, multicast …), or None."""
+    if ip.is_loopback:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return "an IPv4-mapped IPv6 address (write the IPv4 address)"
+    if ip.is_link_local or ip in _METADATA:
+        return "a link-local or cloud metadata address"
+    if ip.is_unspecified:
+        return "the unspecified address"
+    if ip.is_multicast:
+        return "a multicast address"
+    if ip.is_reserved:
+        return "a reserved address"
+    return None
+
+
+def _host_problem(host: str) -> str | None:
+    """Why ``host`` (IDNA-encoded, IPv6 without brackets) is not a sane upstream host."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return address_problem(ip)
+    with contextlib.suppress(OSError):
+        socket.inet_aton(host)  # 2130706433, 0x7f.1, 127.1, 0177.0.0.1: all 127.0.0.1
+        return "an IPv4 address in an obscure form (write it as four decimal numbers)"
+    name = host[:-1] if host.endswith(".") else host
+    labels = name.split(".")
+    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        return "not a valid host name"
+    if labels[-1].isdigit():
+        return "not a valid host name (its last label is a number)"
+    return None
+
+
 def check_url(url: str) -> str:
-    """Return ``url`` without a trailing slash, or raise ConfigError unless http(s)://host."""
+    """Return ``url`` without a trailing slash, or raise ConfigError unless http(s)://host.
+
+    The host must be a host name or a plain IP address, and never one that cannot be a
+    model server (``address_problem``: cloud metadata, link-local, multicast, …).
+    """
+    if any(c <= " " or c == "\x7f" for c in url):
+        raise ConfigError(f"upstream URL must not hold spaces or control characters: {url!r}")
     try:
         parsed = URL(url)
-    except (ValueError, TypeError) as exc:
+        host = parsed.raw_host
+    except (ValueError, TypeError, UnicodeError) as exc:
         raise ConfigError(f"not a URL: {url!r}") from exc
-    if parsed.scheme not in ("http", "https") or not parsed.host:
+    if parsed.scheme not in ("http", "https") or not host:
         raise ConfigError(f"upstream URL must be http(s)://host[:port], got {url!r}")
-    if parsed.query_string or parsed.fragment or parsed.user:
+    if parsed.query_string or parsed.fragment or parsed.user or parsed.password is not None:
         raise ConfigError(f"upstream URL must not carry a query, fragment or user: {url!r}")
+    if parsed.explicit_port == 0:
+        raise ConfigError(f"upstream URL must not have port 0: {url!r}")
+    problem = _host_problem(host.split("%", 1)[0])
+    if problem is not None:
+        raise ConfigError(f"upstream URL host {host!r} is {problem}: {url!r}")
     return url.rstrip("/")
 
 
@@ -198,6 +259,7 @@ __all__ = [
     "Pool",
     "Registry",
     "WorkerSpec",
+    "address_problem",
     "check_url",
     "parse_route",
     "parse_weight",
