@@ -106,3 +106,20 @@ class EchoChat(Model):
     def predict_stream(self, item: Any) -> Iterator[Any]:
         for word in f"echo: {self._last_user(item)}".split(" "):
             yield word + " "
+
+
+class CountingChat(Model):
+    """A chat model that counts its own tokens (characters, here) and says so."""
+
+    name: ClassVar[str] = "counting-chat"
+    kind: ClassVar[ModelKind] = "chat"
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        return [
+            {"content": "four", "usage": {"prompt_tokens": len(str(msgs)), "completion_tokens": 4}}
+            for msgs in batch
+        ]
+
+    def predict_stream(self, item: Any) -> Iterator[Any]:
+        yield "fo"
+        yield {"content": "ur", "usage": {"prompt_tokens": 11, "completion_tokens": 4}}

@@ -91,3 +91,29 @@ async def test_bad_requests_name_the_problem(
     status, answer = await _post(worker.url + ROUTE, body)
     assert status == 422
     assert needle in answer["message"]
+
+
+async def test_a_model_that_counts_its_tokens_reports_them() -> None:
+    with run_worker(spec("CountingChat")) as w:
+        status, body = await _post(w.url + ROUTE, {"messages": MESSAGES})
+        assert status == 200, body
+        assert body["choices"][0]["message"]["content"] == "four"
+        assert body["usage"]["completion_tokens"] == 4
+        assert body["usage"]["prompt_tokens"] == len(str(MESSAGES))
+        stream_body = {
+            "messages": MESSAGES,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        async with aiohttp.ClientSession() as s, s.post(w.url + ROUTE, json=stream_body) as r:
+            events = [
+                line[6:] for line in (await r.text()).split("\n") if line.startswith("data: ")
+            ]
+        chunks = [json.loads(e) for e in events if e != "[DONE]"]
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+        assert text == "four"
+        assert chunks[-1]["usage"] == {
+            "prompt_tokens": 11,
+            "completion_tokens": 4,
+            "total_tokens": 15,
+        }

@@ -7,8 +7,11 @@ sampling parameters overrides ``decode``. ``predict`` answers one string per ite
 assistant's reply). With ``"stream": true`` the item goes to ``predict_stream`` instead:
 each string piece becomes a ``chat.completion.chunk`` event, then ``data: [DONE]``.
 
-Token counts in ``usage`` are whitespace words (the worker has no tokenizer): an honest
-lower bound, like ``/v1/embeddings``.
+A model that counts its tokens says so: ``predict`` (and each ``predict_stream`` piece)
+may answer ``{"content": str, "usage": {"prompt_tokens": n, "completion_tokens": m}}``
+instead of a plain string, and ``usage`` then reports those counts (a stream's last piece
+that carries ``usage`` sets the totals). Otherwise token counts are whitespace words (the
+worker has no tokenizer): an honest lower bound, like ``/v1/embeddings``.
 """
 
 from __future__ import annotations
@@ -137,10 +140,22 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
-def _reply(output: Any) -> str:
-    if not isinstance(output, str):
-        raise ModelError(f"a chat model must answer a string, got {type(output).__name__}")
-    return output
+def _reply(output: Any) -> tuple[str, tuple[int, int] | None]:
+    """The reply text and the model's own ``(prompt, completion)`` token counts, if given."""
+    if isinstance(output, str):
+        return output, None
+    if isinstance(output, dict) and isinstance(output.get("content"), str):
+        usage = output.get("usage")
+        counts = None
+        if isinstance(usage, dict):
+            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            if isinstance(prompt, int) and isinstance(completion, int):
+                counts = (prompt, completion)
+        return output["content"], counts
+    raise ModelError(
+        "a chat model must answer a string or {'content': str, 'usage'?: {...}}, "
+        f"got {type(output).__name__}"
+    )
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -163,8 +178,10 @@ async def completions(request: web.Request) -> web.StreamResponse:
             return await _stream(
                 request, req, payload, deadline, ident, created, name, prompt_words
             )
-        text = _reply((await service.submit([payload], deadline))[0])
+        text, counted = _reply((await service.submit([payload], deadline))[0])
         done = _words(text)
+        if counted is not None:
+            prompt_words, done = counted
         return json_response(
             {
                 "id": ident,
@@ -200,24 +217,28 @@ async def _stream(
     service = request.app[SERVICE]
     base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": name}
     completion_words = 0
+    counted: tuple[int, int] | None = None
 
     def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
         choice = {"index": 0, "delta": delta, "finish_reason": finish}
         return sse({**base, "choices": [choice]})
 
     def render(piece: Any) -> bytes:
-        nonlocal completion_words
-        text = _reply(piece)
+        nonlocal completion_words, counted
+        text, usage = _reply(piece)
         completion_words += _words(text)
+        if usage is not None:
+            counted = usage
         return chunk({"content": text}, None)
 
     def tail() -> bytes:
         out = chunk({}, "stop")
         if req.include_usage:
+            prompt, completion = counted or (prompt_words, completion_words)
             usage = {
-                "prompt_tokens": prompt_words,
-                "completion_tokens": completion_words,
-                "total_tokens": prompt_words + completion_words,
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
             }
             out += sse({**base, "choices": [], "usage": usage})
         return out + DONE
