@@ -12,6 +12,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 import aiohttp
+import pytest
 
 from gpufleet.testing import ServerProcess, run_router
 from gpufleet.testing.llm_engine import run_engine
@@ -110,11 +111,15 @@ async def test_one_tenant_flooding_the_fleet_spreads_over_every_engine() -> None
         assert min(got.values()) >= 64 / 4 / 3, got
 
 
-async def test_an_engine_that_runs_32_gets_more_than_4_in_flight() -> None:
-    with _fleet(1, "--max-running", "32") as (engines, router):
+@pytest.mark.parametrize(("api", "engine", "cap"), [("sglang", "sglang", 32), ("vllm", "vllm", 32)])
+async def test_an_engine_that_runs_32_gets_more_than_4_in_flight(
+    api: str, engine: str, cap: int
+) -> None:
+    # SGLang states its limit (/get_server_info); vLLM only its load (/metrics).
+    with _fleet(1, "--max-running", "32", "--api", api) as (engines, router):
         await _ready(router, engines)
         entry = (await get_json(router.url + "/stats"))["workers"][0]
-        assert (entry["engine"], entry["max_outstanding"]) == ("sglang", 32)
+        assert (entry["engine"], entry["max_outstanding"]) == (engine, cap)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
             calls = [
                 asyncio.create_task(_chat(session, router, _body(i, i, max_tokens=64)))
@@ -128,6 +133,10 @@ async def test_an_engine_that_runs_32_gets_more_than_4_in_flight() -> None:
             await wait_for(many_in_flight, within=20, what="more than 4 in flight")
             results = await asyncio.gather(*calls)
         assert {status for status, _, _ in results} == {200}
+        entry = (await get_json(router.url + "/stats"))["workers"][0]
+        if api == "vllm":
+            assert entry["engine_load"] is not None  # read after each health round
+        assert 4 < entry["max_outstanding"] <= 64
 
 
 async def test_other_paths_and_bodies_are_routed_as_before() -> None:
