@@ -12,6 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gpufleet._server import ServerLog
 from gpufleet.config.router import RouterConfig
 from gpufleet.router.app import STATE_KEY, Extension, RouterState, create_app
 
@@ -32,10 +33,15 @@ async def serve(cfg: RouterConfig, *, extensions: tuple[Extension, ...] = ()) ->
     app = create_app(cfg, extensions=extensions)
     state = app[STATE_KEY]
     header_limit = cfg.max_header_kb * 1024
+
+    def count_bad() -> None:
+        state.totals.bad_requests += 1
+
     runner = web.AppRunner(
         app,
         handler_cancellation=True,
         access_log=None,
+        logger=ServerLog("gpufleet.router.http", on_bad=count_bad),
         max_line_size=header_limit,
         max_field_size=header_limit,
         shutdown_timeout=cfg.drain_timeout_s,

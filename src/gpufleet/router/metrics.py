@@ -143,6 +143,11 @@ class RouterCollector(Collector):
             "Passive ejections not made (--max-ejection-percent, or the last ready upstream).",
         )
         held.add_metric([], totals.ejections_held)
+        bad = CounterMetricFamily(
+            "gpufleet_router_bad_requests",
+            "Malformed requests refused by the HTTP parser (400, connection closed).",
+        )
+        bad.add_metric([], totals.bad_requests)
         depth = GaugeMetricFamily(
             "gpufleet_router_queue_depth", "Requests waiting for a slot.", labels=["pool"]
         )
@@ -153,7 +158,7 @@ class RouterCollector(Collector):
             depth.add_metric([name], adm.depth)
             rejected.add_metric([name], adm.rejected + adm.timed_out)
         yield from (requests, responses, retries, exhausted, broken, stalled, request_faults, held)
-        yield from (depth, rejected)
+        yield from (bad, depth, rejected)
 
 
 def metrics_text(collector: RouterCollector) -> bytes:

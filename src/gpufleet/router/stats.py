@@ -15,6 +15,7 @@ class Totals:
     """Counters of the whole router (plain ints: the hot path only adds to them)."""
 
     __slots__ = (
+        "bad_requests",
         "broken",
         "budget_exhausted",
         "by_class",
@@ -28,6 +29,8 @@ class Totals:
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.requests = 0
+        #: Malformed requests refused by the HTTP parser (400, connection closed).
+        self.bad_requests = 0
         #: Attempts that were followed by another, by why the attempt failed.
         self.retries_by: dict[str, int] = {}
         #: Retries refused by the retry budget (the failure was answered instead).
@@ -97,6 +100,7 @@ def stats_payload(
             "broken_answers": totals.broken,
             "clients_stalled": totals.client_stalled,
             "request_faults": totals.request_faults,
+            "bad_requests": totals.bad_requests,
             "ejections_held": totals.ejections_held,
             "in_flight": sum(u.in_flight for u in registry.all()),
             "active": active,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gpufleet._server import ServerLog
 from gpufleet.config.worker import WorkerConfig
 from gpufleet.worker.app import build_app
 from gpufleet.worker.service import WorkerService
@@ -58,7 +59,11 @@ async def serve(cfg: WorkerConfig) -> int:
     service = WorkerService(cfg)
     app = build_app(service)
     runner = web.AppRunner(
-        app, handler_cancellation=True, access_log=None, shutdown_timeout=cfg.drain_timeout_s
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        logger=ServerLog("gpufleet.worker.http", on_bad=service.metrics.bad_requests.inc),
+        shutdown_timeout=cfg.drain_timeout_s,
     )
     await runner.setup()
     site = web.TCPSite(runner, cfg.host, cfg.port, backlog=1024, shutdown_timeout=1.0)

@@ -38,6 +38,11 @@ class WorkerMetrics:
             ["reason"],
             registry=r,
         )
+        self.bad_requests = Counter(
+            "gpufleet_worker_bad_requests",
+            "Malformed requests refused by the HTTP parser (400, connection closed).",
+            registry=r,
+        )
         self.oom = Counter(
             "gpufleet_worker_oom_splits", "Batches split after an out-of-memory error.", registry=r
         )
