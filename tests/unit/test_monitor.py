@@ -66,3 +66,21 @@ def test_device_column_says_where_the_fleet_placed_a_worker() -> None:
     assert where(replace(w, labels={"device": "2"})) == "gpu2 · cuda"
     assert where(replace(w, device="cpu", labels={"device": "cpu"})) == "cpu"
     assert where(replace(w, device=None)) == "-"
+
+
+def test_llm_upstreams_show_tokens_per_second_and_ttft() -> None:
+    state = MonitorState()
+    a = WorkerView("w0", "http://a", state="ready", served=10, completion_tokens=1000)
+    state.observe(view(a, at=0.0))
+    a2 = replace(a, served=12, completion_tokens=1600, ttft_p50_ms=42.0)
+    rates = state.observe(view(a2, at=2.0))
+    assert state.tokens_per_s == {"w0": 300.0}
+    console = Console(width=250, record=True)
+    console.print(render(view(a2, at=2.0), rates, state, errors=False))
+    out = console.export_text()
+    assert "tok/s" in out
+    assert "TTFT ms" in out
+    assert " 300 " in out
+    # A worker restart resets its counters: the rate is 0, never negative.
+    state.observe(view(replace(a2, completion_tokens=10), at=4.0))
+    assert state.tokens_per_s == {"w0": 0.0}

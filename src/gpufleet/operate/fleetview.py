@@ -49,6 +49,9 @@ class WorkerView:
     #: Where the fleet says it runs (router ``labels``: ``placement``, ``node``, ``device``…).
     labels: dict[str, str] = field(default_factory=dict)
     recent_errors: tuple[str, ...] = ()
+    #: LLM completion tokens the router counted, and its streams' TTFT p50 (router /stats).
+    completion_tokens: int | None = None
+    ttft_p50_ms: float | None = None
     #: Items the worker itself counts as served (its /stats; the router counts requests).
     items: int | None = None
     #: Why the worker's own /stats could not be read (deep reads only).
@@ -128,6 +131,13 @@ def _merge(view: WorkerView, data: dict[str, Any]) -> WorkerView:
         changes["labels"] = {str(k): str(v) for k, v in data["labels"].items()}
     if errors := _recent_errors(data):
         changes["recent_errors"] = errors
+    tokens = data.get("tokens")
+    if isinstance(tokens, dict):
+        if (completion := _num(tokens, "completion")) is not None:
+            changes["completion_tokens"] = int(completion)
+        ttft = tokens.get("ttft_ms")
+        if isinstance(ttft, dict) and (ttft_p50 := _num(ttft, "p50")) is not None:
+            changes["ttft_p50_ms"] = ttft_p50
     return replace(view, **changes)
 
 
@@ -195,8 +205,8 @@ async def _deepen(session: aiohttp.ClientSession, view: WorkerView, timeout_s: f
     return _merge(view, own)
 
 
-def rates(before: FleetView | None, after: FleetView) -> dict[str, float]:
-    """Requests per second each worker served between two views (by id)."""
+def rates(before: FleetView | None, after: FleetView, field: str = "served") -> dict[str, float]:
+    """What each worker counted per second between two views (by id): requests, tokens."""
     if before is None:
         return {}
     dt = after.taken_at - before.taken_at
@@ -206,6 +216,7 @@ def rates(before: FleetView | None, after: FleetView) -> dict[str, float]:
     out: dict[str, float] = {}
     for w in after.workers:
         prev = old.get(w.id)
-        if prev is not None and prev.served is not None and w.served is not None:
-            out[w.id] = max(0, w.served - prev.served) / dt
+        now_n, prev_n = getattr(w, field), getattr(prev, field, None)
+        if prev_n is not None and now_n is not None:
+            out[w.id] = max(0, now_n - prev_n) / dt  # a restart resets counters: never < 0
     return out

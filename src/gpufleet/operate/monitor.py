@@ -59,10 +59,13 @@ class MonitorState:
     last: FleetView | None = None
     restarts: dict[str, int] = field(default_factory=dict)
     events: dict[str, deque[str]] = field(default_factory=dict)
+    #: LLM completion tokens per second per worker since the previous view.
+    tokens_per_s: dict[str, float] = field(default_factory=dict)
 
     def observe(self, view: FleetView) -> dict[str, float]:
         """Take a new view; return requests/s per worker since the previous one."""
         rps = rates(self.last, view)
+        self.tokens_per_s = rates(self.last, view, "completion_tokens")
         old = self.last.by_id() if self.last else {}
         stamp = time.strftime("%H:%M:%S")
         for w in view.workers:
@@ -106,10 +109,18 @@ def worker_table(view: FleetView, rps: dict[str, float], state: MonitorState) ->
     title = f"{view.url} · {len(view.workers)} worker(s) · {time.strftime('%H:%M:%S')}"
     t = Table(title=title, title_justify="left", expand=False)
     cols = ("worker", "device", "state", "in-flight", "queue", "served", "errors", "req/s")
-    for col in (*cols, "p50 ms", "p99 ms", "batch", "restarts", "GPU %", "GPU mem"):
+    llm = any(w.completion_tokens is not None for w in view.workers)
+    extra = ("tok/s", "TTFT ms") if llm else ()
+    for col in (*cols, "p50 ms", "p99 ms", "batch", "restarts", "GPU %", "GPU mem", *extra):
         t.add_column(col, justify="left" if col in {"worker", "device", "state"} else "right")
     for w in view.workers:
-        t.add_row(*row_cells(w, rps.get(w.id), state.restarts.get(w.id, 0)))
+        cells = row_cells(w, rps.get(w.id), state.restarts.get(w.id, 0))
+        if llm:
+            cells += [
+                _n(state.tokens_per_s.get(w.id), "{:,.0f}"),
+                _n(w.ttft_p50_ms, "{:,.0f}"),
+            ]
+        t.add_row(*cells)
     return t
 
 
