@@ -420,3 +420,36 @@ async def test_worker_stats_are_read_once_per_interval_and_never_wait_long() -> 
             assert hits["fast"] == 2  # stale after max_age_s: read again
     finally:
         await runner.cleanup()
+
+
+async def test_an_llm_upstream_shows_tokens_per_second_and_ttft(tmp_path: Path) -> None:
+    from gpufleet.testing.llm_engine import run_engine
+
+    with run_engine() as engine, run_router([engine.url]) as router:
+        stop = threading.Event()
+        body = {
+            "model": "sim-llm",
+            "messages": [{"role": "user", "content": "tell me " * 50}],
+            "max_tokens": 16,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+
+        def load() -> None:
+            while not stop.is_set():
+                post(router.url + "/v1/chat/completions", body)
+
+        loader = threading.Thread(target=load)
+        loader.start()
+        try:
+            async with Browser(tmp_path / "profile") as browser:
+                html = await browser.open(router.url + "/dashboard", polls=4)
+                errors = browser.errors
+        finally:
+            stop.set()
+            await asyncio.to_thread(loader.join, 15)
+    assert errors == []
+    (row,) = rows_of(html).values()
+    numbers = cells(row)
+    assert float(numbers["tok-rate"].replace(",", "")) > 0, numbers
+    assert float(numbers["ttft"]) > 0, numbers
