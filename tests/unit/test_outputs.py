@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,33 @@ def test_encode_output() -> None:
     assert json.loads(data) == {"echo": "hi"}
     assert extension_for("image/jpeg; q=1") == ".jpg"
     assert extension_for("application/x-unknown") == ".bin"
+
+
+def test_a_link_at_an_output_name_is_replaced_never_written_through(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.json").symlink_to(outside)
+    (out / f".a.json.{os.getpid()}.gpufleet-tmp").symlink_to(outside)  # a planted temporary
+    write_atomic(out, "a.json", b"new")
+    assert not (out / "a.json").is_symlink()
+    assert (out / "a.json").read_bytes() == b"new"
+    assert outside.read_text() == "keep"
+
+
+def test_a_linked_results_log_is_neither_read_nor_appended_to(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.jsonl"
+    outside.write_text(json.dumps({"key": "a", "file": "a.json", "status": "ok"}) + "\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.json").write_text("{}")
+    (out / "results.jsonl").symlink_to(outside)
+    log = ResultsLog(out)
+    assert log.done() == {}
+    log.open()
+    (out / "results.jsonl").unlink()  # a link planted after the open is not followed either
+    (out / "results.jsonl").symlink_to(outside)
+    log.append({"key": "b", "file": "b.json", "status": "ok"})
+    log.close()
+    assert outside.read_text().count("\n") == 1

@@ -4,6 +4,10 @@
 file (written atomically), then its line in ``results.jsonl`` (flushed to disk); an item
 is done for a re-run only when both exist, so a job killed at any moment and run again
 ends with exactly one output per item and never rewrites a completed one.
+
+A symbolic link planted in the folder is never followed (see ``outputs``): an output
+named by one is written anew (the link replaced); an item whose output cannot be written
+is recorded as failed with the reason, and the job goes on to its summary.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from gpufleet.client.outputs import (
     write_atomic,
 )
 from gpufleet.client.progress import NullProgress, Progress
+from gpufleet.errors import ClientError
 
 log = logging.getLogger("gpufleet.client")
 
@@ -56,6 +61,7 @@ async def run_job(
     started_at, start = _now(), clock()
     progress.start(len(all_items), skipped, client.endpoints)
     try:
+        await asyncio.to_thread(results_log.open)
         counts, errors = await _drain(client, todo, out, results_log, progress)
         wall = clock() - start
         summary = _summary(client, all_items, skipped, *counts, wall, errors)
@@ -64,6 +70,7 @@ async def run_job(
         await asyncio.to_thread(write_atomic, out, SUMMARY_FILE, text.encode())
         progress.finish(summary)
     finally:
+        results_log.close()
         progress.close()
     return summary
 
@@ -88,7 +95,7 @@ async def _drain(
                 file = stem + ext
                 try:
                     await asyncio.to_thread(write_atomic, out, file, data)
-                except OSError as exc:
+                except (OSError, ClientError) as exc:
                     result.status, result.error = "failed", f"cannot write output: {exc}"
                     file = None
             await asyncio.to_thread(results_log.append, _record(result, stem, file))

@@ -5,21 +5,31 @@ never start with a dot, are capped in length (with a hash of the id so long ids 
 distinct), and are made unique (case-insensitively) in the order items appear, so the same
 prompts file always maps to the same names. Every write is a temporary file in the same
 folder, flushed to disk, then renamed over the final name.
+
+Nothing here follows a symbolic link planted in the folder (issue 13): files are opened
+relative to the folder with ``O_NOFOLLOW`` (temporaries also ``O_EXCL``), a rename over a
+link replaces the link (its target untouched), ``results.jsonl`` is opened once per job
+and appended to through that descriptor, and a resume reads only regular files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import logging
 import os
 import re
+import stat
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from gpufleet.errors import ClientError
+
+log = logging.getLogger("gpufleet.client")
 
 #: Longest file stem; longer ids are cut and get a hash suffix.
 MAX_STEM = 100
@@ -30,6 +40,8 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10))}
 _RESERVED |= {f"lpt{i}" for i in range(10)}
 _NOT_OUTPUTS = {RESULTS_FILE.lower(), SUMMARY_FILE.lower()}
+#: A new temporary file: never an existing entry, never through a link.
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _EXTENSIONS = {
     "application/json": ".json",
     "image/png": ".png",
@@ -78,31 +90,53 @@ def extension_for(content_type: str) -> str:
 
 
 def inside(folder: Path, name: str) -> Path:
-    """``folder / name``, refusing any name that would resolve outside ``folder``.
+    """``folder / name`` for a plain entry name of ``folder`` (never resolved through links).
 
     Raises:
-        ClientError: the name escapes the folder (a bug, since names are sanitised).
+        ClientError: the name is not one entry of the folder (a separator, ``..``): a bug,
+            since names are sanitised.
     """
-    root = folder.resolve()
-    target = (root / name).resolve()
-    if target.parent != root:
-        raise ClientError(f"refusing to write {name!r} outside {root}")
-    return target
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise ClientError(f"refusing to write {name!r} outside {folder}")
+    return folder.resolve() / name
+
+
+@contextlib.contextmanager
+def _folder_fd(folder: Path) -> Iterator[int]:
+    """A descriptor of ``folder`` to open its entries by (``dir_fd=``)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def write_atomic(folder: Path, name: str, data: bytes) -> Path:
-    """Write ``data`` to ``folder/name`` via a temporary file and a rename (blocking)."""
+    """Write ``data`` to ``folder/name`` via a temporary file and a rename (blocking).
+
+    Never through a symbolic link: the temporary file is created new (``O_EXCL |
+    O_NOFOLLOW``) and renamed over ``name``, which replaces a link there, not its target.
+
+    Raises:
+        OSError: the file could not be written (the folder, the disk, a directory named so).
+    """
     target = inside(folder, name)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}{TMP_SUFFIX}")
-    try:
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    tmp = f".{name}.{os.getpid()}{TMP_SUFFIX}"
+    with _folder_fd(folder) as dir_fd:
+        try:
+            fd = os.open(tmp, _CREATE, 0o666, dir_fd=dir_fd)
+        except FileExistsError:  # left by a killed run, or planted: only the entry goes
+            os.unlink(tmp, dir_fd=dir_fd)
+            fd = os.open(tmp, _CREATE, 0o666, dir_fd=dir_fd)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dir_fd)
     return target
 
 
@@ -128,39 +162,94 @@ class ResultsLog:
     """``results.jsonl``: one line per finished item, appended and flushed to disk."""
 
     def __init__(self, folder: Path) -> None:
+        self.folder = folder
         self.path = folder / RESULTS_FILE
+        self._fd: int | None = None
 
     def done(self) -> dict[str, str]:
-        """``{stem: file}`` of items recorded ``ok`` whose file still exists (blocking)."""
+        """``{stem: file}`` of items recorded ``ok`` whose file is still there (blocking).
+
+        A ``results.jsonl`` that is a link is not read (nothing is done yet), nor does an
+        output that is a link count as done (it is written again, replacing the link).
+        """
         done: dict[str, str] = {}
-        try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return done
+        with _folder_fd(self.folder) as dir_fd:
+            try:
+                fd = os.open(
+                    RESULTS_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
+                )
+            except FileNotFoundError:
+                return done
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    raise
+                log.warning("%s is a symbolic link: not read, and replaced", self.path)
+                return done
+            with os.fdopen(fd, encoding="utf-8") as fh:
+                lines = fh.read().splitlines()
+            for stem, file in self._ok_records(lines):
+                with contextlib.suppress(OSError, ClientError):
+                    inside(self.folder, file)
+                    if stat.S_ISREG(os.stat(file, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                        done[stem] = file
+        return done
+
+    @staticmethod
+    def _ok_records(lines: list[str]) -> list[tuple[str, str]]:
+        """``(stem, file)`` of each well-formed ``ok`` record."""
+        found = []
         for line in lines:
             try:
                 rec = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue  # a line cut short by a kill
             if not isinstance(rec, dict):
                 continue
             stem, file = rec.get("key"), rec.get("file")
             if not isinstance(stem, str) or not isinstance(file, str):
                 continue
-            if rec.get("status") != "ok":
-                continue
+            if rec.get("status") == "ok":
+                found.append((stem, file))
+        return found
+
+    def open(self) -> None:
+        """Open the log for appending, once per job (blocking).
+
+        A link planted at its name is replaced by a new log (its target untouched); later
+        appends go through this descriptor, so a link planted meanwhile is never followed.
+
+        Raises:
+            ClientError: the name holds something other than a file (a FIFO, a device).
+        """
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        flags |= os.O_NONBLOCK  # a planted FIFO must not block the open
+        with _folder_fd(self.folder) as dir_fd:
             try:
-                exists = inside(self.path.parent, file).is_file()
-            except ClientError:
-                exists = False
-            if exists:
-                done[stem] = file
-        return done
+                fd = os.open(RESULTS_FILE, flags, 0o666, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    raise
+                os.unlink(RESULTS_FILE, dir_fd=dir_fd)
+                fd = os.open(RESULTS_FILE, flags | os.O_EXCL, 0o666, dir_fd=dir_fd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ClientError(f"{self.path} is not a regular file")
+        os.set_blocking(fd, True)
+        self.close()
+        self._fd = fd
+
+    def close(self) -> None:
+        """Close the log (``append`` opens it again)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def append(self, record: dict[str, Any]) -> None:
         """Append one record and fsync, so a kill never loses a finished item (blocking)."""
-        line = json.dumps(record, ensure_ascii=False) + "\n"
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
+        if self._fd is None:
+            self.open()
+        assert self._fd is not None
+        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        while data:
+            data = data[os.write(self._fd, data) :]
+        os.fsync(self._fd)
