@@ -30,6 +30,9 @@ ATTEMPTS_HEADER: Final = "X-Gpufleet-Attempts"
 FIRST_BYTE_TIMEOUT_HEADER: Final = "X-Gpufleet-First-Byte-Timeout"
 #: Session key for the sticky policy (default; configurable).
 SESSION_HEADER: Final = "X-Session-Id"
+#: The router's admission class of a request: ``interactive`` (the default, served first)
+#: or ``batch`` (fills the capacity interactive traffic leaves).
+PRIORITY_HEADER: Final = "X-Gpufleet-Priority"
 #: On a worker's error answers: whose fault it was, ``request`` (a bad body, an item whose
 #: ``predict`` raised while the device was otherwise working) or ``worker`` (its own: a
 #: device error, every call failing). A router counts only ``worker`` ones (or 5xx

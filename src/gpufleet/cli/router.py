@@ -113,6 +113,12 @@ def router(
         None, "--drain-timeout", help="how long SIGTERM waits for in-flight work (default 30)"
     ),
     log_level: str | None = typer.Option(None, help="debug | info | warning | error"),
+    batch_share: float | None = typer.Option(
+        None,
+        "--batch-share",
+        help="most of each upstream's cap batch-class requests may hold, % (at least one "
+        "slot; the rest stays free for interactive bursts) (default 75)",
+    ),
     config: Path | None = typer.Option(None, "--config", help="YAML file; its router: section"),
 ) -> None:
     """Balance requests over upstreams: health checks, safe retries, admission queue."""
@@ -157,6 +163,7 @@ def router(
             "max_header_kb": max_header_kb,
             "drain_timeout_s": drain_timeout,
             "log_level": log_level,
+            "batch_share_percent": batch_share,
         }
         cfg = load(RouterConfig, "router", flags=flags, config_path=config)
         RouterState(cfg)  # parses --worker and --route values: errors exit 2 here

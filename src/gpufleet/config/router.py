@@ -90,6 +90,26 @@ class RouterConfig:
     max_header_kb: int = 16
     drain_timeout_s: float = 30.0
     log_level: str = "info"
+    #: Share of each upstream's cap that ``batch``-class requests may hold (at least one
+    #: slot): ``X-Gpufleet-Priority: batch`` and the Batch API's own requests. The rest
+    #: of the cap stays free for interactive bursts.
+    batch_share_percent: float = 75.0
+    #: The Batch API's store: a directory (SQLite ``batches.sqlite3`` + ``files/``).
+    #: Unset: a standalone router has no Batch API (``/v1/files`` and ``/v1/batches`` are
+    #: proxied like any path); ``gpufleet up`` sets ``<run_dir>/batches``.
+    batch_store: str | None = None
+    #: Largest uploaded batch input file.
+    batch_max_file_mb: float = 200.0
+    #: Most requests (lines) in one batch input file.
+    batch_max_lines: int = 50_000
+    #: Files kept (inputs and outputs) may hold at most this much; uploads past it: 413.
+    batch_max_store_gb: float = 20.0
+    #: Files and finished batches older than this are deleted (inputs of unfinished
+    #: batches are kept).
+    batch_retention_h: float = 720.0
+    #: Most batch requests the Batch API keeps in flight at once (its window follows
+    #: the fleet's free batch capacity up to this).
+    batch_max_in_flight: int = 512
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -99,7 +119,15 @@ class RouterConfig:
         for name in ("max_outstanding", "retries", "retry_budget_min"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("max_queue", "eject_after", "readmit_after", "max_fails", "max_header_kb"):
+        for name in (
+            "max_queue",
+            "eject_after",
+            "readmit_after",
+            "max_fails",
+            "max_header_kb",
+            "batch_max_lines",
+            "batch_max_in_flight",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in (
@@ -114,6 +142,9 @@ class RouterConfig:
             "client_write_timeout_s",
             "prefix_cache_mb",
             "prefix_ttl_s",
+            "batch_max_file_mb",
+            "batch_max_store_gb",
+            "batch_retention_h",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -138,6 +169,12 @@ class RouterConfig:
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError:
                 raise ConfigError(f"allowed_upstreams: not a network (CIDR): {cidr!r}") from None
+        if not 0 < self.batch_share_percent <= 100:
+            raise ConfigError(
+                f"batch_share_percent must be in (0, 100], got {self.batch_share_percent}"
+            )
+        if self.batch_store is not None and not self.batch_store.strip():
+            raise ConfigError("batch_store must be a directory path")
         if self.admin_token is not None and len(self.admin_token) < 8:
             raise ConfigError("admin_token must be at least 8 characters")
 

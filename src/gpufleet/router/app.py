@@ -81,6 +81,7 @@ class RouterState:
                 ),
                 max_queue=self.cfg.max_queue,
                 queue_timeout_s=self.cfg.queue_timeout_s,
+                batch_share=self.cfg.batch_share_percent / 100.0,
             )
         return found
 

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gpufleet.router.admission import Admission
+from gpufleet.router.admission import PRIORITIES, Admission
 from gpufleet.router.pool import Registry
 from gpufleet.router.stats import Totals
 from gpufleet.router.upstream import percentile_ms
@@ -154,11 +154,39 @@ class RouterCollector(Collector):
         rejected = CounterMetricFamily(
             "gpufleet_router_rejected", "Requests refused by admission.", labels=["pool"]
         )
+        class_depth = GaugeMetricFamily(
+            "gpufleet_router_class_queue_depth",
+            "Requests waiting for a slot, by priority class (X-Gpufleet-Priority).",
+            labels=["pool", "priority"],
+        )
+        admitted = CounterMetricFamily(
+            "gpufleet_router_class_admitted",
+            "Requests given a slot, by priority class.",
+            labels=["pool", "priority"],
+        )
+        waited = CounterMetricFamily(
+            "gpufleet_router_class_wait_seconds",
+            "Seconds admitted requests waited for a slot, summed, by priority class.",
+            labels=["pool", "priority"],
+        )
+        wait_q = GaugeMetricFamily(
+            "gpufleet_router_class_wait_quantile_seconds",
+            "Recent waits for a slot, quantiles, by priority class.",
+            labels=["pool", "priority", "quantile"],
+        )
         for name, adm in self._admissions.items():
             depth.add_metric([name], adm.depth)
             rejected.add_metric([name], adm.rejected + adm.timed_out)
+            for p in PRIORITIES:
+                c = adm.classes[p]
+                class_depth.add_metric([name, p], adm.depth_of(p))
+                admitted.add_metric([name, p], c.admitted)
+                waited.add_metric([name, p], c.wait_total_s)
+                waits = sorted(c.waits)
+                for q in (0.5, 0.99):
+                    wait_q.add_metric([name, p, str(q)], percentile_ms(waits, q) / 1000.0)
         yield from (requests, responses, retries, exhausted, broken, stalled, request_faults, held)
-        yield from (bad, depth, rejected)
+        yield from (bad, depth, rejected, class_depth, admitted, waited, wait_q)
 
 
 def metrics_text(collector: RouterCollector) -> bytes:

@@ -44,7 +44,7 @@ from gpufleet.errors import (
     RoutingError,
     UpstreamTimeout,
 )
-from gpufleet.router.admission import Admission
+from gpufleet.router.admission import INTERACTIVE, PRIORITIES, Admission
 from gpufleet.router.http1 import AnswerBroken, Client, Lost, NotSent, Response
 from gpufleet.router.pool import Registry
 from gpufleet.router.prefix import PROMPT_PATHS, prompt_blocks, prompt_text
@@ -92,6 +92,7 @@ _TIMEOUT_LINE = f"{wire.TIMEOUT_HEADER}: ".encode()
 _UPSTREAM = wire.UPSTREAM_HEADER
 _ATTEMPTS = istr(wire.ATTEMPTS_HEADER)
 _FIRST_BYTE = istr(wire.FIRST_BYTE_TIMEOUT_HEADER)
+_PRIORITY = istr(wire.PRIORITY_HEADER)
 _SERVER = wire.SERVER_HEADER.lower()
 _FAULT = wire.FAULT_HEADER.lower()
 _AUTHORIZATION = b"authorization"
@@ -422,6 +423,7 @@ class Proxy:
         # The request line is ``method + upstream's path prefix + target``, made per attempt.
         request_line = (f"{method} ".encode(), target.encode("utf-8", "surrogateescape"))
         key = request.headers.get(self._sticky)
+        priority = _priority(request.headers.get(_PRIORITY))
         prompt: list[int] | None = None
         req.llm = method == "POST" and upstream_path.endswith(PROMPT_PATHS)
         if body and admission.uses_prompt:
@@ -438,7 +440,7 @@ class Proxy:
         try:
             while True:
                 try:
-                    upstream = await admission.acquire(key, exclude, deadline, prompt)
+                    upstream = await admission.acquire(key, exclude, deadline, prompt, priority)
                 except (NoHealthyBackend, AdmissionRejected, UpstreamTimeout):
                     if failed is not None:
                         return self._give_up(failed, req)
@@ -821,6 +823,20 @@ def _seconds(value: str | None) -> float:
     except ValueError:
         return 0.0
     return seconds if 0 < seconds < 1e9 else 0.0
+
+
+def _priority(value: str | None) -> str:
+    """The admission class a request asks for (``X-Gpufleet-Priority``); unset: interactive.
+
+    Raises:
+        BadRequest: a value that is neither ``interactive`` nor ``batch``.
+    """
+    if value is None:
+        return INTERACTIVE
+    name = value.strip().lower()
+    if name not in PRIORITIES:
+        raise BadRequest(f"{wire.PRIORITY_HEADER} must be one of {', '.join(PRIORITIES)}")
+    return name
 
 
 def _header_bytes(value: str) -> bytes:

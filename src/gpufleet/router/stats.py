@@ -6,9 +6,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gpufleet.router.admission import Admission
+from gpufleet.router.admission import PRIORITIES, Admission
 from gpufleet.router.policies.prefix import Prefix
 from gpufleet.router.pool import Registry
+from gpufleet.router.upstream import percentile_ms
 
 
 class Totals:
@@ -86,6 +87,7 @@ def stats_payload(
                 "workers": [u.id for u in pool.members],
                 "ready": len(pool.ready),
                 "queue_depth": admissions[name].depth if name in admissions else 0,
+                "classes": class_stats(admissions.get(name)),
                 "prefix": _prefix_stats(admissions.get(name)),
             }
             for name, pool in registry.pools.items()
@@ -105,11 +107,34 @@ def stats_payload(
             "in_flight": sum(u.in_flight for u in registry.all()),
             "active": active,
             "queue_depth": sum(a.depth for a in admissions.values()),
+            "queue_depth_by_priority": {
+                p: sum(a.depth_of(p) for a in admissions.values()) for p in PRIORITIES
+            },
             "rejected": sum(a.rejected for a in admissions.values()),
             "queue_timeouts": sum(a.timed_out for a in admissions.values()),
             "ready_workers": sum(1 for u in registry.all() if u.state == "ready"),
         },
     }
+
+
+def class_stats(admission: Admission | None) -> dict[str, dict[str, Any]]:
+    """Per priority class of a pool: waiting now, admitted, and how long they waited."""
+    out: dict[str, dict[str, Any]] = {}
+    for p in PRIORITIES:
+        if admission is None:
+            out[p] = {"queue_depth": 0, "admitted": 0, "wait_mean_ms": 0.0}
+            out[p] |= {"wait_p50_ms": 0.0, "wait_p99_ms": 0.0}
+            continue
+        c = admission.classes[p]
+        waits = sorted(c.waits)
+        out[p] = {
+            "queue_depth": admission.depth_of(p),
+            "admitted": c.admitted,
+            "wait_mean_ms": round(c.wait_total_s / c.admitted * 1000.0, 3) if c.admitted else 0.0,
+            "wait_p50_ms": percentile_ms(waits, 0.5),
+            "wait_p99_ms": percentile_ms(waits, 0.99),
+        }
+    return out
 
 
 def _prefix_stats(admission: Admission | None) -> dict[str, Any] | None:
