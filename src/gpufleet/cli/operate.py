@@ -154,7 +154,9 @@ def _fleet_admin_token(run_dir: str = ".gpufleet") -> str | None:
     """The admin token a local ``gpufleet up`` keeps in its run directory, if there is one."""
     from gpufleet.fleet.up import ADMIN_TOKEN_FILE
 
-    try:
-        return (Path(run_dir) / ADMIN_TOKEN_FILE).read_text(encoding="utf-8").strip() or None
+    try:  # never through a link planted at its name
+        fd = os.open(Path(run_dir) / ADMIN_TOKEN_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, encoding="utf-8") as f:
+            return f.read(4096).strip() or None
     except OSError:
         return None

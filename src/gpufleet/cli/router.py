@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import typer
@@ -99,7 +100,12 @@ def router(
         None, help="header the sticky policy hashes (default X-Session-Id)"
     ),
     admin_token: str | None = typer.Option(
-        None, help="Bearer token of /admin (or GPUFLEET_ADMIN_TOKEN); unset: admin API off"
+        None,
+        help="Bearer token of /admin; visible to every local user in ps: prefer "
+        "GPUFLEET_ADMIN_TOKEN or --admin-token-file; unset: admin API off",
+    ),
+    admin_token_file: str | None = typer.Option(
+        None, "--admin-token-file", help="file whose first line is the /admin Bearer token"
     ),
     allow_upstream: list[str] | None = typer.Option(
         None,
@@ -158,6 +164,7 @@ def router(
             "max_ejection_percent": max_ejection_percent,
             "sticky_header": sticky_header,
             "admin_token": admin_token,
+            "admin_token_file": admin_token_file,
             "allowed_upstreams": tuple(allow_upstream) if allow_upstream else None,
             "max_body_mb": max_body_mb,
             "max_header_kb": max_header_kb,
@@ -165,9 +172,14 @@ def router(
             "log_level": log_level,
             "batch_share_percent": batch_share,
         }
-        cfg = load(RouterConfig, "router", flags=flags, config_path=config)
+        cfg = load(RouterConfig, "router", flags=flags, config_path=config).with_token_file()
         RouterState(cfg)  # parses --worker and --route values: errors exit 2 here
     setup_logging(cfg.log_level, name="gpufleet-router")
+    if admin_token is not None:
+        logging.getLogger("gpufleet.router").warning(
+            "--admin-token on the command line is visible to every local user (ps, "
+            "/proc/PID/cmdline): use GPUFLEET_ADMIN_TOKEN or --admin-token-file"
+        )
     from gpufleet.router.main import serve
 
     run_async(serve(cfg))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from gpufleet.errors import ConfigError
@@ -82,6 +82,9 @@ class RouterConfig:
     max_ejection_percent: float = 50.0
     sticky_header: str = "X-Session-Id"
     admin_token: str | None = None
+    #: A file holding the admin token (first line), read once at start: unlike
+    #: ``--admin-token``, it never shows in process arguments.
+    admin_token_file: str | None = None
     #: Networks (CIDR) that upstreams added through the admin API must resolve into
     #: (loopback always may); empty: any address that can be a model server (never
     #: link-local, metadata, multicast, unspecified). ``--worker`` URLs are not limited.
@@ -175,8 +178,25 @@ class RouterConfig:
             )
         if self.batch_store is not None and not self.batch_store.strip():
             raise ConfigError("batch_store must be a directory path")
+        if self.admin_token is not None and self.admin_token_file is not None:
+            raise ConfigError("give admin_token or admin_token_file, not both")
         if self.admin_token is not None and len(self.admin_token) < 8:
             raise ConfigError("admin_token must be at least 8 characters")
+
+    def with_token_file(self) -> RouterConfig:
+        """These settings with ``admin_token`` read from ``admin_token_file`` (if one is set).
+
+        Raises:
+            ConfigError: the file cannot be read, or its token is shorter than 8 characters.
+        """
+        if self.admin_token_file is None:
+            return self
+        try:
+            with open(self.admin_token_file, encoding="utf-8") as f:
+                token = f.readline(4096).strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read admin_token_file: {exc}") from None
+        return replace(self, admin_token=token, admin_token_file=None)
 
     @property
     def max_body_bytes(self) -> int:

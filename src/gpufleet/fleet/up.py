@@ -7,6 +7,7 @@ the Python to run children with); nothing here reads ``os.environ``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gpufleet.config.fleet import FleetConfig
+from gpufleet.errors import ConfigError
 from gpufleet.fleet.devices import Discovery, default_probes, discover
 from gpufleet.fleet.launcher import Launcher, LocalLauncher
 from gpufleet.fleet.member import Member
@@ -110,6 +112,7 @@ async def run_up(
     run_dir = RunDir(Path(cwd, cfg.run_dir))
     pid = os.getpid()
     run_dir.claim(pid)
+    token_written = False
     try:
         if plan is None:
             if discovery is None:
@@ -122,8 +125,10 @@ async def run_up(
         for line in startup_lines(cfg, plan) if intro is None else intro:
             report(line)
         # The router's admin token: the user's (GPUFLEET_ADMIN_TOKEN) or a fresh one, kept
-        # in the run directory (owner-only) so `bench --scaling` and scripts can find it.
+        # in the run directory (owner-only, removed when `up` ends) so `bench --scaling`
+        # and scripts can find it. The router gets it in its environment, never in argv.
         token = env.get("GPUFLEET_ADMIN_TOKEN") or secrets.token_urlsafe(24)
+        token_written = True
         write_admin_token(run_dir.path, token)
 
         def make_router(ready: Sequence[Member], port: int) -> ChildSpec:
@@ -163,20 +168,75 @@ async def run_up(
         )
         return await supervisor.run()
     finally:
+        if token_written:
+            remove_admin_token(run_dir.path)
         run_dir.release(pid)
 
 
 __all__ = ["ready_hint", "run_up", "startup_lines"]
 
 
-ADMIN_TOKEN_FILE = "admin-token"
+#: Where ``up`` keeps the router's admin token, under the run directory: a directory only
+#: its owner may enter (0700), and in it a file only its owner may read (0600).
+ADMIN_TOKEN_DIR = "private"
+ADMIN_TOKEN_FILE = f"{ADMIN_TOKEN_DIR}/admin-token"
+
+
+def _private_dir(run_dir: Path) -> int:
+    """A descriptor of ``run_dir/private``, made 0700 if new; refused unless it is a real
+    directory of ours (never a link).
+
+    Raises:
+        ConfigError: it is a link, not a directory, or another user's.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / ADMIN_TOKEN_DIR
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"{path} must be a directory (not a link): {exc}") from None
+    info = os.fstat(fd)
+    if info.st_uid != os.geteuid():
+        os.close(fd)
+        raise ConfigError(f"{path} belongs to another user (uid {info.st_uid})")
+    os.fchmod(fd, 0o700)
+    return fd
 
 
 def write_admin_token(run_dir: Path, token: str) -> None:
-    """Write the router's admin token to ``run_dir/admin-token``, readable by the owner only."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / ADMIN_TOKEN_FILE
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(token + "\n")
-    os.chmod(path, 0o600)  # an older file keeps its mode through O_TRUNC
+    """Write the router's admin token to ``run_dir/private/admin-token`` (0600, in 0700).
+
+    Never through a link: the old entry is removed (a link goes, not its target), then the
+    file is created new (``O_EXCL|O_NOFOLLOW``).
+
+    Raises:
+        ConfigError: the private directory is not ours, or the file appeared meanwhile.
+    """
+    name = ADMIN_TOKEN_FILE.rsplit("/", 1)[1]
+    dir_fd = _private_dir(run_dir)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dir_fd)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
+        except FileExistsError:
+            raise ConfigError(f"{run_dir / ADMIN_TOKEN_FILE} appeared while written") from None
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(token + "\n")
+    finally:
+        os.close(dir_fd)
+
+
+def remove_admin_token(run_dir: Path) -> None:
+    """Remove the admin token file (``up`` is over: the token means nothing any more)."""
+    directory, name = ADMIN_TOKEN_FILE.rsplit("/", 1)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(run_dir / directory, flags)
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
