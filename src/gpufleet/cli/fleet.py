@@ -72,6 +72,10 @@ def up(
     router_arg: Annotated[
         list[str] | None, typer.Option("--router-arg", help="Extra router argument (repeat).")
     ] = None,
+    batch_store: Annotated[
+        str | None,
+        typer.Option(help="The router's Batch API store (RUN_DIR/batches); off: none."),
+    ] = None,
     worker_arg: Annotated[
         list[str] | None, typer.Option("--worker-arg", help="Extra worker argument (repeat).")
     ] = None,
@@ -127,6 +131,7 @@ def up(
             "discovery": discovery, "host": host, "port": port, "port_file": port_file,
             "worker_host": worker_host, "worker_base_port": worker_base_port,
             "policy": policy, "router_args": tuple(router_arg) if router_arg else None,
+            "batch_store": batch_store,
             "worker_args": tuple(worker_arg) if worker_arg else None,
             "restart_backoff_s": restart_backoff, "restart_backoff_max_s": restart_backoff_max,
             "drain_timeout_s": drain_timeout, "stall_timeout_s": stall_timeout,

@@ -125,6 +125,32 @@ def router(
         help="most of each upstream's cap batch-class requests may hold, % (at least one "
         "slot; the rest stays free for interactive bursts) (default 75)",
     ),
+    batch_store: str | None = typer.Option(
+        None,
+        "--batch-store",
+        help="directory of the Batch API's store (SQLite + files); unset: no Batch API "
+        "(/v1/files and /v1/batches are proxied)",
+    ),
+    batch_max_file_mb: float | None = typer.Option(
+        None, "--batch-max-file-mb", help="largest batch input file, MB (default 200)"
+    ),
+    batch_max_lines: int | None = typer.Option(
+        None, "--batch-max-lines", help="most requests in one batch (default 50000)"
+    ),
+    batch_max_store_gb: float | None = typer.Option(
+        None, "--batch-max-store-gb", help="most bytes of files the store keeps, GB (default 20)"
+    ),
+    batch_retention_h: float | None = typer.Option(
+        None,
+        "--batch-retention-h",
+        help="delete files and finished batches older than this, hours (default 720)",
+    ),
+    batch_max_in_flight: int | None = typer.Option(
+        None,
+        "--batch-max-in-flight",
+        help="most batch requests in flight per pool (the window follows the pool's batch "
+        "capacity up to this) (default 512)",
+    ),
     config: Path | None = typer.Option(None, "--config", help="YAML file; its router: section"),
 ) -> None:
     """Balance requests over upstreams: health checks, safe retries, admission queue."""
@@ -171,6 +197,12 @@ def router(
             "drain_timeout_s": drain_timeout,
             "log_level": log_level,
             "batch_share_percent": batch_share,
+            "batch_store": batch_store,
+            "batch_max_file_mb": batch_max_file_mb,
+            "batch_max_lines": batch_max_lines,
+            "batch_max_store_gb": batch_max_store_gb,
+            "batch_retention_h": batch_retention_h,
+            "batch_max_in_flight": batch_max_in_flight,
         }
         cfg = load(RouterConfig, "router", flags=flags, config_path=config).with_token_file()
         RouterState(cfg)  # parses --worker and --route values: errors exit 2 here
@@ -182,7 +214,12 @@ def router(
         )
     from gpufleet.router.main import serve
 
-    run_async(serve(cfg))
+    extensions = []
+    if cfg.batch_store is not None:
+        from gpufleet.batches import extension
+
+        extensions.append(extension(cfg))
+    run_async(serve(cfg, extensions=tuple(extensions)))
 
 
 def register(app: typer.Typer) -> None:

@@ -142,6 +142,9 @@ class FleetConfig:
     policy: str | None = None
     #: Extra arguments for the router.
     router_args: tuple[str, ...] = ()
+    #: The router's Batch API store (its ``--batch-store``): unset, ``<run_dir>/batches``;
+    #: ``off``: no Batch API.
+    batch_store: str | None = None
 
     # Supervision.
     restart_backoff_s: float = 1.0

@@ -208,6 +208,8 @@ def router_spec(
         argv += ["--route", f"{prefix}={pool}"]
     if cfg.policy:
         argv += ["--policy", cfg.policy]
+    if cfg.batch_store != "off":
+        argv += ["--batch-store", str(Path(cwd, cfg.batch_store or Path(cfg.run_dir, "batches")))]
     if config_path:
         argv += ["--config", config_path]
     env = _child_env(base_env)

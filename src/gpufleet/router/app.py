@@ -11,7 +11,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 from aiohttp import web
 
@@ -64,6 +65,11 @@ class RouterState:
         )
         self.client: Client | None = None
         self.proxy: Proxy | None = None
+        #: Extensions' hooks: called with the router's own URL once it listens (``main``),
+        #: when it starts draining, and for more ``/stats`` fields.
+        self.on_listen: list[Callable[[str], Awaitable[None]]] = []
+        self.on_drain: list[Callable[[], None]] = []
+        self.stats_parts: dict[str, Callable[[], Any]] = {}
         self.collector = RouterCollector(self.registry, self.admissions, self.totals)
 
     def admission(self, pool: Pool) -> Admission:
@@ -168,16 +174,17 @@ def create_app(
         return web.json_response({"status": status}, status=200 if ready else 503)
 
     async def stats(request: web.Request) -> web.Response:
-        return web.json_response(
-            stats_payload(
-                state.registry,
-                state.admissions,
-                state.totals,
-                policy=cfg.policy,
-                draining=state.draining,
-                active=state.proxy.active if state.proxy is not None else 0,
-            )
+        payload = stats_payload(
+            state.registry,
+            state.admissions,
+            state.totals,
+            policy=cfg.policy,
+            draining=state.draining,
+            active=state.proxy.active if state.proxy is not None else 0,
         )
+        for name, part in state.stats_parts.items():
+            payload[name] = part()
+        return web.json_response(payload)
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(

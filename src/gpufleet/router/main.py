@@ -52,6 +52,8 @@ async def serve(cfg: RouterConfig, *, extensions: tuple[Extension, ...] = ()) ->
     server = site._server
     sockets = getattr(server, "sockets", None) or []
     port = sockets[0].getsockname()[1] if sockets else cfg.port
+    for hook in state.on_listen:
+        await hook(own_url(cfg.host, port))
     if cfg.port_file:
         await asyncio.to_thread(write_port_file, cfg.port_file, port)
     log.info(
@@ -80,10 +82,21 @@ async def serve(cfg: RouterConfig, *, extensions: tuple[Extension, ...] = ()) ->
         await stop.wait()
         log.info("draining: health answers 503, in-flight requests finish")
         state.draining = True
+        for drain in state.on_drain:
+            drain()
         await _wait_idle(state, cfg.drain_timeout_s)
     finally:
         await runner.cleanup()
         log.info("router stopped")
+
+
+def own_url(host: str, port: int) -> str:
+    """How this process reaches its own listener (a wildcard address: loopback)."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 async def _wait_idle(state: RouterState, timeout_s: float) -> None:

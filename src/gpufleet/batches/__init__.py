@@ -1,0 +1,63 @@
+"""Bulk jobs the fleet keeps: OpenAI's Batch API on the router's endpoint.
+
+A part between the CLI and the router: ``extension(cfg)`` adds the Files and Batches
+routes (``api.py``) to a router application, keeps their state in a ``BatchStore``
+(``store.py``; ``sqlite.py`` is the embedded default) and runs the batches through the
+router itself at the ``batch`` priority (``runner.py``). ``gpufleet router`` installs it
+when ``--batch-store`` is set; ``gpufleet up`` sets it to ``<run_dir>/batches``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from gpufleet.batches.api import BatchAPI
+from gpufleet.batches.records import BatchRecord, FileRecord
+from gpufleet.batches.runner import BatchRunner
+from gpufleet.batches.sqlite import SqliteStore
+from gpufleet.batches.store import BatchStore
+from gpufleet.config.router import RouterConfig
+from gpufleet.router.app import Extension, RouterState
+
+log = logging.getLogger("gpufleet.batches")
+
+
+def extension(cfg: RouterConfig, *, store: BatchStore | None = None) -> Extension:
+    """The router extension that serves the Batch API from ``cfg.batch_store``."""
+    if store is None:
+        if cfg.batch_store is None:
+            raise ValueError("the Batch API needs a store (batch_store)")
+        store = SqliteStore(cfg.batch_store)
+    chosen: BatchStore = store
+
+    def install(app: web.Application, state: RouterState) -> None:
+        runner = BatchRunner(chosen, state.registry, state.admissions, cfg)
+        BatchAPI(chosen, runner, cfg).register(app)
+
+        async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+            await chosen.open()
+            log.info("batch store open at %s", cfg.batch_store)
+            yield
+            await runner.aclose()
+            await chosen.aclose()
+
+        app.cleanup_ctx.append(lifecycle)
+        state.on_listen.append(runner.start)
+        state.on_drain.append(runner.drain)
+        state.stats_parts["batches"] = runner.stats
+
+    return install
+
+
+__all__ = [
+    "BatchAPI",
+    "BatchRecord",
+    "BatchRunner",
+    "BatchStore",
+    "FileRecord",
+    "SqliteStore",
+    "extension",
+]

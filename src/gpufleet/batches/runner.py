@@ -1,0 +1,532 @@
+"""``BatchRunner``: sends every batch's requests through the router, below interactive traffic.
+
+Each request goes to the router's own listening address with ``X-Gpufleet-Priority:
+batch``, so it takes exactly the path any caller's request takes (admission, policy,
+retries, body limits, prefix index, token counts, stats) in the ``batch`` class: it is
+dispatched only when no interactive request waits, and holds at most ``batch_share`` of
+an upstream's cap. Dispatch is pull-based: a batch sends its next request when its
+pool's ``Window`` has room; the window's limit follows the pool's batch capacity (the
+ready upstreams' batch caps plus a quarter, up to ``batch_max_in_flight``), looked up
+again whenever a request is about to go or has come back, so it grows as workers join
+or learn larger caps.
+
+Each result is handed to the ``ResultWriter`` as soon as it is read (one stored row per
+``custom_id``; a second one for the same id is ignored), and the output files are
+assembled from those rows when the batch finishes. After a ``kill -9`` the router
+resumes every unfinished batch at start: requests with a stored result are not sent
+again; the ones in flight at the crash are.
+
+Outcomes of one request:
+
+- a 2xx answer: the output file; any other answer the upstream gave for good (a 4xx; a
+  5xx the worker blamed on the request): the error file, with its ``response``;
+- "not now" (503 with ``Retry-After``: the router's queue was full or nothing is ready;
+  429): sent again after that wait, without counting as an attempt, until the batch
+  expires;
+- a failure that may pass (another 5xx, 408, no connection): sent again with a back-off,
+  at most ``MAX_ATTEMPTS`` times, then recorded as failed with its last answer or error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+
+from gpufleet import wire
+from gpufleet.batches import output
+from gpufleet.batches.jsonl import LineChecker, Request
+from gpufleet.batches.records import (
+    CANCELLED,
+    CANCELLING,
+    COMPLETED,
+    EXPIRED,
+    FAILED,
+    FINALIZING,
+    IN_PROGRESS,
+    PURPOSE_OUTPUT,
+    VALIDATING,
+    BatchRecord,
+    FileRecord,
+    ResultRow,
+    new_id,
+)
+from gpufleet.batches.store import BatchStore
+from gpufleet.batches.window import Window
+from gpufleet.batches.writer import ResultWriter
+from gpufleet.config.router import RouterConfig
+from gpufleet.router.admission import BATCH, Admission
+from gpufleet.router.pool import Registry
+
+log = logging.getLogger("gpufleet.batches")
+
+#: Attempts of one request that failed in a way that may pass, before it is failed.
+MAX_ATTEMPTS: Final = 5
+BACKOFF_BASE_S: Final = 0.5
+BACKOFF_MAX_S: Final = 30.0
+#: A "not now" answer is retried after its Retry-After, within these bounds.
+BUSY_MIN_S: Final = 0.05
+BUSY_MAX_S: Final = 10.0
+#: Error names of a 503 that mean "not started, come back" (the request never ran).
+_NOT_NOW: Final = frozenset(
+    {"AdmissionRejected", "NoHealthyBackend", "WorkerOverloaded", "WorkerUnavailable"}
+)
+_EXPIRED_ERROR: Final = {
+    "code": "batch_expired",
+    "message": "This request could not be executed before the completion window expired.",
+}
+
+
+@dataclass(eq=False)
+class _Run:
+    """One batch being sent: its progress and how to stop it."""
+
+    record: BatchRecord
+    pool: str
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    in_flight: int = 0
+    started: float = field(default_factory=time.monotonic)
+    sent_here: int = 0
+
+    def progress(self) -> dict[str, Any]:
+        """The batch's line in ``/stats``."""
+        elapsed = time.monotonic() - self.started
+        return {
+            "id": self.record.id,
+            "status": self.record.status,
+            "endpoint": self.record.endpoint,
+            "pool": self.pool,
+            "total": self.total,
+            "completed": self.completed,
+            "failed": self.failed,
+            "in_flight": self.in_flight,
+            "requests_per_s": round(self.sent_here / elapsed, 3) if elapsed > 0 else 0.0,
+        }
+
+
+class _Retry(Exception):
+    """An attempt failed in a way that may pass; ``line`` keeps its answer, if any."""
+
+    def __init__(self, reason: str, line: bytes | None = None) -> None:
+        super().__init__(reason)
+        self.line = line
+
+
+class _NotNow(Exception):
+    """The router did not start the request: try again after ``wait_s``."""
+
+    def __init__(self, wait_s: float) -> None:
+        super().__init__(f"not started; again in {wait_s:g}s")
+        self.wait_s = wait_s
+
+
+class BatchRunner:
+    """Runs every unfinished batch of ``store`` through the router listening at ``start``."""
+
+    def __init__(
+        self,
+        store: BatchStore,
+        registry: Registry,
+        admissions: Mapping[str, Admission],
+        cfg: RouterConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.admissions = admissions
+        self.cfg = cfg
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self.writer = ResultWriter(store)
+        self._runs: dict[str, _Run] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._windows: dict[str, Window] = {}
+        self._background: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._base = ""
+        self._draining = False
+
+    # Lifecycle ----------------------------------------------------------------------
+
+    async def start(self, base_url: str) -> None:
+        """Start sending through ``base_url`` (the router itself); resume unfinished batches."""
+        self._base = base_url.rstrip("/")
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
+        self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
+        for coro, name in (
+            (self.writer.run(), "gpufleet-batch-writer"),
+            (self._sweep(), "gpufleet-batch-sweep"),
+        ):
+            self._background.append(asyncio.create_task(_logged(coro, name), name=name))
+        unfinished = await self.store.unfinished_batches()
+        if unfinished:
+            log.info("resuming %d unfinished batch(es)", len(unfinished))
+        for record in unfinished:
+            self.launch(record)
+
+    def launch(self, record: BatchRecord) -> None:
+        """Run ``record`` (a new batch, or one to resume)."""
+        if record.id in self._tasks or not self._base:
+            return  # running, or not listening yet: ``start`` resumes it
+        pool, _ = self.registry.resolve(record.endpoint)
+        run = _Run(record, pool.name)
+        self._runs[record.id] = run
+        task = asyncio.create_task(self._run(run), name=f"gpufleet-batch-{record.id}")
+        self._tasks[record.id] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.pop(record.id, None)
+            self._runs.pop(record.id, None)
+
+        task.add_done_callback(done)
+
+    def drain(self) -> None:
+        """The router drains: send no more requests (those in flight finish)."""
+        self._draining = True
+        for window in self._windows.values():
+            window.pause()
+
+    async def aclose(self) -> None:
+        """Stop every batch where it is (they resume at the next start), store what came."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._background:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10):
+                    await self.writer.flush()
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # What others ask ----------------------------------------------------------------
+
+    async def cancel(self, batch_id: str) -> BatchRecord | None:
+        """Mark the batch cancelling and stop it; None when it is not running or queued."""
+        record = await self.store.update_batch(
+            batch_id, status=CANCELLING, cancelling_at=int(self._clock())
+        )
+        if record is None:
+            return None
+        run = self._runs.get(batch_id)
+        if run is not None:
+            run.record = record
+            run.stop.set()
+        else:
+            self.launch(record)
+        return record
+
+    def stats(self) -> dict[str, Any]:
+        """The ``batches`` part of the router's ``/stats``."""
+        return {
+            "in_progress": len(self._runs),
+            "batches": [run.progress() for run in self._runs.values()],
+            "windows": {
+                name: {"limit": w.limit, "in_flight": w.in_flight, "waiting": w.waiting}
+                for name, w in self._windows.items()
+            },
+        }
+
+    # One batch ----------------------------------------------------------------------
+
+    async def _run(self, run: _Run) -> None:
+        record = run.record
+        try:
+            status = record.status
+            if status in (VALIDATING, IN_PROGRESS):
+                if status == VALIDATING:
+                    record = await self._set(
+                        run, status=IN_PROGRESS, in_progress_at=int(self._clock())
+                    )
+                outcome, expired = await self._send_all(run)
+            else:
+                outcome, expired = (CANCELLED if status == CANCELLING else COMPLETED), []
+            await self._finish(run, outcome, expired)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("batch %s failed", record.id)
+            error = {"code": "internal_error", "message": str(exc), "param": None, "line": None}
+            with contextlib.suppress(Exception):
+                await self.store.update_batch(
+                    record.id, status=FAILED, failed_at=int(self._clock()), errors=[error]
+                )
+
+    async def _set(self, run: _Run, **fields: Any) -> BatchRecord:
+        record = await self.store.update_batch(run.record.id, **fields)
+        if record is None:
+            raise LookupError(f"batch {run.record.id} is gone from the store")
+        run.record = record
+        return record
+
+    async def _requests(self, file_id: str) -> list[Request]:
+        """The input file's requests (read and parsed off the event loop)."""
+        checker = LineChecker(max_lines=1 << 62, max_line_bytes=self.cfg.max_body_bytes, keep=True)
+        async for chunk in self.store.read_file(file_id):
+            await asyncio.to_thread(checker.feed, chunk)
+        await asyncio.to_thread(checker.finish)
+        assert checker.requests is not None
+        return checker.requests
+
+    async def _send_all(self, run: _Run) -> tuple[str, list[Request]]:
+        """Send what has no result yet; (outcome, the requests left when it expired)."""
+        record = run.record
+        requests = await self._requests(record.input_file_id)
+        done = await self.store.result_ids(record.id)
+        todo = [r for r in requests if r.custom_id not in done]
+        run.total = len(requests)
+        run.completed, run.failed = record.completed, record.failed
+        if done:
+            log.info(
+                "batch %s: %d of %d have a result; sending the other %d",
+                record.id,
+                len(done),
+                len(requests),
+                len(todo),
+            )
+        left: set[str] = {r.custom_id for r in todo}
+        feeder = asyncio.create_task(self._feed(run, todo, left))
+        stopped = asyncio.create_task(run.stop.wait())
+        try:
+            timeout = max(0.0, record.expires_at - self._clock())
+            await asyncio.wait({feeder, stopped}, timeout=timeout, return_when="FIRST_COMPLETED")
+        finally:
+            stopped.cancel()
+            if not feeder.done():
+                feeder.cancel()
+            await asyncio.gather(feeder, stopped, return_exceptions=True)
+        if not feeder.cancelled():
+            feeder.result()  # raises what broke it
+        if run.stop.is_set():
+            return CANCELLED, []
+        if feeder.cancelled():
+            return EXPIRED, [r for r in requests if r.custom_id in left]
+        return COMPLETED, []
+
+    async def _feed(self, run: _Run, todo: list[Request], left: set[str]) -> None:
+        """Pull-based: the next request goes out whenever the pool's window has room."""
+        window = self._window(run.pool)
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            for request in todo:
+                self._follow(window, run.pool)
+                await window.take()
+                task = asyncio.create_task(self._one(run, request, window, left))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            while tasks:
+                await asyncio.wait(set(tasks))
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _one(self, run: _Run, request: Request, window: Window, left: set[str]) -> None:
+        """Send one request until it has an outcome; the window place is held while sent."""
+        row_id = new_id("batch_req_")
+        held = True
+        attempts = 0
+        last: bytes | None = None
+        run.in_flight += 1
+        try:
+            while True:
+                try:
+                    run.sent_here += 1
+                    ok, line = await self._attempt(run, request, row_id)
+                    self._record(run, request, ok, line, left)
+                    return
+                except _NotNow as exc:
+                    wait_s = exc.wait_s
+                except _Retry as exc:
+                    attempts += 1
+                    last = exc.line or last
+                    if attempts >= MAX_ATTEMPTS:
+                        error = {
+                            "code": "request_failed",
+                            "message": f"{exc} (gave up after {attempts} attempts)",
+                        }
+                        line = last or output.result_line(row_id, request.custom_id, error=error)
+                        self._record(run, request, False, line, left)
+                        return
+                    wait_s = min(BACKOFF_BASE_S * 2 ** (attempts - 1), BACKOFF_MAX_S)
+                    wait_s *= 0.5 + self._rng.random() / 2
+                    log.info(
+                        "batch %s: %s failed (%s); again in %.2fs",
+                        run.record.id,
+                        request.custom_id,
+                        exc,
+                        wait_s,
+                    )
+                # Waiting holds no place: other requests go meanwhile.
+                held = False
+                run.in_flight -= 1
+                self._follow(window, run.pool)
+                window.give()
+                await asyncio.sleep(wait_s)
+                await window.take()
+                held = True
+                run.in_flight += 1
+        finally:
+            if held:
+                run.in_flight -= 1
+                self._follow(window, run.pool)
+                window.give()
+
+    def _record(self, run: _Run, request: Request, ok: bool, line: bytes, left: set[str]) -> None:
+        left.discard(request.custom_id)
+        if ok:
+            run.completed += 1
+        else:
+            run.failed += 1
+        self.writer.add(run.record.id, ResultRow(request.custom_id, request.line, ok, line))
+
+    async def _attempt(self, run: _Run, request: Request, row_id: str) -> tuple[bool, bytes]:
+        """One POST through the router: (ok, the result line), or ``_NotNow``/``_Retry``."""
+        session = self._session
+        if session is None:
+            raise _Retry("the runner is closed")
+        headers = {
+            wire.PRIORITY_HEADER: BATCH,
+            wire.REQUEST_ID_HEADER: row_id,
+            "Content-Type": wire.JSON_CONTENT_TYPE,
+        }
+        body = json.dumps(request.body, separators=(",", ":")).encode()
+        budget = aiohttp.ClientTimeout(total=self.cfg.timeout_s + 30, sock_connect=10)
+        try:
+            async with session.post(
+                self._base + request.url, data=body, headers=headers, timeout=budget
+            ) as resp:
+                data = await resp.read()
+                status = resp.status
+                answer_headers = resp.headers
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise _Retry(f"no answer from the router: {type(exc).__name__}: {exc}") from None
+        request_id = answer_headers.get(wire.REQUEST_ID_HEADER, row_id)
+        line = output.result_line(
+            row_id, request.custom_id, status=status, request_id=request_id, body=data
+        )
+        if 200 <= status < 300:
+            return True, line
+        retry_after = wire.parse_retry_after(answer_headers.get("Retry-After"))
+        if status == 429 or (status == 503 and retry_after is not None and _not_now(data)):
+            raise _NotNow(min(max(retry_after or 1.0, BUSY_MIN_S), BUSY_MAX_S))
+        blamed = answer_headers.get(wire.FAULT_HEADER) == wire.FAULT_REQUEST
+        if (status >= 500 and not blamed) or status == 408:
+            raise _Retry(f"HTTP {status}", line)
+        return False, line
+
+    async def _finish(self, run: _Run, outcome: str, expired: list[Request]) -> None:
+        """Assemble the output and error files and set the final state, all at once."""
+        record = run.record
+        now = int(self._clock())
+        if outcome == COMPLETED and record.status != FINALIZING:
+            record = await self._set(run, status=FINALIZING, finalizing_at=now)
+        await self.writer.flush()
+        extra = [
+            (
+                r.line,
+                output.result_line(new_id("batch_req_"), r.custom_id, error=_EXPIRED_ERROR),
+            )
+            for r in expired
+        ]
+        out, err = await output.assemble(self.store, record.id, extra)
+        outputs: list[tuple[FileRecord, Path]] = []
+        fields: dict[str, Any] = {"status": outcome, f"{outcome}_at": now}
+        for sink, kind, key in ((out, "output", "output_file_id"), (err, "error", "error_file_id")):
+            if sink.lines:
+                file = FileRecord(
+                    new_id("file-"),
+                    PURPOSE_OUTPUT,
+                    f"{record.id}_{kind}.jsonl",
+                    sink.bytes,
+                    now,
+                    lines=sink.lines,
+                )
+                outputs.append((file, sink.path))
+                fields[key] = file.id
+            else:
+                await asyncio.to_thread(sink.path.unlink)
+        if expired:
+            fields["failed"] = record.failed + len(expired)
+        await self.store.finish_batch(record.id, outputs, **fields)
+        log.info(
+            "batch %s %s: %d ok, %d failed%s",
+            record.id,
+            outcome,
+            run.completed,
+            run.failed,
+            f", {len(expired)} expired" if expired else "",
+        )
+
+    # Capacity and retention ---------------------------------------------------------
+
+    def _window(self, pool: str) -> Window:
+        window = self._windows.get(pool)
+        if window is None:
+            window = self._windows[pool] = Window(self._capacity(pool))
+            if self._draining:
+                window.pause()
+        return window
+
+    def _follow(self, window: Window, pool: str) -> None:
+        """Set the window's limit to what the pool can take now."""
+        limit = self._capacity(pool)
+        if limit != window.limit:
+            window.set_limit(limit)
+
+    def _capacity(self, pool_name: str) -> int:
+        """What the pool's batch window may hold: its batch caps plus a quarter."""
+        pool = self.registry.pools.get(pool_name)
+        admission = self.admissions.get(pool_name)
+        if pool is None or admission is None:
+            return 1
+        caps = sum(admission.batch_cap(u) for u in pool.ready)
+        return max(1, min(self.cfg.batch_max_in_flight, caps + max(2, caps // 4)))
+
+    async def _sweep(self) -> None:
+        """Delete files and finished batches past the retention time, now and then."""
+        retention_s = self.cfg.batch_retention_h * 3600
+        every_s = min(3600.0, max(1.0, retention_s / 4))
+        while True:
+            batches, files = await self.store.sweep(int(self._clock() - retention_s))
+            if batches or files:
+                log.info("retention: deleted %d batch(es) and %d file(s)", batches, files)
+            await asyncio.sleep(every_s)
+
+
+def _not_now(body: bytes) -> bool:
+    """True when a 503 says the request was not started (a gpufleet error name says so)."""
+    try:
+        data = wire.decode_json(body)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and data.get("error") in _NOT_NOW
+
+
+async def _logged(coro: Any, name: str) -> None:
+    """Run a long-lived task; a crash is logged (it would otherwise vanish)."""
+    try:
+        await coro
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("%s stopped", name)

@@ -1,0 +1,306 @@
+"""The Batch API with the official ``openai`` client against a router in front of real workers.
+
+Upload, create, poll, download, list, cancel; a bad line refused with its number; a router
+``kill -9``-ed mid-batch and started again on the same store finishes the batch with one
+output line per ``custom_id``, having sent again at most what was in flight (counted at the
+workers). Interactive requests go before queued batch ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from openai.types import Batch
+
+from gpufleet.testing import ServerProcess, run_router, run_worker
+from tests.integration._router import get_json
+
+FINAL = ("completed", "failed", "expired", "cancelled")
+
+
+def _client(router: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=router.url + "/v1", api_key="x", max_retries=0, timeout=30)
+
+
+def _jsonl(n: int, url: str = "/predict", start: int = 0) -> bytes:
+    lines = [
+        json.dumps(
+            {"custom_id": f"req-{i}", "method": "POST", "url": url, "body": {"input": f"in-{i}"}}
+        )
+        for i in range(start, start + n)
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _wait(
+    client: openai.OpenAI, batch_id: str, done: Any, *, within: float, what: str = ""
+) -> Batch:
+    """Poll the batch until ``done(batch)``; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        if done(batch):
+            return batch
+        if time.monotonic() > deadline:
+            raise AssertionError(f"batch {batch_id} not {what} after {within}s: {batch}")
+        time.sleep(0.05)
+
+
+def _output(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    if file_id is None:
+        return []
+    text = client.files.content(file_id).text
+    return [json.loads(line) for line in text.splitlines()]
+
+
+@contextlib.contextmanager
+def _workers(n: int, *args: str) -> Iterator[list[ServerProcess]]:
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(run_worker("synthetic", *args)) for _ in range(n)]
+
+
+def _served(workers: list[ServerProcess]) -> int:
+    total = 0
+    for w in workers:
+        stats = asyncio.run(get_json(w.url + "/stats"))
+        total += int(stats["served"])
+    return total
+
+
+def test_upload_create_poll_download_list(tmp_path: Path) -> None:
+    with (
+        _workers(2) as workers,
+        run_router([w.url for w in workers], "--batch-store", str(tmp_path / "store")) as router,
+    ):
+        client = _client(router)
+        data = _jsonl(200)
+        uploaded = client.files.create(file=("prompts.jsonl", data), purpose="batch")
+        assert uploaded.purpose == "batch"
+        assert uploaded.bytes == len(data)
+        assert uploaded.filename == "prompts.jsonl"
+        assert client.files.retrieve(uploaded.id).id == uploaded.id
+        assert client.files.content(uploaded.id).content == data
+
+        batch = client.batches.create(
+            input_file_id=uploaded.id,
+            endpoint="/predict",  # type: ignore[arg-type]
+            completion_window="24h",
+            metadata={"job": "test"},
+        )
+        assert batch.status in ("validating", "in_progress")
+        assert batch.metadata == {"job": "test"}
+        done = _wait(client, batch.id, lambda b: b.status in FINAL, within=60, what="done")
+        assert done.status == "completed"
+        assert done.request_counts is not None
+        assert (done.request_counts.total, done.request_counts.completed) == (200, 200)
+        assert done.request_counts.failed == 0
+        assert done.error_file_id is None
+        assert done.completed_at is not None
+        assert done.in_progress_at is not None
+        lines = _output(client, done.output_file_id)
+        assert [line["custom_id"] for line in lines] == [f"req-{i}" for i in range(200)]
+        for i, line in enumerate(lines):
+            assert line["error"] is None
+            assert line["id"].startswith("batch_req_")
+            assert line["response"]["status_code"] == 200
+            assert line["response"]["body"]["output"]["echo"] == f"in-{i}"
+        # Both workers took part, and the router shows what it ran.
+        pids = {line["response"]["body"]["output"]["pid"] for line in lines}
+        assert len(pids) == 2
+        stats = asyncio.run(get_json(router.url + "/stats"))
+        assert stats["pools"]["default"]["classes"]["batch"]["admitted"] >= 200
+        assert stats["batches"]["in_progress"] == 0
+
+        # Paged listing, newest first, as the client pages it.
+        second = client.batches.create(
+            input_file_id=uploaded.id,
+            endpoint="/predict",  # type: ignore[arg-type]
+            completion_window="24h",
+        )
+        page = client.batches.list(limit=1)
+        assert [b.id for b in page.data] == [second.id]
+        assert page.has_more
+        assert [b.id for b in client.batches.list(limit=1)] == [second.id, batch.id]
+        _wait(client, second.id, lambda b: b.status == "completed", within=60, what="done")
+
+        out = client.files.retrieve(done.output_file_id or "")
+        assert out.purpose == "batch_output"
+        deleted = client.files.delete(uploaded.id)
+        assert deleted.deleted
+        with pytest.raises(openai.NotFoundError):
+            client.files.retrieve(uploaded.id)
+
+
+def test_bad_lines_and_calls_are_refused(tmp_path: Path) -> None:
+    with (
+        _workers(1) as workers,
+        run_router([w.url for w in workers], "--batch-store", str(tmp_path / "store")) as router,
+    ):
+        client = _client(router)
+        bad = _jsonl(2) + b'{"custom_id": "x", "method": "POST", "url": "/predict"}\n'
+        with pytest.raises(openai.BadRequestError, match="line 3") as info:
+            client.files.create(file=("bad.jsonl", bad), purpose="batch")
+        assert info.value.body["line"] == 3  # type: ignore[index]
+        dup = _jsonl(3) + _jsonl(1)
+        with pytest.raises(openai.BadRequestError, match="line 4: custom_id 'req-0'"):
+            client.files.create(file=("dup.jsonl", dup), purpose="batch")
+        assert client.files.list().data == []  # nothing kept of a refused upload
+
+        mixed = _jsonl(2) + _jsonl(1, url="/v1/embeddings", start=2)
+        uploaded = client.files.create(file=("mixed.jsonl", mixed), purpose="batch")
+        with pytest.raises(openai.BadRequestError, match="line 3: url '/v1/embeddings'"):
+            client.batches.create(
+                input_file_id=uploaded.id,
+                endpoint="/predict",  # type: ignore[arg-type]
+                completion_window="24h",
+            )
+        with pytest.raises(openai.BadRequestError, match="completion_window"):
+            client.batches.create(
+                input_file_id=uploaded.id,
+                endpoint="/predict",  # type: ignore[arg-type]
+                completion_window="forever",  # type: ignore[arg-type]
+            )
+        with pytest.raises(openai.NotFoundError):
+            client.batches.create(
+                input_file_id="file-nope",
+                endpoint="/predict",  # type: ignore[arg-type]
+                completion_window="24h",
+            )
+        with pytest.raises(openai.NotFoundError):
+            client.batches.retrieve("batch_nope")
+
+        async def raw() -> list[tuple[int, str | None]]:
+            async with aiohttp.ClientSession() as s:
+                out = []
+                for method, path in (("PUT", "/v1/files"), ("GET", "/v1/batches/x/y/z")):
+                    async with s.request(method, router.url + path) as resp:
+                        out.append((resp.status, resp.headers.get("Allow")))
+                return out
+
+        # The Batch API's paths are the router's own: never proxied to a worker.
+        assert asyncio.run(raw()) == [(405, "GET, POST"), (404, None)]
+
+
+def test_cancel_keeps_what_finished(tmp_path: Path) -> None:
+    slow = ("--model-arg", "base_ms=100", "--model-arg", "per_item_ms=0")
+    with (
+        _workers(1, *slow, "--max-batch-size", "2") as workers,
+        run_router([w.url for w in workers], "--batch-store", str(tmp_path / "store")) as router,
+    ):
+        client = _client(router)
+        uploaded = client.files.create(file=("in.jsonl", _jsonl(300)), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=uploaded.id,
+            endpoint="/predict",  # type: ignore[arg-type]
+            completion_window="24h",
+        )
+        _wait(
+            client,
+            batch.id,
+            lambda b: b.request_counts.completed >= 10,
+            within=30,
+            what="10 completed",
+        )
+        cancelling = client.batches.cancel(batch.id)
+        assert cancelling.status in ("cancelling", "cancelled")
+        done = _wait(client, batch.id, lambda b: b.status in FINAL, within=30, what="cancelled")
+        assert done.status == "cancelled"
+        assert done.cancelled_at is not None
+        assert done.request_counts is not None
+        lines = _output(client, done.output_file_id)
+        assert len(lines) == done.request_counts.completed
+        assert 10 <= len(lines) < 300
+        assert len({line["custom_id"] for line in lines}) == len(lines)
+        # A finished batch cannot be cancelled again into anything else.
+        assert client.batches.cancel(batch.id).status == "cancelled"
+
+
+def test_kill9_mid_batch_then_restart_finishes_exactly_once(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    n = 600
+    with _workers(2, "--model-arg", "base_ms=50") as workers:
+        urls = [w.url for w in workers]
+        with run_router(urls, "--batch-store", store) as router:
+            client = _client(router)
+            uploaded = client.files.create(file=("in.jsonl", _jsonl(n)), purpose="batch")
+            batch = client.batches.create(
+                input_file_id=uploaded.id,
+                endpoint="/predict",  # type: ignore[arg-type]
+                completion_window="24h",
+            )
+            _wait(
+                client,
+                batch.id,
+                lambda b: b.request_counts.completed >= 100,
+                within=60,
+                what="100 completed",
+            )
+            stats = asyncio.run(get_json(router.url + "/stats"))
+            window = stats["batches"]["windows"]["default"]["limit"]
+            router.kill()
+        with run_router(urls, "--batch-store", store) as again:
+            client = _client(again)
+            done = _wait(client, batch.id, lambda b: b.status in FINAL, within=60, what="done")
+            assert done.status == "completed"
+            assert done.request_counts is not None
+            assert done.request_counts.completed == n
+            lines = _output(client, done.output_file_id)
+            ids = [line["custom_id"] for line in lines]
+            assert ids == [f"req-{i}" for i in range(n)]
+            assert all(line["response"]["status_code"] == 200 for line in lines)
+            assert "resuming 1 unfinished batch" in again.log()
+        # Sent twice: at most what was in flight (the window) when the router died.
+        extra = _served(workers) - n
+        assert 0 <= extra <= window, (extra, window)
+
+
+async def test_interactive_requests_go_before_queued_batch_ones() -> None:
+    slow = ("--model-arg", "base_ms=200", "--model-arg", "per_item_ms=0")
+    with (
+        run_worker("synthetic", *slow, "--max-batch-size", "1") as worker,
+        run_router([worker.url], "--max-outstanding", "1") as router,
+    ):
+        done: list[tuple[str, float]] = []
+        t0 = time.monotonic()
+
+        async def send(session: aiohttp.ClientSession, kind: str, i: int) -> None:
+            headers = {"X-Gpufleet-Priority": kind}
+            body = {"input": f"{kind}-{i}"}
+            async with session.post(router.url + "/predict", json=body, headers=headers) as r:
+                assert r.status == 200, await r.text()
+                await r.read()
+            done.append((f"{kind}-{i}", time.monotonic() - t0))
+
+        async with aiohttp.ClientSession() as session:
+            batch = [asyncio.create_task(send(session, "batch", i)) for i in range(5)]
+
+            async def queued() -> bool:
+                stats = await get_json(router.url + "/stats")
+                return bool(stats["pools"]["default"]["classes"]["batch"]["queue_depth"] == 4)
+
+            deadline = time.monotonic() + 10
+            while not await queued():
+                assert time.monotonic() < deadline, "batch requests never queued"
+                await asyncio.sleep(0.01)
+            await send(session, "interactive", 0)
+            await asyncio.gather(*batch)
+            metrics = await (await session.get(router.url + "/metrics")).text()
+        order = [name for name, _ in done]
+        # One batch request held the only slot; the interactive one came after the four
+        # queued batch requests and still went next.
+        assert order.index("interactive-0") == 1, order
+        stats = await get_json(router.url + "/stats")
+        classes = stats["pools"]["default"]["classes"]
+        assert classes["batch"]["admitted"] == 5
+        assert classes["interactive"]["admitted"] == 1
+        assert classes["batch"]["wait_p99_ms"] > classes["interactive"]["wait_p99_ms"]
+        assert 'gpufleet_router_class_queue_depth{pool="default",priority="batch"}' in metrics

@@ -1,0 +1,166 @@
+"""SqliteStore: files kept atomically, one result per custom_id, finish all at once, sweep."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gpufleet.batches.records import (
+    COMPLETED,
+    IN_PROGRESS,
+    PURPOSE_BATCH,
+    PURPOSE_OUTPUT,
+    BatchRecord,
+    FileRecord,
+    ResultRow,
+)
+from gpufleet.batches.sqlite import SqliteStore
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "store")
+    await s.open()
+    yield s
+    await s.aclose()
+
+
+def _scratch_file(store: SqliteStore, data: bytes) -> Path:
+    fd, name = tempfile.mkstemp(dir=store.scratch())
+    os.write(fd, data)
+    os.close(fd)
+    return Path(name)
+
+
+async def _add_file(store: SqliteStore, file_id: str, data: bytes, created: int = 100) -> None:
+    record = FileRecord(file_id, PURPOSE_BATCH, "in.jsonl", len(data), created, lines=1)
+    await store.add_file(record, _scratch_file(store, data))
+
+
+def _batch(batch_id: str, file_id: str = "file-a", created: int = 100) -> BatchRecord:
+    return BatchRecord(batch_id, "/predict", file_id, "24h", IN_PROGRESS, created, created + 86400)
+
+
+async def test_files_are_kept_listed_read_and_deleted(store: SqliteStore) -> None:
+    await _add_file(store, "file-a", b"a" * 3_000_000)
+    await _add_file(store, "file-b", b"bb")
+    got = await store.get_file("file-a")
+    assert got is not None
+    assert got.bytes == 3_000_000
+    assert [c async for c in store.read_file("file-b")] == [b"bb"]
+    assert len(b"".join([c async for c in store.read_file("file-a")])) == 3_000_000
+    files, more = await store.list_files(purpose=None, limit=1, after=None)
+    assert [f.id for f in files] == ["file-b"]
+    assert more
+    files, more = await store.list_files(purpose=None, limit=1, after="file-b")
+    assert [f.id for f in files] == ["file-a"]
+    assert not more
+    assert await store.stored_bytes() == 3_000_002
+    assert await store.delete_file("file-a")
+    assert not await store.delete_file("file-a")
+    assert not (store.files_dir / "file-a").exists()
+    with pytest.raises(FileNotFoundError):
+        [c async for c in store.read_file("file-a")]
+    # An id that walks out of the folder names no row, so nothing is opened.
+    with pytest.raises(FileNotFoundError):
+        [c async for c in store.read_file("../batches.sqlite3")]
+
+
+async def test_a_result_is_recorded_once_per_custom_id(store: SqliteStore) -> None:
+    await _add_file(store, "file-a", b"x")
+    await store.add_batch(_batch("batch_1"))
+    rows = [ResultRow("a", 1, True, b"A1"), ResultRow("b", 2, False, b"B1")]
+    await store.add_results("batch_1", rows)
+    # The same custom_ids again (a request sent twice around a crash): ignored.
+    await store.add_results(
+        "batch_1", [ResultRow("a", 1, True, b"A2"), ResultRow("c", 3, True, b"C")]
+    )
+    record = await store.get_batch("batch_1")
+    assert record is not None
+    assert (record.completed, record.failed) == (2, 1)
+    assert await store.result_ids("batch_1") == {"a", "b", "c"}
+    page = await store.results_page("batch_1", after_line=0, limit=2)
+    assert [(r.custom_id, r.doc) for r in page] == [("a", b"A1"), ("b", b"B1")]
+    page = await store.results_page("batch_1", after_line=2, limit=2)
+    assert [r.custom_id for r in page] == ["c"]
+
+
+async def test_finish_keeps_outputs_and_state_together(store: SqliteStore) -> None:
+    await _add_file(store, "file-a", b"x")
+    await store.add_batch(_batch("batch_1"))
+    out = FileRecord("file-out", PURPOSE_OUTPUT, "o.jsonl", 3, 200, lines=1)
+    record = await store.finish_batch(
+        "batch_1",
+        [(out, _scratch_file(store, b"o\n"))],
+        status=COMPLETED,
+        completed_at=200,
+        output_file_id="file-out",
+    )
+    assert record is not None
+    assert record.status == COMPLETED
+    assert record.output_file_id == "file-out"
+    assert await store.unfinished_batches() == []
+    assert b"".join([c async for c in store.read_file("file-out")]) == b"o\n"
+    # A row that cannot be inserted rolls the whole finish back: no state, no file.
+    await store.add_batch(_batch("batch_2"))
+    dup = FileRecord("file-out", PURPOSE_OUTPUT, "o.jsonl", 3, 200)
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.finish_batch("batch_2", [(dup, _scratch_file(store, b"z\n"))], status=COMPLETED)
+    again = await store.get_batch("batch_2")
+    assert again is not None
+    assert again.status == IN_PROGRESS
+
+
+async def test_open_drops_what_a_crash_left(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    first = SqliteStore(root)
+    await first.open()
+    await _add_file(first, "file-a", b"kept")
+    half = _scratch_file(first, b"half-written upload")
+    await first.aclose()
+    (root / "files" / "file-orphan").write_bytes(b"renamed in, no row")
+    second = SqliteStore(root)
+    await second.open()
+    try:
+        assert not half.exists()
+        assert not (root / "files" / "file-orphan").exists()
+        assert (root / "files" / "file-a").read_bytes() == b"kept"
+        with contextlib.closing(sqlite3.connect(root / "batches.sqlite3")) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        await second.aclose()
+
+
+async def test_sweep_keeps_inputs_of_unfinished_batches(store: SqliteStore) -> None:
+    await _add_file(store, "file-old", b"x", created=10)
+    await _add_file(store, "file-used", b"x", created=10)
+    await _add_file(store, "file-new", b"x", created=1000)
+    done = _batch("batch_done", "file-old", created=10)
+    await store.add_batch(done)
+    await store.update_batch("batch_done", status=COMPLETED)
+    await store.add_results("batch_done", [ResultRow("a", 1, True, b"A")])
+    await store.add_batch(_batch("batch_running", "file-used", created=10))
+    assert await store.sweep(before=500) == (1, 1)
+    assert await store.get_batch("batch_done") is None
+    assert await store.result_ids("batch_done") == set()
+    assert await store.get_file("file-old") is None
+    assert await store.get_file("file-used") is not None
+    assert await store.get_file("file-new") is not None
+    assert await store.get_batch("batch_running") is not None
+
+
+async def test_batches_list_newest_first_with_a_cursor(store: SqliteStore) -> None:
+    for i in range(5):
+        await store.add_batch(_batch(f"batch_{i}"))
+    page, more = await store.list_batches(limit=2, after=None)
+    assert [b.id for b in page] == ["batch_4", "batch_3"]
+    assert more
+    page, more = await store.list_batches(limit=10, after="batch_3")
+    assert [b.id for b in page] == ["batch_2", "batch_1", "batch_0"]
+    assert not more
