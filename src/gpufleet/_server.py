@@ -5,15 +5,19 @@
 - ``ServerLog``: aiohttp's server logger; a malformed request (what its HTTP parser
   refuses with a 400) is counted and logged as one WARNING line, at most ``burst`` lines
   per ``window_s``; tracebacks only for the server's own bugs.
+- ``HostGuard``: a middleware against DNS rebinding and cross-site browser requests:
+  bound to loopback, only loopback ``Host`` names (and ``--allowed-host`` ones) are
+  served; a state-changing request from a browser page of another origin is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 from aiohttp import web
@@ -131,4 +135,128 @@ class ServerLog(logging.Logger):
         )
 
 
-__all__ = ["LINGER_BYTES", "LINGER_S", "ServerLog", "refuse_and_close"]
+#: Methods a browser page may send cross-site with no harm done (reading is what CORS
+#: guards, and these change nothing).
+_SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: ``Host`` values whose answer ``HostGuard`` keeps.
+_HOSTS_KEPT: Final = 256
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, ``*.localhost`` (RFC 6761), 127.0.0.0/8 and ::1."""
+    name = host.lower().rstrip(".").strip("[]")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(authority: str) -> str:
+    """The host of a ``Host`` value (or an origin's authority): lower case, no port."""
+    authority = authority.strip().lower()
+    if authority.startswith("["):
+        return authority.split("]", 1)[0] + "]"
+    return authority.rsplit(":", 1)[0].rstrip(".") if ":" in authority else authority.rstrip(".")
+
+
+class HostGuard:
+    """Which ``Host`` names a server answers, and which browser origins may change things.
+
+    Bound to loopback (the default), a request must name a loopback host (``127.0.0.1``,
+    ``localhost``, ``[::1]``, any port) or one of ``allowed``: a page on a name that its
+    DNS turned to 127.0.0.1 (DNS rebinding) gets 421. Bound elsewhere, ``allowed`` applies
+    as given (empty: any name; ``*`` always: any). ``*.example.com`` allows subdomains.
+
+    A request that may change something (not GET/HEAD/OPTIONS) with an ``Origin`` is
+    served only when that origin is the request's own host, or an allowed name, or
+    loopback for a loopback server; one with no ``Origin`` but ``Sec-Fetch-Site:
+    cross-site`` is refused too: 403 (a page's form or ``fetch`` runs requests without
+    CORS preflight). Clients that are not browsers send neither and are not affected.
+    """
+
+    def __init__(self, bind_host: str, allowed: Sequence[str] = ()) -> None:
+        self.loopback_only = is_loopback(bind_host)
+        names = [a.strip().lower().rstrip(".") for a in allowed if a.strip()]
+        self.any_host = "*" in names or (not self.loopback_only and not names)
+        self.names = frozenset(n for n in names if not n.startswith("*."))
+        self.suffixes = tuple(n[1:] for n in names if n.startswith("*."))
+        #: ``Host`` values seen and whether they are served (most requests repeat one).
+        self._hosts: dict[str, bool] = {}
+
+    def is_allowed(self, name: str) -> bool:
+        """True when requests naming host ``name`` (from ``host_name``) are served."""
+        if self.any_host or name in self.names or is_loopback(name):
+            return True
+        return bool(self.suffixes) and name.endswith(self.suffixes)
+
+    def _is_served(self, host: str) -> bool:
+        served = self._hosts.get(host)
+        if served is None:
+            if len(self._hosts) >= _HOSTS_KEPT:
+                self._hosts.clear()  # a flood of made-up names: start over
+            served = self._hosts[host] = self.is_allowed(host_name(host))
+        return served
+
+    def is_allowed_origin(self, origin: str, host: str | None) -> bool:
+        """True when a page of ``origin`` may change things on a server reached as ``host``."""
+        scheme, sep, rest = origin.strip().partition("://")
+        if not sep or not rest or scheme.lower() not in ("http", "https"):
+            return False  # "null" (sandboxed, file://) or not a web origin
+        authority = rest.split("/", 1)[0].lower()
+        if host is not None and authority == host.strip().lower():
+            return True  # same origin
+        name = host_name(authority)
+        if name in self.names or (self.suffixes and name.endswith(self.suffixes)):
+            return True
+        return self.loopback_only and is_loopback(name)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        """Refuse a request for a host not served (421) or from a foreign page (403)."""
+        headers = request.headers
+        host = headers.get("Host")
+        if host is not None and not self.any_host and not self._is_served(host):
+            return await _refuse(
+                request,
+                421,
+                "MisdirectedRequest",
+                f"host {ascii(host)[1:-1][:100]} is not served here (see --allowed-host)",
+            )
+        if request.method not in _SAFE_METHODS:
+            origin = headers.get("Origin")
+            if origin is not None:
+                if not self.is_allowed_origin(origin, host):
+                    return await _refuse(
+                        request,
+                        403,
+                        "CrossOriginRefused",
+                        f"requests from pages of {ascii(origin)[1:-1][:100]} are refused",
+                    )
+            elif headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
+                return await _refuse(
+                    request, 403, "CrossOriginRefused", "cross-site browser requests are refused"
+                )
+        return await handler(request)
+
+
+async def _refuse(
+    request: web.Request, status: int, error: str, message: str
+) -> web.StreamResponse:
+    response = web.json_response({"error": error, "message": message}, status=status)
+    if request.content.is_eof():
+        return response
+    return await refuse_and_close(request, response)  # its body is not read
+
+
+__all__ = [
+    "LINGER_BYTES",
+    "LINGER_S",
+    "HostGuard",
+    "ServerLog",
+    "host_name",
+    "is_loopback",
+    "refuse_and_close",
+]

@@ -20,14 +20,14 @@ from tests.integration._router import get_json
 
 #: One of each kind of malformed request (each sent on a connection of its own).
 _BAD = [
-    b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
-    b"GET /health HTTP/1.1\r\nHost: x\r\nX-Bad: a\x01b\r\n\r\n",
-    b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"A" * 40_000 + b": b\r\n\r\n",
-    b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx",
-    b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nBAD\x00 / HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n",
-    b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\n",
-    b"GET /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n"
+    b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: abc\r\n\r\n",
+    b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Bad: a\x01b\r\n\r\n",
+    b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"A" * 40_000 + b": b\r\n\r\n",
+    b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx",
+    b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nBAD\x00 / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    b"GET /health HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n",
+    b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\n",
+    b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: gzip, chunked\r\n"
     b"Content-Length: 3\r\n\r\nabc",
 ]
 N = 1000

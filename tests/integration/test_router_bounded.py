@@ -151,7 +151,7 @@ async def test_stalled_readers_lose_their_slot_not_the_fleets() -> None:
             for _ in range(4):  # the cap
                 sock = socket.create_connection(("127.0.0.1", port))
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-                sock.sendall(b"GET /big?mb=64 HTTP/1.1\r\nHost: x\r\n\r\n")
+                sock.sendall(b"GET /big?mb=64 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
                 readers.append(sock)  # never read
 
             async def all_slots_taken() -> bool:

@@ -31,6 +31,12 @@ def router(
     host: str | None = typer.Option(None, help="address to bind (default 127.0.0.1)"),
     port: int | None = typer.Option(None, help="port to bind; 0 picks a free one (default 8000)"),
     port_file: str | None = typer.Option(None, help="write the bound port here once listening"),
+    allowed_host: list[str] | None = typer.Option(
+        None,
+        "--allowed-host",
+        help="host name served besides loopback ones (repeatable; bound to a non-loopback "
+        "address: the only names served, default any; * any, *.x.com subdomains)",
+    ),
     max_outstanding: int | None = typer.Option(
         None, help="cap per upstream; 0 = 2 x a gpufleet worker's batch size, else 4 (default 0)"
     ),
@@ -168,6 +174,7 @@ def router(
             "host": host,
             "port": port,
             "port_file": port_file,
+            "allowed_hosts": tuple(allowed_host) if allowed_host else None,
             "max_outstanding": max_outstanding,
             "max_queue": max_queue,
             "queue_timeout_s": queue_timeout,
@@ -219,7 +226,8 @@ def router(
         from gpufleet.batches import extension
 
         extensions.append(extension(cfg))
-    run_async(serve(cfg, extensions=tuple(extensions)))
+    with config_errors_exit():  # the port taken: one line, exit 2
+        run_async(serve(cfg, extensions=tuple(extensions)))
 
 
 def register(app: typer.Typer) -> None:

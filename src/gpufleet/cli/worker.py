@@ -38,6 +38,12 @@ def worker(
     host: str | None = typer.Option(None, help="address to bind (default 127.0.0.1)"),
     port: int | None = typer.Option(None, help="port to bind; 0 picks a free one (default 8000)"),
     port_file: str | None = typer.Option(None, help="write the bound port here once listening"),
+    allowed_host: list[str] | None = typer.Option(
+        None,
+        "--allowed-host",
+        help="host name served besides loopback ones (repeatable; bound to a non-loopback "
+        "address: the only names served, default any; * any, *.x.com subdomains)",
+    ),
     max_batch_size: int | None = typer.Option(
         None, help="largest batch; 0 = the model's own, else 32"
     ),
@@ -84,6 +90,7 @@ def worker(
             "host": host,
             "port": port,
             "port_file": port_file,
+            "allowed_hosts": tuple(allowed_host) if allowed_host else None,
             "max_batch_size": max_batch_size,
             "max_wait_ms": max_wait_ms,
             "max_queue": max_queue,

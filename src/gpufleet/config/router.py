@@ -41,6 +41,10 @@ class RouterConfig:
     prefix_ttl_s: float = 600.0
     host: str = "127.0.0.1"
     port: int = 8000
+    #: Host names served besides loopback ones when bound to loopback (DNS rebinding);
+    #: bound elsewhere, the only names served (empty: any). ``*`` any, ``*.x.com``
+    #: subdomains. Also the browser origins that may send non-GET requests.
+    allowed_hosts: tuple[str, ...] = ()
     port_file: str | None = None
     #: Cap of outstanding requests per upstream; 0: twice a gpufleet worker's batch size
     #: (one batch running, the next one queued), else 4.

@@ -35,6 +35,10 @@ class WorkerConfig:
     device: str = "auto"
     host: str = "127.0.0.1"
     port: int = 8000
+    #: Host names served besides loopback ones when bound to loopback (DNS rebinding);
+    #: bound elsewhere, the only names served (empty: any). ``*`` any, ``*.x.com``
+    #: subdomains. Also the browser origins that may send non-GET requests.
+    allowed_hosts: tuple[str, ...] = ()
     #: Where to write the bound port (useful with ``--port 0``).
     port_file: str | None = None
     #: 0 means: the model's own ``max_batch_size``, else 32.

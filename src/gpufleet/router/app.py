@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gpufleet._server import HostGuard
 from gpufleet.config.router import RouterConfig
 from gpufleet.router import dashboard
 from gpufleet.router.admin import AdminAPI
@@ -158,7 +159,11 @@ def create_app(
 ) -> web.Application:
     """The router as an aiohttp application (its background work runs while it serves)."""
     state = RouterState(cfg, rng=rng)
-    app = web.Application(client_max_size=cfg.max_body_bytes, handler_args={"tcp_keepalive": True})
+    app = web.Application(
+        client_max_size=cfg.max_body_bytes,
+        handler_args={"tcp_keepalive": True},
+        middlewares=[HostGuard(cfg.host, cfg.allowed_hosts).middleware],
+    )
     app[STATE_KEY] = state
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

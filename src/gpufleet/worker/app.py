@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from gpufleet import wire
-from gpufleet._server import refuse_and_close
+from gpufleet._server import HostGuard, refuse_and_close
 from gpufleet.errors import BadRequest, GpufleetError, ModelError, PayloadTooLarge
 from gpufleet.worker import codec
 from gpufleet.worker.service import DeadlineExceeded, WorkerService
@@ -234,8 +234,10 @@ def build_app(service: WorkerService) -> web.Application:
     """The aiohttp application of one worker."""
     from gpufleet.worker import chat, openai_routes, predict
 
+    guard = HostGuard(service.cfg.host, service.cfg.allowed_hosts)
     app = web.Application(
-        middlewares=[errors_middleware], client_max_size=service.cfg.max_body_bytes
+        middlewares=[guard.middleware, errors_middleware],
+        client_max_size=service.cfg.max_body_bytes,
     )
     app[SERVICE] = service
     # The process's own mask says which physical GPU its cuda:N is (NVML ignores the mask).
