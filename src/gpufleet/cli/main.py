@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from gpufleet.cli import batches as batches_cmds
 from gpufleet.cli import client as client_cmds
 from gpufleet.cli import export as export_cmds
 from gpufleet.cli import fleet as fleet_cmds
@@ -30,7 +31,15 @@ def version() -> None:
     typer.echo(__version__)
 
 
-for _module in (worker_cmds, router_cmds, fleet_cmds, client_cmds, operate_cmds, export_cmds):
+for _module in (
+    worker_cmds,
+    router_cmds,
+    fleet_cmds,
+    client_cmds,
+    batches_cmds,
+    operate_cmds,
+    export_cmds,
+):
     _module.register(app)
 
 
