@@ -305,3 +305,78 @@ async def test_interactive_requests_go_before_queued_batch_ones() -> None:
         assert classes["interactive"]["admitted"] == 1
         assert classes["batch"]["wait_p99_ms"] > classes["interactive"]["wait_p99_ms"]
         assert 'gpufleet_router_class_queue_depth{pool="default",priority="batch"}' in metrics
+
+
+def test_limits_and_retention(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    limits = ["--batch-max-lines", "50", "--batch-max-file-mb", "0.01"]
+    limits += ["--batch-max-store-gb", str(24_000 / 2**30)]
+    with _workers(1) as workers:
+        urls = [w.url for w in workers]
+        with run_router(urls, "--batch-store", store, *limits) as router:
+            client = _client(router)
+            with pytest.raises(openai.BadRequestError, match="line 51: more than 50 requests"):
+                client.files.create(file=("many.jsonl", _jsonl(60)), purpose="batch")
+            big = _jsonl(40) + b" " * 11_000
+            with pytest.raises(openai.APIStatusError, match=r"larger than 0\.01 MB") as info:
+                client.files.create(file=("big.jsonl", big), purpose="batch")
+            assert info.value.status_code == 413
+            stored = 0
+            refused: openai.APIStatusError | None = None
+            for i in range(10):
+                try:
+                    stored += client.files.create(
+                        file=(f"{i}.jsonl", _jsonl(40)), purpose="batch"
+                    ).bytes
+                except openai.APIStatusError as exc:
+                    refused = exc
+                    break
+            assert refused is not None
+            assert refused.status_code == 413
+            assert "store is full" in refused.message
+            assert stored > 20_000
+        # Started again with a retention of 2 s, the same store drops its old files and has
+        # room again.
+        with run_router(
+            urls, "--batch-store", store, *limits, "--batch-retention-h", str(2 / 3600)
+        ) as again:
+            client = _client(again)
+            deadline = time.monotonic() + 20
+            while client.files.list().data:
+                assert time.monotonic() < deadline, "files outlived the retention time"
+                time.sleep(0.2)
+            client.files.create(file=("again.jsonl", _jsonl(40)), purpose="batch")
+
+
+def test_sigterm_mid_batch_drains_then_resumes(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    n = 300
+    with _workers(2, "--model-arg", "base_ms=50") as workers:
+        urls = [w.url for w in workers]
+        with run_router(urls, "--batch-store", store) as router:
+            client = _client(router)
+            uploaded = client.files.create(file=("in.jsonl", _jsonl(n)), purpose="batch")
+            batch = client.batches.create(
+                input_file_id=uploaded.id,
+                endpoint="/predict",  # type: ignore[arg-type]
+                completion_window="24h",
+            )
+            _wait(
+                client,
+                batch.id,
+                lambda b: b.request_counts.completed >= 50,
+                within=60,
+                what="50 completed",
+            )
+            started = time.monotonic()
+            assert router.stop(timeout=20) == 0
+            # The drain sends nothing new and waits only for what was in flight.
+            assert time.monotonic() - started < 5
+        with run_router(urls, "--batch-store", store) as again:
+            client = _client(again)
+            done = _wait(client, batch.id, lambda b: b.status in FINAL, within=60, what="done")
+            assert done.status == "completed"
+            lines = _output(client, done.output_file_id)
+            assert [line["custom_id"] for line in lines] == [f"req-{i}" for i in range(n)]
+        # A drain loses nothing: whatever ran before the stop was stored.
+        assert _served(urls) == n
