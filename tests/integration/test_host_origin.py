@@ -65,7 +65,7 @@ async def test_a_rebinding_page_and_a_cross_site_post_are_refused(kind: str) -> 
             status, answer = await _call("POST", predict, headers, body)
             assert status == 403, (headers, answer)
             assert answer["error"] == "CrossOriginRefused"
-        served = (
+        served: tuple[dict[str, str], ...] = (
             {},  # curl, the Python client: no Origin
             {"Origin": f"http://127.0.0.1:{port}"},  # the page of this server itself
             {"Origin": "http://localhost:3000"},  # a page on this machine
