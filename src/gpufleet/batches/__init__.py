@@ -10,7 +10,8 @@ when ``--batch-store`` is set; ``gpufleet up`` sets it to ``<run_dir>/batches``.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -25,8 +26,16 @@ from gpufleet.router.app import Extension, RouterState
 log = logging.getLogger("gpufleet.batches")
 
 
-def extension(cfg: RouterConfig, *, store: BatchStore | None = None) -> Extension:
-    """The router extension that serves the Batch API from ``cfg.batch_store``."""
+def extension(
+    cfg: RouterConfig,
+    *,
+    store: BatchStore | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Extension:
+    """The router extension that serves the Batch API from ``cfg.batch_store``.
+
+    ``clock`` (Unix seconds) dates batches and decides when they expire.
+    """
     if store is None:
         if cfg.batch_store is None:
             raise ValueError("the Batch API needs a store (batch_store)")
@@ -34,8 +43,8 @@ def extension(cfg: RouterConfig, *, store: BatchStore | None = None) -> Extensio
     chosen: BatchStore = store
 
     def install(app: web.Application, state: RouterState) -> None:
-        runner = BatchRunner(chosen, state.registry, state.admissions, cfg)
-        BatchAPI(chosen, runner, cfg).register(app)
+        runner = BatchRunner(chosen, state.registry, state.admissions, cfg, clock=clock)
+        BatchAPI(chosen, runner, cfg, clock=clock).register(app)
 
         async def lifecycle(app: web.Application) -> AsyncIterator[None]:
             await chosen.open()

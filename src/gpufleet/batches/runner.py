@@ -98,7 +98,8 @@ class _Run:
     failed: int = 0
     in_flight: int = 0
     started: float = field(default_factory=time.monotonic)
-    sent_here: int = 0
+    #: Results this run recorded (not those stored before a restart).
+    done_here: int = 0
 
     def progress(self) -> dict[str, Any]:
         """The batch's line in ``/stats``."""
@@ -112,7 +113,7 @@ class _Run:
             "completed": self.completed,
             "failed": self.failed,
             "in_flight": self.in_flight,
-            "requests_per_s": round(self.sent_here / elapsed, 3) if elapsed > 0 else 0.0,
+            "requests_per_s": round(self.done_here / elapsed, 3) if elapsed > 0 else 0.0,
         }
 
 
@@ -350,7 +351,6 @@ class BatchRunner:
         try:
             while True:
                 try:
-                    run.sent_here += 1
                     ok, line = await self._attempt(run, request, row_id)
                     self._record(run, request, ok, line, left)
                     return
@@ -393,6 +393,7 @@ class BatchRunner:
 
     def _record(self, run: _Run, request: Request, ok: bool, line: bytes, left: set[str]) -> None:
         left.discard(request.custom_id)
+        run.done_here += 1
         if ok:
             run.completed += 1
         else:
@@ -466,7 +467,9 @@ class BatchRunner:
             else:
                 await asyncio.to_thread(sink.path.unlink)
         if expired:
-            fields["failed"] = record.failed + len(expired)
+            # The counts the writer committed, not the ones this run started from.
+            fresh = await self.store.get_batch(record.id)
+            fields["failed"] = (fresh or record).failed + len(expired)
         await self.store.finish_batch(record.id, outputs, **fields)
         log.info(
             "batch %s %s: %d ok, %d failed%s",
