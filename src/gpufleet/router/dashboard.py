@@ -197,6 +197,8 @@ def register(app: web.Application, state: RouterState) -> None:
         for entry in data["workers"]:
             with contextlib.suppress(KeyError):
                 entry.update(own[entry["id"]])
+        for name, part in state.stats_parts.items():  # batches in progress, when kept here
+            data[name] = part()
         data["now"] = round(history.clock(), 3)  # the page charts on the router's clock
         if request.query.get("history") == "1":
             data["history"] = history.samples()
