@@ -24,8 +24,12 @@ from gpufleet.router.upstream import Upstream
 
 #: Affinity may cost at most this factor of the best expected wait ...
 BALANCE: Final = 1.5
-#: ... plus this many requests at the best upstream's rate.
-SLACK: Final = 2.0
+#: ... plus this many requests at the best upstream's rate. A miss costs an engine a
+#: whole prefill and makes the prompt's tenant live on one more engine (the index then
+#: sends it to either), so affinity is worth a few queued requests: at 2.0, 4 equal
+#: engines at 12 in flight spilled ~4% of requests and hit their caches 0.63 of the time;
+#: at 8.0, 0.91 (benchmarks/llm_routing.py, docs/performance.md).
+SLACK: Final = 8.0
 
 
 class Prefix:
