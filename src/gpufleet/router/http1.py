@@ -170,8 +170,11 @@ class Response:
     def header_values(self, lower_name: str) -> list[str]:
         """The values of every line of a header (name given in lower case), in order."""
         key = lower_name.encode()
+        names = self._names
+        if key not in names:  # the usual case, checked in C
+            return []
         headers = self.headers
-        return [headers[i][1] for i, name in enumerate(self._names) if name == key]
+        return [headers[i][1] for i, name in enumerate(names) if name == key]
 
     async def read(self) -> bytes:
         """The whole body."""

@@ -398,8 +398,11 @@ class Proxy:
             if length is not None and length > settings.max_body_bytes:
                 raise PayloadTooLarge(f"body of {length} bytes is over the limit")
             try:
-                async with asyncio.timeout(settings.timeout_s):
-                    body: bytes | None = await request.read()
+                if request.content.is_eof():
+                    body: bytes | None = await request.read()  # all here: no timer needed
+                else:
+                    async with asyncio.timeout(settings.timeout_s):
+                        body = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 raise PayloadTooLarge("body is over the limit") from None
             except HttpProcessingError as exc:
@@ -627,7 +630,10 @@ class Proxy:
             finally:
                 upstream.waiting.pop(resp, None)
             upstream.note_first_byte(self._clock() - started)
-            watch.body()
+            if resp.is_done:
+                watch.cancel()  # all of it is here (a stream below still bounds its writes)
+            else:
+                watch.body()
             status = resp.status
             out = _response_headers(resp, rid, upstream.id)
             out[_ATTEMPTS] = str(req.attempts)
@@ -663,6 +669,8 @@ class Proxy:
                     upstream.token_counts().add(usage_of(data))
                 return web.Response(status=status, headers=out, body=data)
             # A stream (or a large body): pass it on chunk by chunk.
+            if resp.is_done:
+                watch.body()
             out[_ACCEL] = "no"
             stream = web.StreamResponse(status=status, headers=out)
             if length is not None:
