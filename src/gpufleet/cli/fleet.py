@@ -156,6 +156,9 @@ def up(
             import_ray()  # without Ray: how to install it, exit 2
         config_path = str(config.resolve()) if config else None
         cwd = os.getcwd()
+        from gpufleet.fleet.preflight import check_up
+
+        check_up(cfg, config_path=config)  # as typed: errors name the file so
         if cfg.detach:
             _detach(cfg, cwd)
             return
@@ -198,9 +201,11 @@ def _detach(cfg: Any, cwd: str) -> None:
     run_dir = RunDir(Path(cwd, cfg.run_dir))
     started = start_detached(argv, run_dir, env=env, cwd=cwd, timeout_s=cfg.startup_timeout_s + 60)
     if started.outcome != "running":
+        for line in started.said:  # why: what it said before it exited
+            typer.echo(line, err=True)
         typer.echo(f"gpufleet: the fleet (pid {started.pid}) {started.outcome}", err=True)
         typer.echo(f"gpufleet: see {run_dir.log_file}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(started.code or 1)
     typer.echo(f"gpufleet: running in the background (pid {started.pid}) at {started.endpoint}")
     typer.echo(f"gpufleet: log {run_dir.log_file}; `gpufleet status`, `gpufleet down`")
 

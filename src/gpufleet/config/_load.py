@@ -8,6 +8,7 @@ This is the only place in gpufleet that reads the environment or the config file
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import types
 import typing
@@ -25,9 +26,77 @@ ENV_PREFIX = "GPUFLEET_"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
+#: The sections of a config file, one per part (each read by that part only).
+SECTIONS = ("fleet", "worker", "router", "client", "ray", "bench", "monitor")
+
+
+class Located(dict[str, Any]):
+    """A mapping read from a YAML file that remembers where: the file, each key's line.
+
+    ``where`` names it for messages (``fleet``, ``fleet.pools.fast``).
+    """
+
+    source: str = ""
+    where: str = ""
+    lines: dict[str, int]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lines = {}
+
+    def at(self, key: str) -> str:
+        """``fleet.yaml, line 3: `` for ``key`` (empty when not known)."""
+        line = self.lines.get(key)
+        if not self.source:
+            return ""
+        return f"{self.source}, line {line}: " if line else f"{self.source}: "
+
+    def part(self, key: str, where: str) -> Located:
+        """The mapping under ``key`` as its own :class:`Located`, named ``where``."""
+        inner = self[key]
+        out = Located(inner)
+        if isinstance(inner, Located):
+            out.lines = dict(inner.lines)
+        out.source, out.where = self.source, where
+        return out
+
+    def without(self, key: str) -> Located:
+        """A copy without ``key``, still located."""
+        out = Located({k: v for k, v in self.items() if k != key})
+        out.lines = {k: v for k, v in self.lines.items() if k != key}
+        out.source, out.where = self.source, self.where
+        return out
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` whose mappings are :class:`Located`."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Any:
+    data = Located()
+    yield data
+    data.update({str(k): v for k, v in loader.construct_mapping(node).items()})
+    data.source = loader.name
+    data.lines = {str(k.value): k.start_mark.line + 1 for k, _ in node.value}
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def did_you_mean(word: str, choices: Any) -> str:
+    """`` (did you mean 'model'?)`` for the closest of ``choices``, else empty."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
 
 def read_yaml(path: str | Path | None) -> dict[str, Any]:
-    """Read a YAML config file into a dict (empty when ``path`` is None)."""
+    """Read a YAML config file into a dict (empty when ``path`` is None).
+
+    Every mapping in it is :class:`Located`: a section knows its file and its keys' lines.
+
+    Raises:
+        ConfigError: the file cannot be read, is not YAML, or has an unknown section.
+    """
     if path is None:
         return {}
     p = Path(path)
@@ -35,15 +104,36 @@ def read_yaml(path: str | Path | None) -> dict[str, Any]:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from exc
+    loader = _Loader(text)
+    loader.name = str(p)  # marks (and so errors) name the file, not "<unicode string>"
     try:
-        data = yaml.safe_load(text)
+        data = loader.get_single_data()
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"{p}{_one_line(exc)}") from None
+    finally:
+        loader.dispose()
     if data is None:
         return {}
-    if not isinstance(data, dict):
+    if not isinstance(data, Located):
         raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    for name in data:
+        if name not in SECTIONS:
+            raise ConfigError(
+                f"{data.at(name)}unknown section {name!r}{did_you_mean(name, SECTIONS)}; "
+                f"sections: {', '.join(SECTIONS)}"
+            )
+        if isinstance(data[name], dict):
+            data[name] = data.part(name, name)
     return data
+
+
+def _one_line(exc: yaml.YAMLError) -> str:
+    """``, line 3, column 7: not valid YAML: what`` (to follow the file's name)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        what = " ".join(str(x) for x in (exc.context, exc.problem) if x)
+        return f", line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {what}"
+    return f": not valid YAML: {' '.join(str(exc).split())}"
 
 
 def _strip_optional(tp: Any) -> tuple[Any, bool]:
@@ -111,10 +201,15 @@ def coerce(name: str, tp: Any, value: Any) -> Any:
         if typing.get_origin(inner) is typing.Literal:
             allowed = typing.get_args(inner)
             if value not in allowed:
-                raise ValueError(value)
+                choices = ", ".join(str(a) for a in allowed)
+                raise ConfigError(
+                    f"{name} must be one of {choices}; got {value!r}{did_you_mean(value, allowed)}"
+                )
             return value
         if dataclasses.is_dataclass(inner) or inner is Any or origin is list:
             return value
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{name}: cannot read {value!r} as {_type_name(tp)}") from exc
     return value
@@ -139,15 +234,10 @@ def build(
     """
     flags = flags or {}
     env = os.environ if env is None else env
-    section = dict(file_section or {})
+    section = file_section or {}
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     hints = typing.get_type_hints(cls)
-    unknown = sorted(set(section) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"unknown setting(s) {', '.join(unknown)} for {cls.__name__}; "
-            f"known: {', '.join(sorted(fields))}"
-        )
+    check_keys(cls, section)
     unknown_flags = sorted(set(flags) - set(fields))
     if unknown_flags:
         raise ConfigError(f"unknown flag(s) {', '.join(unknown_flags)} for {cls.__name__}")
@@ -161,8 +251,44 @@ def build(
         elif (env_name := env_prefix + name.upper()) in env:
             kwargs[name] = coerce(env_name, tp, env[env_name])
         elif name in section:
-            kwargs[name] = coerce(name, tp, section[name])
+            kwargs[name] = coerce(_where(section, name), tp, section[name])
     return cls(**kwargs)
+
+
+def _where(section: Mapping[str, Any], key: str) -> str:
+    """``fleet.yaml, line 4: port`` for a located section's key, else ``key``."""
+    if isinstance(section, Located):
+        return f"{section.at(key)}{key}"
+    return key
+
+
+def check_keys(cls: type[Any], section: Mapping[str, Any]) -> None:
+    """Refuse a key of ``section`` that is no setting of ``cls``: its line, a suggestion.
+
+    Raises:
+        ConfigError: ``fleet.yaml, line 3: unknown setting 'modle' in fleet (did you mean
+            'model'?)``.
+    """
+    known = [f.name for f in dataclasses.fields(cls) if f.init]
+    for key in section:
+        if key not in known:
+            where = section.where if isinstance(section, Located) and section.where else ""
+            hint = did_you_mean(key, known) or f"; known: {', '.join(sorted(known))}"
+            at = section.at(key) if isinstance(section, Located) else ""
+            in_section = f" in {where}" if where else f" for {cls.__name__}"
+            raise ConfigError(f"{at}unknown setting {key!r}{in_section}{hint}")
+
+
+def check_section(cls: type[Any], section: Mapping[str, Any]) -> None:
+    """Check a file section without building it: known keys, values of the right type.
+
+    Raises:
+        ConfigError: the first unknown key or unreadable value, with its line.
+    """
+    check_keys(cls, section)
+    hints = typing.get_type_hints(cls)
+    for key, value in section.items():
+        coerce(_where(section, key), hints[key], value)
 
 
 def as_dict(cfg: Any) -> dict[str, Any]:

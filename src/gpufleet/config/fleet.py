@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gpufleet.config._load import build, read_yaml
+from gpufleet.config._load import Located, build, read_yaml
+from gpufleet.config.router import PolicyName
 from gpufleet.errors import ConfigError
 
 #: Placeholders a ``cmd`` template may use.
@@ -139,7 +140,7 @@ class FleetConfig:
 
     # The router in front.
     #: Routing policy passed to the router (None: the router's default).
-    policy: str | None = None
+    policy: PolicyName | None = None
     #: Extra arguments for the router.
     router_args: tuple[str, ...] = ()
     #: The router's Batch API store (its ``--batch-store``): unset, ``<run_dir>/batches``;
@@ -241,17 +242,23 @@ def parse_pools(raw: Any) -> tuple[PoolConfig, ...]:
     """Read ``pools:`` given as a mapping ``{name: {...}}`` or a list of ``{name: ..., ...}``."""
     if raw is None:
         return ()
-    items: list[dict[str, Any]] = []
+    items: list[Mapping[str, Any]] = []
     if isinstance(raw, Mapping):
         for name, body in raw.items():
             if not isinstance(body, Mapping):
                 raise ConfigError(f"pool {name!r} must be a mapping of settings")
-            items.append({**body, "name": str(name)})
+            item = Located({**body, "name": str(name)})
+            if isinstance(body, Located):
+                item.lines, item.source = dict(body.lines), body.source
+            item.where = f"fleet.pools.{name}"
+            items.append(item)
     elif isinstance(raw, list):
         for body in raw:
             if not isinstance(body, Mapping):
                 raise ConfigError("each entry of pools must be a mapping of settings")
-            items.append(dict(body))
+            if isinstance(body, Located):
+                body.where = f"fleet.pools.{body.get('name', len(items))}"
+            items.append(body)
     else:
         raise ConfigError("pools must be a mapping of name -> settings, or a list")
     return tuple(build(PoolConfig, env={}, file_section=item) for item in items)
@@ -268,8 +275,9 @@ def load_fleet_config(
     section = data.get("fleet") or {}
     if not isinstance(section, dict):
         raise ConfigError(f"section 'fleet' of {config_path} must be a mapping")
-    section = dict(section)
-    pools = parse_pools(section.pop("pools", None))
+    pools = parse_pools(section.get("pools"))
+    section = section.without("pools") if isinstance(section, Located) else dict(section)
+    section.pop("pools", None)
     cfg = build(FleetConfig, flags=flags, env=env, file_section=section)
     return dataclasses.replace(cfg, pools=pools) if pools else cfg
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from gpufleet.fleet.logfile import last_lines, log_size
 from gpufleet.fleet.rundir import RunDir, is_alive
 
 
@@ -24,6 +25,10 @@ class Detached:
     #: ``running`` once the router answered; else why it is not (``exited 2``, ``timeout``).
     outcome: str
     endpoint: str | None
+    #: Its exit status when it exited before it was running.
+    code: int | None = None
+    #: What it wrote to the run directory's log, once it exited (its reasons).
+    said: tuple[str, ...] = ()
 
 
 def start_detached(
@@ -43,6 +48,7 @@ def start_detached(
     run_dir.check_free()
     run_dir.path.mkdir(parents=True, exist_ok=True)
     run_dir.state_file.unlink(missing_ok=True)
+    log_from = log_size(run_dir.log_file)
     with run_dir.log_file.open("ab") as log:
         proc = subprocess.Popen(
             list(argv),
@@ -57,12 +63,19 @@ def start_detached(
     while time.monotonic() < deadline:
         code = proc.poll()
         if code is not None:
-            return Detached(proc.pid, f"exited with status {code}", None)
+            said = tuple(_reasons(last_lines(run_dir.log_file, log_from, count=200)))
+            return Detached(proc.pid, f"exited with status {code}", None, code, said)
         state = run_dir.read_state()
         if state is not None and state.get("pid") == proc.pid and state.get("phase") == "running":
             return Detached(proc.pid, "running", str(state.get("endpoint")))
         time.sleep(0.2)
     return Detached(proc.pid, f"not ready after {timeout_s:g}s (still starting)", None)
+
+
+def _reasons(lines: list[str]) -> list[str]:
+    """The lines ``up`` says to its user (not its log records): at most 20, the last ones."""
+    said = [line for line in lines if line.startswith(("gpufleet:", "  "))]
+    return (said or lines[-6:])[-20:]
 
 
 def stop_fleet(

@@ -49,4 +49,33 @@ class RotatingLog:
             self._file = None
 
 
-__all__ = ["RotatingLog"]
+#: How much of a log's end ``last_lines`` reads.
+_TAIL_BYTES = 16 * 1024
+
+
+def log_size(path: Path) -> int:
+    """The log's size now (0 when it does not exist): where a new run's lines start."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def last_lines(path: Path, since: int = 0, count: int = 6) -> list[str]:
+    """The last ``count`` non-empty lines written to ``path`` after offset ``since``.
+
+    A log rotated meanwhile (smaller than ``since``) is read from its start.
+    """
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, 2)
+            start = since if since <= size else 0
+            f.seek(max(start, size - _TAIL_BYTES))
+            data = f.read()
+    except OSError:
+        return []
+    lines = [line.rstrip() for line in data.decode("utf-8", "replace").splitlines()]
+    return [line for line in lines if line.strip()][-count:]
+
+
+__all__ = ["RotatingLog", "last_lines", "log_size"]

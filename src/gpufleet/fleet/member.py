@@ -49,6 +49,10 @@ class Member:
     next_try_at: float | None = None
     #: Set once the member has been ready or has failed at least once (start-up gate).
     settled: bool = False
+    #: It has been ready at least once since ``up`` started.
+    ever_ready: bool = False
+    #: Size of its log when it was last started: what it wrote since begins there.
+    log_offset: int = 0
 
     @property
     def url(self) -> str:

@@ -208,6 +208,10 @@ def router_spec(
         argv += ["--route", f"{prefix}={pool}"]
     if cfg.policy:
         argv += ["--policy", cfg.policy]
+    if cfg.ready_path != "/health":
+        # What says "ready" to the fleet says it to the router's probes too (--cmd servers
+        # without /health): one path for both.
+        argv += ["--health-path", cfg.ready_path]
     if cfg.batch_store != "off":
         argv += ["--batch-store", str(Path(cwd, cfg.batch_store or Path(cfg.run_dir, "batches")))]
     if config_path:

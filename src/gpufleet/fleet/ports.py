@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 
+from gpufleet._sockets import port_in_use
 from gpufleet.errors import ConfigError
 
 
@@ -45,10 +46,7 @@ class PortAllocator:
         if port > 65535:
             raise ConfigError("worker ports ran past 65535; lower --worker-base-port")
         if not is_free(self._host, port):
-            raise ConfigError(
-                f"port {port} on {self._host} is in use; pick another --worker-base-port "
-                "or 0 for free ports"
-            )
+            raise port_in_use(self._host, port, flag="--worker-base-port")
         self._taken.add(port)
         self._next = port + 1
         return port

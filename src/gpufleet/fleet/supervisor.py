@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import re
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -28,6 +29,7 @@ from gpufleet import wire
 from gpufleet.config.fleet import FleetConfig
 from gpufleet.fleet.admin import AdminError, Membership, PoolSync, RouterAdmin
 from gpufleet.fleet.launcher import ChildHandle, Launcher
+from gpufleet.fleet.logfile import last_lines, log_size
 from gpufleet.fleet.member import (
     BACKOFF,
     CRASH_LOOP,
@@ -110,6 +112,9 @@ class Supervisor:
         self.phase = "starting"
         self.forced = False
         self.crashed = False
+        #: Why the start failed (a pool with no ready worker, the router never ready).
+        self.failed_start: str | None = None
+        self._told: set[tuple[str, ...]] = set()
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._router_stopped = asyncio.Event()
@@ -168,7 +173,7 @@ class Supervisor:
             for m in [self.router, *self.workers]:
                 if m.handle is not None:
                     await m.handle.aclose()
-        return 1 if self.forced or self.crashed else 0
+        return 1 if self.forced or self.crashed or self.failed_start else 0
 
     async def _run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -182,7 +187,12 @@ class Supervisor:
                 tg.create_task(self._sync_loop())
             await self._stop.wait()
             self.phase = "stopping"
-            self._report("gpufleet: stopping (the router first, then the workers); again to force")
+            if self.failed_start:
+                self._report(f"gpufleet: not started: {self.failed_start}")
+            else:
+                self._report(
+                    "gpufleet: stopping (the router first, then the workers); again to force"
+                )
             self._touch()
             await _first(asyncio.shield(asyncio.gather(*keepers)), self._force.wait())
             if self._force.is_set():
@@ -198,7 +208,40 @@ class Supervisor:
     async def _wait_settled(self) -> None:
         while not self._stop.is_set() and not all(m.settled for m in self.workers):
             self._settle.clear()
+            self._check_pools()
+            if self._stop.is_set():
+                return
             await _first(self._settle.wait(), self._stop.wait())
+        self._check_pools()
+
+    def _check_pools(self) -> None:
+        """Stop the start when every worker of a pool has failed and none was ever ready."""
+        pools: dict[str, list[Member]] = {}
+        for w in self.workers:
+            pools.setdefault(w.pool, []).append(w)
+        for pool, members in pools.items():
+            if all(w.settled and not w.ever_ready for w in members):
+                self._fail_start(f"no worker of pool {pool} became ready")
+                return
+
+    def _fail_start(self, why: str) -> None:
+        if self.failed_start is None and not self._stop.is_set():
+            self.failed_start = why
+            self._stop.set()
+
+    async def _tell_start_failure(self, m: Member) -> None:
+        """Say why ``m`` did not start: its status and the last lines it wrote."""
+        lines = await asyncio.to_thread(last_lines, m.spec.log_path, m.log_offset)
+        # The same lines from every worker of a pool are said once (timestamps, pids apart).
+        key = (m.pool, *(re.sub(r"\d+", "#", line) for line in lines))
+        if key in self._told:
+            self._report(f"gpufleet: {m.name}: {m.last_error} (the same lines)")
+            return
+        self._told.add(key)
+        where = f"its last lines ({m.spec.log_path}):" if lines else f"nothing in {m.spec.log_path}"
+        self._report(f"gpufleet: {m.name}: {m.last_error}; {where}")
+        for line in lines:
+            self._report(f"  | {line}")
 
     # One child -----------------------------------------------------------------------
 
@@ -229,6 +272,7 @@ class Supervisor:
     async def _run_once(self, m: Member) -> str:
         spec = self._spec_for(m)
         m.state, m.next_try_at, m.started_at = STARTING, None, time.monotonic()
+        m.log_offset = await asyncio.to_thread(log_size, spec.log_path)
         self._touch()
         # A remote launcher may wait long for room on the cluster (Ray): a stop ends that.
         starting = asyncio.ensure_future(self._launcher.start(spec))
@@ -244,12 +288,17 @@ class Supervisor:
         except OSError as exc:
             why = exc.strerror or str(exc)
             m.last_error, m.last_exit = f"cannot start {spec.argv[0]}: {why}", None
+            if not m.ever_ready:
+                self._report(f"gpufleet: {m.name}: {m.last_error}")
+                if m.role == "router":
+                    self._fail_start("the router could not be started")
             return "failed"
         m.handle, m.spec = handle, handle.spec
         log.info("%s started (pid %d): %s", m.name, handle.pid, " ".join(spec.argv))
         outcome = await self._until_ready(m, handle)
         if outcome == "ready":
             m.state, m.ready_since, m.settled = READY, time.monotonic(), True
+            m.ever_ready = True
             if m.started_at is not None:
                 took = m.ready_since - m.started_at
                 log.info("%s ready at %s (pid %d, %.1fs)", m.name, m.url, handle.pid, took)
@@ -266,6 +315,10 @@ class Supervisor:
             await handle.stop(0.0, self.cfg.kill_timeout_s)
         await handle.aclose()
         m.last_exit = handle.returncode
+        if not m.ever_ready and m.failures == 0 and not self._stop.is_set():
+            await self._tell_start_failure(m)
+            if m.role == "router":
+                self._fail_start("the router did not start")
         return "failed"
 
     def _router_ready(self) -> None:
@@ -302,11 +355,15 @@ class Supervisor:
             return None, None
 
     async def _learn_router_port(self, m: Member) -> bool:
-        if m.spec.port != 0:
+        """True once ``m`` may be probed: the router only once it wrote its port file.
+
+        Probing a fixed port before then could reach another server holding it.
+        """
+        if m.role != "router":
             return True
         with contextlib.suppress(FileNotFoundError, ValueError):
             text = self._router_port_file.read_text().strip()
-            if text:
+            if text and (m.spec.port in (0, int(text))):
                 m.spec = _with_port(m.spec, int(text))
                 return True
         return False
@@ -315,6 +372,7 @@ class Supervisor:
         deadline = time.monotonic() + self.cfg.startup_timeout_s
         exited = asyncio.ensure_future(handle.wait())
         pause = 0.05
+        told_404 = False
         try:
             while True:
                 if self._stop.is_set():
@@ -327,6 +385,14 @@ class Supervisor:
                     # The router answering at all is ready: its /health may say "no worker".
                     if status == 200 or (m.role == "router" and status is not None):
                         return "ready"
+                    if status == 404 and m.role != "router" and not told_404:
+                        told_404 = True
+                        log.warning(
+                            "%s: GET %s → 404: set --ready-path to a path that answers 200"
+                            " once the server is ready",
+                            m.name,
+                            m.ready_path,
+                        )
                 if time.monotonic() > deadline:
                     m.last_error = f"not ready after {self.cfg.startup_timeout_s:g}s"
                     return "timeout"

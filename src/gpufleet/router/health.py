@@ -70,6 +70,8 @@ class HealthChecker:
         self._probes: set[asyncio.Task[None]] = set()
         #: Called after each round of probes (the router sweeps idle connections).
         self.on_round: Callable[[], object] | None = None
+        #: Upstreams whose probe path answered 404 (said once each: a wrong --health-path).
+        self._told_404: set[str] = set()
 
     async def start(self) -> None:
         """Open the probe connection pool and start the probe loop."""
@@ -128,6 +130,14 @@ class HealthChecker:
                 is_gpufleet = wire.SERVER_HEADER in resp.headers
                 if not ok:
                     why = f"{self.settings.path} answered {resp.status} {_reason(text)}"
+                if resp.status == 404 and upstream.url not in self._told_404:
+                    self._told_404.add(upstream.url)
+                    log.warning(
+                        "%s: GET %s → 404: set --health-path (gpufleet up: --ready-path) to a"
+                        " path that answers 200 when it is ready",
+                        upstream.url,
+                        self.settings.path,
+                    )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             why = f"{self.settings.path}: {type(exc).__name__} {exc}".rstrip()
             log.debug("probe of %s failed: %s", upstream.url, why)

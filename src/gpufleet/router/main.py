@@ -13,6 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gpufleet._server import ServerLog
+from gpufleet._sockets import bind_error
 from gpufleet.config.router import RouterConfig
 from gpufleet.router.app import STATE_KEY, Extension, RouterState, create_app
 
@@ -48,7 +49,11 @@ async def serve(cfg: RouterConfig, *, extensions: tuple[Extension, ...] = ()) ->
     )
     await runner.setup()
     site = web.TCPSite(runner, cfg.host, cfg.port, backlog=1024, reuse_address=True)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise bind_error(exc, cfg.host, cfg.port) from None
     server = site._server
     sockets = getattr(server, "sockets", None) or []
     port = sockets[0].getsockname()[1] if sockets else cfg.port

@@ -20,7 +20,9 @@ from pathlib import Path
 from aiohttp import web
 
 from gpufleet._server import ServerLog
+from gpufleet._sockets import bind_error
 from gpufleet.config.worker import WorkerConfig
+from gpufleet.models import check_model_spec
 from gpufleet.worker.app import build_app
 from gpufleet.worker.service import WorkerService
 
@@ -55,7 +57,13 @@ def _bound_port(runner: web.AppRunner) -> int:
 
 
 async def serve(cfg: WorkerConfig) -> int:
-    """Run one worker until it is told to stop; return the process exit status."""
+    """Run one worker until it is told to stop; return the process exit status.
+
+    Raises:
+        ConfigError: the model cannot be imported, or the port cannot be had (before
+            anything listens: one line at the command line, exit 2).
+    """
+    check_model_spec(cfg.model)
     service = WorkerService(cfg)
     app = build_app(service)
     runner = web.AppRunner(
@@ -67,7 +75,12 @@ async def serve(cfg: WorkerConfig) -> int:
     )
     await runner.setup()
     site = web.TCPSite(runner, cfg.host, cfg.port, backlog=1024, shutdown_timeout=1.0)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        await service.aclose()
+        raise bind_error(exc, cfg.host, cfg.port) from None
     port = _bound_port(runner)
     if cfg.port_file:
         await asyncio.to_thread(write_port_file, cfg.port_file, port)
