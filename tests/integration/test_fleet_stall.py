@@ -7,6 +7,7 @@ and the fleet counts that as a failed liveness probe.
 
 from __future__ import annotations
 
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -65,8 +66,9 @@ def test_up_restarts_a_worker_whose_device_is_stalled(tmp_path: Path) -> None:
             took = time.monotonic() - began
             assert hung.exception(timeout=10) is not None  # its worker was killed
         again = _worker(state)
-        assert again["last_error"].startswith(
-            "stalled: device thread has not finished a batch in 2."
+        # (2 s or a little more: the probe that sees it comes every 0.5 s on a busy machine)
+        assert re.match(
+            r"stalled: device thread has not finished a batch in [23]\.\ds", again["last_error"]
         ), again
         assert again["pid"] != first
         assert not is_alive(first)
