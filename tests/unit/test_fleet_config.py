@@ -97,15 +97,15 @@ def test_expand_cmd_fills_only_known_placeholders() -> None:
 
 
 def test_plan_pins_each_worker_to_one_gpu(tmp_path: Path) -> None:
-    cfg = FleetConfig(model="synthetic", workers_per_gpu=2, gpus="1,3", worker_base_port=42000)
+    cfg = FleetConfig(model="synthetic", workers_per_gpu=2, gpus="1,3", worker_base_port=20400)
     plan = make_plan(cfg, FOUR, python="py", base_env={"GPUFLEET_PORT": "1"}, cwd=str(tmp_path))
     got = [(w.spec.env["CUDA_VISIBLE_DEVICES"], w.spec.port) for w in plan.workers]
-    assert got == [("1", 42000), ("1", 42001), ("3", 42002), ("3", 42003)]
+    assert got == [("1", 20400), ("1", 20401), ("3", 20402), ("3", 20403)]
     w = plan.workers[0]
     assert w.spec.env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
     assert "GPUFLEET_PORT" not in w.spec.env  # the fleet sets each child's port itself
     assert w.spec.argv[:6] == ("py", "-m", "gpufleet", "worker", "--model", "synthetic")
-    assert w.spec.log_path == tmp_path / "logs" / "worker-1-42000.log"
+    assert w.spec.log_path == tmp_path / "logs" / "worker-1-20400.log"
     assert not plan.on_cpu
 
 
