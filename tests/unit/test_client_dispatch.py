@@ -104,8 +104,10 @@ async def test_dead_endpoint_is_cooled_down_and_reprobed() -> None:
     results = await client.run(range(20))
     assert all(r.ok for r in results)
     b_posts = [u for m, u in transport.calls if m == "POST" and u.startswith(B)]
-    # B is cooled after 2 failures; later it is only probed, and each probe fails.
-    assert 2 <= len(b_posts) <= 4
+    # B never answered /stats: it must pass a probe first, and each probe fails, so it
+    # gets no item at all (a server that answers, then fails, is cooled: see below).
+    assert b_posts == []
+    assert any(m == "GET" and u == f"{B}/health" for m, u in transport.calls)
     ep_b = client.endpoints[1]
     assert ep_b.state in {"cooling", "probing"}
     assert ep_b.served == 0
@@ -149,6 +151,20 @@ async def test_all_endpoints_down_ends_within_the_bound() -> None:
     assert time.monotonic() - start < 3
     assert all(r.status == "failed" for r in results)
     assert any("no endpoint reachable" in (r.error or "") for r in results)
+
+
+async def test_max_attempts_bounds_an_item_against_silent_endpoints() -> None:
+    # Nothing listens: every failed probe, while no endpoint is up, is a try for each item.
+    client = Client([A, B], transport=MemoryTransport({}), max_attempts=3, **fast())
+    start = time.monotonic()
+    results = await client.run(range(3))
+    assert time.monotonic() - start < 3
+    assert [r.attempts for r in results] == [3, 3, 3]
+    for r in results:
+        assert r.error is not None
+        assert r.error.startswith("gave up after 3 attempt(s): GET http://")
+        assert r.error.endswith("/health: connection refused")
+        assert set(r.tried) == {A, B}
 
 
 async def test_deadline_bounds_the_job() -> None:

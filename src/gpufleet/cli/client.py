@@ -49,6 +49,10 @@ def generate(
     max_attempts: int | None = typer.Option(None, help="attempts per item (default 5)"),
     timeout: float | None = typer.Option(None, help="seconds per request (default 300)"),
     deadline: float | None = typer.Option(None, help="seconds for the whole job (default none)"),
+    unavailable_timeout: float | None = typer.Option(
+        None,
+        help="seconds with no endpoint answering before the items left fail (default 30)",
+    ),
     dispatch: str | None = typer.Option(None, help="pull (default) | round-robin"),
     resume: bool | None = typer.Option(
         None, "--resume/--no-resume", help="skip items already done in --output (default on)"
@@ -77,6 +81,7 @@ def generate(
             "max_attempts": max_attempts,
             "timeout": timeout,
             "deadline": deadline,
+            "unavailable_timeout": unavailable_timeout,
             "dispatch": dispatch,
             "resume": resume,
         }

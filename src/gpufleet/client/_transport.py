@@ -9,7 +9,9 @@ handlers instead of sockets, for tests of the dispatch logic.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -101,6 +103,11 @@ class HttpTransport:
             ) as resp:
                 body = await resp.read()
                 return Reply(resp.status, body, dict(resp.headers))
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise RequestFailed(
+                f"{method} {url}: no connection within {self._connect_timeout:g}s",
+                retryable=True,
+            ) from exc
         except TimeoutError as exc:
             raise RequestFailed(
                 f"{method} {url}: no answer within {budget_s:g}s", retryable=True
@@ -116,8 +123,29 @@ class HttpTransport:
 
 
 def _describe(exc: BaseException) -> str:
+    """What went wrong, in plain words (not aiohttp's ``ssl:default [Connect call …]``)."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "cannot resolve the host name"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection without answering"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return _os_error(exc.os_error, "cannot connect")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the answer was cut short"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return "not a valid URL"
+    if isinstance(exc, OSError):
+        return _os_error(exc, "connection error")
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text
+
+
+def _os_error(exc: OSError, default: str) -> str:
+    if exc.errno == errno.ECONNREFUSED:
+        return "connection refused (nothing listens there)"
+    if exc.errno:
+        return os.strerror(exc.errno).lower()
+    return default
 
 
 Handler = Callable[[str, str, Any], Awaitable[Reply]]

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from gpufleet import wire
 from gpufleet.client._payload import build_body, decode_reply
 from gpufleet.client._transport import HttpTransport, Transport, check
-from gpufleet.client.dispatch import Dispatcher
+from gpufleet.client.dispatch import Dispatcher, ProbeOutcome
 from gpufleet.client.endpoints import Endpoint, merge_endpoints
 from gpufleet.client.items import Answer, Item, Result, as_items
 from gpufleet.config.client import DEFAULT_CONCURRENCY, MAX_AUTO_CONCURRENCY, ClientConfig
@@ -184,15 +184,16 @@ class Client:
         output, content_type = decode_reply(path, reply)
         return Answer(output, content_type, reply.header(wire.UPSTREAM_HEADER))
 
-    async def _probe(self, ep: Endpoint) -> bool:
+    async def _probe(self, ep: Endpoint) -> ProbeOutcome:
         try:
             reply = await self._transport.request(
                 "GET", ep.url + "/health", budget_s=min(_PROBE_TIMEOUT_S, self.config.timeout)
             )
-        except RequestFailed:
-            return False
+        except RequestFailed as exc:
+            ep.last_error = exc.message
+            return "silent"
         # A server without /health (404) that answers at all is reachable.
-        return reply.status < 500 and reply.status != 429
+        return "up" if reply.status < 500 and reply.status != 429 else "down"
 
     async def _size_slots(self) -> None:
         """Size each endpoint's slots from its /stats (see ``ClientConfig``)."""
@@ -204,8 +205,15 @@ class Client:
     async def _size_one(self, ep: Endpoint) -> None:
         try:
             reply = await self._transport.request("GET", ep.url + "/stats", budget_s=2.0)
+        except RequestFailed as exc:
+            # Nothing answered: it must pass a /health probe before it takes an item, so
+            # an endpoint that never answers costs probes, not requests that hang.
+            ep.needs_probe, ep.cooldown_until, ep.last_error = True, 0.0, exc.message
+            log.warning("%s; items wait until it answers", exc.message)
+            return
+        try:
             data = json.loads(reply.body) if reply.status == 200 else None
-        except (RequestFailed, ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError):
             return
         if not isinstance(data, dict):
             return

@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from gpufleet.client._transport import ServerBusy
 from gpufleet.client.endpoints import Endpoint
@@ -34,8 +34,11 @@ log = logging.getLogger("gpufleet.client")
 
 #: Sends one item to one endpoint within a timeout.
 Attempt = Callable[[Endpoint, Item, float], Awaitable[Answer]]
-#: True when the endpoint answers its health check.
-Probe = Callable[[Endpoint], Awaitable[bool]]
+#: What a health check of an endpoint found: ``up``; ``down`` (it answered, not ready:
+#: a router with no worker yet); ``silent`` (no answer at all: nothing listens, or hung).
+ProbeOutcome = Literal["up", "down", "silent"]
+#: Checks an endpoint's health.
+Probe = Callable[[Endpoint], Awaitable[ProbeOutcome]]
 
 
 @dataclass(slots=True, eq=False)
@@ -162,12 +165,17 @@ class Dispatcher:
                             ep.in_flight += 1
                             return work
                     await self._wait(wait)
-            ok = await self._probe(ep)
+            outcome = await self._probe(ep)
             async with self._cond:
                 cfg = self._cfg
                 ep.record_probe(
-                    ok, self._clock(), base_s=cfg.cooldown_base_s, max_s=cfg.cooldown_max_s
+                    outcome == "up",
+                    self._clock(),
+                    base_s=cfg.cooldown_base_s,
+                    max_s=cfg.cooldown_max_s,
                 )
+                if outcome == "silent" and not any(e.is_reachable() for e in self._eps):
+                    self._count_waiting(ep)
                 self._cond.notify_all()
 
     def _pick(self, ep: Endpoint, now: float) -> tuple[_Work | None, float | None]:
@@ -281,6 +289,23 @@ class Dispatcher:
             backoff,
         )
 
+    def _count_waiting(self, ep: Endpoint) -> None:
+        """``ep`` did not answer its probe and no endpoint is up: a try for every item.
+
+        Waiting for an endpoint that answers "not ready" (a router whose workers restart)
+        costs no attempt; waiting on silence does, so that ``max_attempts`` bounds an item
+        against endpoints where nothing listens, at the cool-downs' pace.
+        """
+        now = self._clock()
+        for work in list(self._pending):
+            work.attempts += 1
+            work.tried.append(ep.url)
+            if work.attempts >= self._cfg.max_attempts:
+                self._pending.remove(work)
+                error = f"gave up after {work.attempts} attempt(s): {ep.last_error}"
+                log.warning("item %s failed: %s", work.item.id, error)
+                self._finish(work, "failed", ep.url, now, error=error)
+
     def _next_reachable(self, index: int) -> int:
         n = len(self._eps)
         for step in range(1, n + 1):
@@ -333,9 +358,10 @@ class Dispatcher:
                 elif self._down_since is None:
                     self._down_since = now
                 elif now - self._down_since >= self._cfg.unavailable_timeout:
-                    last = "; ".join(f"{e.url}: {e.last_error}" for e in self._eps)
+                    last = "; ".join(str(e.last_error or f"{e.url}: down") for e in self._eps)
                     self._fail_pending(
-                        f"no endpoint reachable for {self._cfg.unavailable_timeout:g}s ({last})"
+                        f"no endpoint reachable for {self._cfg.unavailable_timeout:g}s"
+                        f" (--unavailable-timeout): {last}"
                     )
                 wakes = [self._deadline - now] if self._deadline is not None else []
                 if self._down_since is not None:

@@ -151,4 +151,4 @@ class Endpoint:
         wait = min(base_s * (2**self.cooldowns), max_s)
         self.cooldowns += 1
         self.cooldown_until = now + wait
-        log.info("endpoint %s still down; next probe in %.1fs", self.url, wait)
+        log.warning("%s still down (%s); next probe in %.1fs", self.url, self.last_error, wait)

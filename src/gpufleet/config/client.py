@@ -53,8 +53,9 @@ class ClientConfig:
     #: First cool-down of an endpoint, doubled each time it fails again, up to the max.
     cooldown_base_s: float = 1.0
     cooldown_max_s: float = 60.0
-    #: When no endpoint has been usable for this long, the items left fail.
-    unavailable_timeout: float = 120.0
+    #: When no endpoint has been usable for this long, the items left fail: a job against
+    #: endpoints that never answer ends within about this many seconds.
+    unavailable_timeout: float = 30.0
     #: Folder of outputs, ``results.jsonl`` and ``summary.json`` (``gpufleet generate``).
     output: str = "outputs"
     #: Skip items already recorded done in ``results.jsonl`` whose file exists.
