@@ -103,3 +103,7 @@ def test_a_flag_or_env_choice_lists_the_choices() -> None:
         load_fleet_config(flags={"policy": "fastest"}, env={})
     with pytest.raises(ConfigError, match="GPUFLEET_POLICY must be one of prefix"):
         load_fleet_config(env={"GPUFLEET_POLICY": "fastest"})
+    with pytest.raises(ConfigError, match="--log-level must be one of debug, info, warning, error"):
+        load(WorkerConfig, "worker", flags={"log_level": "verbose"}, env={})
+    # Case does not matter: GPUFLEET_LOG_LEVEL=DEBUG is debug.
+    assert load(WorkerConfig, "worker", env={"GPUFLEET_LOG_LEVEL": "DEBUG"}).log_level == "debug"

@@ -14,7 +14,7 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -25,6 +25,9 @@ T = TypeVar("T")
 ENV_PREFIX = "GPUFLEET_"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+
+#: How much a process logs (``--log-level``).
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 #: The sections of a config file, one per part (each read by that part only).
 SECTIONS = ("fleet", "worker", "router", "client", "ray", "bench", "monitor")
@@ -200,6 +203,10 @@ def coerce(name: str, tp: Any, value: Any) -> Any:
             raise ValueError(value)
         if typing.get_origin(inner) is typing.Literal:
             allowed = typing.get_args(inner)
+            # Case does not matter (GPUFLEET_LOG_LEVEL=DEBUG, strategy: spread).
+            same = [a for a in allowed if str(a).lower() == str(value).strip().lower()]
+            if same:
+                return same[0]
             if value not in allowed:
                 choices = ", ".join(str(a) for a in allowed)
                 raise ConfigError(

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gpufleet.config._load import Located, build, read_yaml
+from gpufleet.config._load import Located, LogLevel, build, read_yaml
 from gpufleet.config.router import PolicyName
 from gpufleet.errors import ConfigError
 
@@ -170,7 +170,7 @@ class FleetConfig:
     #: Pid file, state JSON and the router's port file live here.
     run_dir: str = ".gpufleet"
     detach: bool = False
-    log_level: str = "info"
+    log_level: LogLevel = "info"
 
     #: Several pools (YAML only); empty means one pool made of the fields above.
     pools: tuple[PoolConfig, ...] = ()

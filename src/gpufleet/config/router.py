@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from gpufleet.config._load import LogLevel
 from gpufleet.errors import ConfigError
 
 PolicyName = Literal[
@@ -96,7 +97,7 @@ class RouterConfig:
     max_body_mb: float = 32.0
     max_header_kb: int = 16
     drain_timeout_s: float = 30.0
-    log_level: str = "info"
+    log_level: LogLevel = "info"
     #: Share of each upstream's cap that ``batch``-class requests may hold (at least one
     #: slot): ``X-Gpufleet-Priority: batch`` and the Batch API's own requests. The rest
     #: of the cap stays free for interactive bursts.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gpufleet.config._load import LogLevel
 from gpufleet.errors import ConfigError
 
 
@@ -57,7 +58,7 @@ class WorkerConfig:
     #: answers 503 ``stalled``, new requests 503, and ``gpufleet up`` restarts it. Set it
     #: above the longest batch the model may take; 0 turns the detector off.
     stall_timeout_s: float = 60.0
-    log_level: str = "info"
+    log_level: LogLevel = "info"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
