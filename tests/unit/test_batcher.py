@@ -255,3 +255,35 @@ def test_expired_items_hold_no_slot() -> None:
     b.put([Item("c", 1.0)])
     assert [i.payload for i in dropped] == ["a"]
     assert [i.payload for i in b.drain_all()] == ["b", "c"]
+
+
+def test_interactive_items_go_before_queued_batch_class_ones() -> None:
+    clock = FakeClock()
+    b = Batcher(BatchConfig(max_batch_size=3, max_wait_ms=10, max_queue=20), clock=clock)
+    b.put([Item(f"b{i}", 0.0, priority=1) for i in range(5)])
+    b.put([Item(f"i{i}", 0.001, priority=0) for i in range(2)])
+    first = b.poll(0.001)
+    assert first is not None
+    assert [i.payload for i in first] == ["i0", "i1", "b0"]  # each class in its order
+    second = b.poll(0.001)
+    assert second is not None
+    assert [i.payload for i in second] == ["b1", "b2", "b3"]
+    assert b.depth == 1
+    # Still due from the oldest item, whatever its class.
+    assert b.due_at() == pytest.approx(0.010)
+
+
+@given(st.lists(st.integers(0, 1), min_size=1, max_size=40), st.integers(1, 8))
+def test_priorities_lose_nothing_and_keep_each_class_in_order(prios: list[int], size: int) -> None:
+    b = Batcher(BatchConfig(max_batch_size=size, max_wait_ms=0, max_queue=64), clock=FakeClock())
+    b.put([Item((p, n), 0.0, priority=p) for n, p in enumerate(prios)])
+    out: list[tuple[int, int]] = []
+    while (batch := b.poll(1.0)) is not None:
+        assert len(batch) <= size
+        interactive_left = any(i.priority == 0 for i in b._queue)
+        assert not (interactive_left and any(i.priority == 1 for i in batch))
+        out += [i.payload for i in batch]
+    assert sorted(out) == sorted((p, n) for n, p in enumerate(prios))
+    for cls in (0, 1):
+        seen = [n for p, n in out if p == cls]
+        assert seen == sorted(seen)

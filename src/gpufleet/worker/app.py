@@ -23,7 +23,7 @@ from gpufleet import wire
 from gpufleet._server import HostGuard, refuse_and_close
 from gpufleet.errors import BadRequest, GpufleetError, ModelError, PayloadTooLarge
 from gpufleet.worker import codec
-from gpufleet.worker.service import DeadlineExceeded, WorkerService
+from gpufleet.worker.service import REQUEST_PRIORITY, DeadlineExceeded, WorkerService
 from gpufleet.worker.stats import GpuSampler, nvml_opener
 
 log = logging.getLogger("gpufleet.worker")
@@ -76,6 +76,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     service = request.app[SERVICE]
     started = time.monotonic()
     counted = request.path.startswith(_INFERENCE_PREFIXES)
+    # Batch-class work (a router's Batch API) gives way to interactive items in the queue.
+    REQUEST_PRIORITY.set(int(request.headers.get(wire.PRIORITY_HEADER) == "batch"))
     try:
         response = await handler(request)
     except GpufleetError as exc:

@@ -1,5 +1,8 @@
 """Dynamic batching: fill a batch to ``max_batch_size`` or ``max_wait_ms``, drop dead items.
 
+Items of the ``batch`` class (a router's Batch API, ``X-Gpufleet-Priority: batch``) give
+way: a batch takes the interactive items queued first, then batch ones, each in order.
+
 The decision is a pure function of the queue and a time (``Batcher.poll(now)``), so it is
 tested on a fake clock; ``Batcher.next_batch()`` is the thin async wrapper the worker's
 batch loop awaits. ``max_wait`` counts from the oldest queued item: when the device was
@@ -39,6 +42,9 @@ class Item:
     deadline: float | None = None
     #: Set by the caller when it went away; the item then never reaches the model.
     cancelled: bool = False
+    #: 0 interactive, 1 batch (``X-Gpufleet-Priority``): a batch takes interactive items
+    #: first, each class in its own arrival order.
+    priority: int = 0
     future: asyncio.Future[Any] | None = field(default=None, repr=False)
 
     def is_dead(self, now: float) -> bool:
@@ -167,9 +173,18 @@ class Batcher:
         if not self._queue:
             return None
         size = max(1, self.max_batch_size)
-        if len(self._queue) < size and now < self._queue[0].enqueued_at + self._max_wait_s:
+        queue = self._queue
+        if len(queue) < size and now < queue[0].enqueued_at + self._max_wait_s:
             return None
-        return [self._queue.popleft() for _ in range(min(size, len(self._queue)))]
+        n = min(size, len(queue))
+        if not any(item.priority for item in queue):
+            return [queue.popleft() for _ in range(n)]
+        # Batch-class work waits: interactive items first, then the oldest batch ones.
+        order = sorted(range(len(queue)), key=lambda i: queue[i].priority)[:n]
+        taken = set(order)
+        batch = [queue[i] for i in sorted(order, key=lambda i: (queue[i].priority, i))]
+        self._queue = deque(item for i, item in enumerate(queue) if i not in taken)
+        return batch
 
     def due_at(self) -> float | None:
         """When the forming batch will be due at the latest (None when the queue is empty)."""

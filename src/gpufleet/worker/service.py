@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from contextvars import ContextVar
 from typing import Any, Literal
 
 from gpufleet import wire
@@ -25,6 +26,10 @@ from gpufleet.worker.stall import Stall, find_stall
 from gpufleet.worker.stats import WorkerCounters
 
 log = logging.getLogger("gpufleet.worker")
+
+#: The class of the request being handled (``X-Gpufleet-Priority``: 0 interactive, 1
+#: batch), set per request by the HTTP layer; ``submit`` gives it to the items.
+REQUEST_PRIORITY: ContextVar[int] = ContextVar("gpufleet_request_priority", default=0)
 
 State = Literal["loading", "ready", "draining", "failed"]
 
@@ -190,7 +195,10 @@ class WorkerService:
             raise WorkerUnavailable("the worker is loading")
         loop = asyncio.get_running_loop()
         now = self.clock()
-        items = [Item(p, now, deadline, future=loop.create_future()) for p in payloads]
+        priority = REQUEST_PRIORITY.get()
+        items = [
+            Item(p, now, deadline, future=loop.create_future(), priority=priority) for p in payloads
+        ]
         try:
             batcher.put(items)
         except WorkerOverloaded as exc:
