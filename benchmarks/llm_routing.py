@@ -37,7 +37,8 @@ from its ``/stats``; all engine figures are of the measured phase only), and the
 process's CPU per request (``/proc/<pid>/task/*/schedstat``, all its threads, before
 and after the measured phase). ``--rounds N`` repeats every comparison in rotated order
 and reports the means (and each round's requests/s). Markdown tables, then the issue's
-targets met or missed; ``--json`` writes the raw figures.
+targets met or missed; ``--json`` writes the raw figures, ``--from-json`` prints a saved
+file's tables again.
 """
 
 from __future__ import annotations
@@ -455,6 +456,8 @@ async def run_one(
                 "served": served,
                 "share": served / served_total if served_total else 0.0,
                 "hit_rate": h / q if q else 0.0,
+                "hits": h,
+                "queries": q,
                 "evicted_blocks": a["evicted_blocks"] - b["evicted_blocks"],
                 "rejected": a["rejected"] - b["rejected"],
             }
@@ -465,6 +468,7 @@ async def run_one(
         "hit_rate": hits / queries if queries else 0.0,
         "engine_ttft_mean_ms": ttft_s / ttft_n * 1000.0 if ttft_n else math.nan,
         "engines": per_engine,
+        "busiest_share": max(e["share"] for e in per_engine),
         "cpu_us": (cpu1[0] - cpu0[0]) / ok * 1e6,
         "cpu_us_stat": (cpu1[1] - cpu0[1]) / ok * 1e6,
         "router_cpu_share": (cpu1[0] - cpu0[0]) / row["seconds"],
@@ -484,15 +488,33 @@ async def run_one(
 
 
 def _mean_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The mean of each figure over the rounds (engines too), plus each round's requests/s."""
+    """The mean of each figure over the rounds, plus each round's requests/s.
+
+    Hit rates are pooled (cached prompt tokens over prompt tokens, all rounds), so that
+    an engine that served nothing in one round does not pull its rate down; which engine
+    a router loads most may change from round to round, hence ``busiest_share``.
+    """
+    for r in rows:
+        r.setdefault("busiest_share", max(e["share"] for e in r["engines"]))
     out = dict(rows[0])
     for k, v in rows[0].items():
         if isinstance(v, int | float) and not isinstance(v, bool):
             out[k] = statistics.fmean(r[k] for r in rows)
-    out["engines"] = [
-        {k: statistics.fmean(r["engines"][i][k] for r in rows) for k in rows[0]["engines"][i]}
-        for i in range(len(rows[0]["engines"]))
-    ]
+    engines = []
+    for i, first in enumerate(rows[0]["engines"]):
+        mine = [r["engines"][i] for r in rows]
+        e: dict[str, Any] = {k: statistics.fmean(m[k] for m in mine) for k in first}
+        # Older JSON has no token counts: weigh by requests served instead.
+        weight = "queries" if "queries" in first else "served"
+        total = sum(m[weight] for m in mine)
+        e["hit_rate"] = sum(m["hit_rate"] * m[weight] for m in mine) / total if total else None
+        engines.append(e)
+    out["engines"] = engines
+    weights = [sum(e.get("queries", e["served"]) for e in r["engines"]) for r in rows]
+    if sum(weights):
+        out["hit_rate"] = sum(r["hit_rate"] * w for r, w in zip(rows, weights, strict=True)) / sum(
+            weights
+        )
     out["errors"] = sum(r["errors"] for r in rows)
     out["rounds_rps"] = [r["rps"] for r in rows]
     return out
@@ -551,6 +573,9 @@ def _fmt_speeds(speeds: Sequence[float]) -> str:
     return ",".join(f"{s:g}" for s in speeds)
 
 
+_WHO = {"noprefix": "every request a system prompt of its own", "onetenant": "{} tenant"}
+
+
 def report(results: dict[str, Any]) -> str:
     """Markdown tables of ``results``, then the targets."""
     out: list[str] = []
@@ -558,25 +583,30 @@ def report(results: dict[str, Any]) -> str:
         speeds = run["speeds"]
         out += [
             f"**Engines {_fmt_speeds(speeds)}, workload `{run['workload']}` "
-            f"({run['tenants']} tenant{'s' if run['tenants'] != 1 else ''})**",
+            f"({_WHO.get(run['workload'], '{} tenants').format(run['tenants'])})**",
             "",
             "| router | requests/s | output tokens/s | TTFT p50 ms | TTFT p99 ms "
             "| engines' TTFT mean ms | e2e p50 ms | e2e p99 ms | cache hit rate "
-            "| share per engine | hit rate per engine | router CPU µs/request | errors |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: "
-            "| ---: |",
+            "| share per engine | busiest engine's share | hit rate per engine "
+            "| router CPU µs/request | errors |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- "
+            "| ---: | ---: |",
         ]
         for name, row in run["rows"].items():
             shares = " / ".join(f"{e['share']:.2f}" for e in row["engines"])
-            rates = " / ".join(f"{e['hit_rate']:.2f}" for e in row["engines"])
+            rates = " / ".join(
+                "—" if not e["served"] or e["hit_rate"] is None else f"{e['hit_rate']:.2f}"
+                for e in row["engines"]
+            )
             rps = f"{row['rps']:.1f}"
             if len(row.get("rounds_rps", [])) > 1:
                 rps += " (" + ", ".join(f"{x:.1f}" for x in row["rounds_rps"]) + ")"
             out.append(
                 f"| {name} | {rps} | {row['tokens_per_s']:.0f} | {row['ttft_p50_ms']:.0f} "
-                f"| {row['ttft_p99_ms']:.0f} | {row['engine_ttft_mean_ms']:.0f} "
+                f"| {row['ttft_p99_ms']:.0f} | {row.get('engine_ttft_mean_ms', math.nan):.0f} "
                 f"| {row['e2e_p50_ms']:.0f} | {row['e2e_p99_ms']:.0f} "
-                f"| {row['hit_rate']:.2f} | {shares} | {rates} | {row['cpu_us']:.0f} "
+                f"| {row['hit_rate']:.2f} | {shares} | {row['busiest_share']:.2f} | {rates} "
+                f"| {row['cpu_us']:.0f} "
                 f"| {row['errors']} |"
             )
         out.append("")
@@ -737,7 +767,16 @@ def main() -> None:
     parser.add_argument("--max-running", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--json", type=Path, help="write the raw figures here")
+    parser.add_argument(
+        "--from-json", type=Path, help="run nothing: print the tables of a --json file again"
+    )
     args = parser.parse_args()
+    if args.from_json:
+        results = json.loads(args.from_json.read_text())
+        for run in results["runs"]:
+            run["rows"] = {r: _mean_row(v) for r, v in run["all"].items()}
+        print(report(results))
+        return
     args.speeds = args.speeds or [[1.0, 1.0, 1.0, 1.0]]
     args.gpufleet = dict(args.gpufleet)
     for name in args.routers:
