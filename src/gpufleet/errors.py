@@ -8,7 +8,10 @@
     │   ├── WorkerOverloaded    queue full -> 503 + Retry-After (safe to retry elsewhere)
     │   ├── WorkerUnavailable   starting, draining or gone -> 503
     │   ├── ModelError          predict() raised -> 500 for that batch's items
-    │   └── BadRequest          the input cannot be decoded -> 400/422
+    │   └── BadRequest          the input cannot be decoded -> 400
+    │       ├── Unprocessable   well-formed JSON of the wrong shape -> 422
+    │       ├── ModelNotFound   a "model" the worker does not serve -> 404 model_not_found
+    │       └── PayloadTooLarge the body is over the limit -> 413
     ├── RoutingError
     │   ├── NoHealthyBackend    nothing can take the request -> 503 + Retry-After
     │   ├── AdmissionRejected   the router's admission queue is full -> 503 + Retry-After
@@ -82,6 +85,18 @@ class BadRequest(WorkerError):
     http_status = 400
 
 
+class Unprocessable(BadRequest):
+    """Well-formed JSON of the wrong shape: a wrong type, a missing or unknown field (422)."""
+
+    http_status = 422
+
+
+class ModelNotFound(BadRequest):
+    """The request's ``model`` names nothing this worker serves (404 ``model_not_found``)."""
+
+    http_status = 404
+
+
 class PayloadTooLarge(BadRequest):
     """The request body is over the configured size limit."""
 
@@ -151,10 +166,12 @@ __all__ = [
     "GpufleetError",
     "JobFailed",
     "ModelError",
+    "ModelNotFound",
     "NoHealthyBackend",
     "PayloadTooLarge",
     "RequestFailed",
     "RoutingError",
+    "Unprocessable",
     "UpstreamTimeout",
     "WorkerError",
     "WorkerOverloaded",

@@ -119,6 +119,62 @@ def payload_from_exception(exc: GpufleetError) -> ErrorPayload:
     )
 
 
+#: Paths answered in OpenAI's shapes (errors included) by workers and the router.
+OPENAI_PREFIX: Final = "/v1/"
+#: OpenAI's ``code`` and ``param`` for those of our error names that have one of theirs.
+_OPENAI_CODES: Final[dict[str, tuple[str, str | None]]] = {
+    "ModelNotFound": ("model_not_found", "model"),
+}
+
+
+class OpenAIErrorBody(TypedDict, total=False):
+    """The object under ``error`` in OpenAI's error answers (``retry_after_s`` is ours)."""
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+    retry_after_s: float
+    request_id: str
+
+
+def is_openai_path(path: str) -> bool:
+    """True for the OpenAI-shaped routes (``/v1/…``)."""
+    return path.startswith(OPENAI_PREFIX)
+
+
+def openai_error(payload: ErrorPayload, status: int) -> dict[str, OpenAIErrorBody]:
+    """Our error payload in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
+
+    ``code`` is OpenAI's where one fits (``model_not_found``), else our error name, so
+    ``error_name`` reads it back; ``type`` is ``invalid_request_error`` for a 4xx and
+    ``server_error`` for a 5xx.
+    """
+    name = payload.get("error", "")
+    code, param = _OPENAI_CODES.get(name, (name or None, None))
+    body: OpenAIErrorBody = {
+        "message": payload.get("message", ""),
+        "type": "invalid_request_error" if status < 500 else "server_error",
+        "param": param,
+        "code": code,
+    }
+    if "retry_after_s" in payload:
+        body["retry_after_s"] = payload["retry_after_s"]
+    if "request_id" in payload:
+        body["request_id"] = payload["request_id"]
+    return {"error": body}
+
+
+def error_name(data: Any) -> str | None:
+    """The error name of a decoded error answer, in our shape or OpenAI's (its ``code``)."""
+    if not isinstance(data, dict):
+        return None
+    error = data.get("error")
+    if isinstance(error, dict):
+        error = error.get("code")
+    return error if isinstance(error, str) else None
+
+
 def retry_after_header(seconds: float) -> str:
     """Format a ``Retry-After`` header value (whole seconds, at least 1)."""
     return str(max(1, math.ceil(seconds)))
@@ -141,7 +197,7 @@ def is_overloaded_body(body: bytes) -> bool:
         data = decode_json(body)
     except ValueError:
         return False
-    return isinstance(data, dict) and data.get("error") in {"WorkerOverloaded", "WorkerUnavailable"}
+    return error_name(data) in {"WorkerOverloaded", "WorkerUnavailable"}
 
 
 # /health of a worker -------------------------------------------------------------------
@@ -221,6 +277,7 @@ __all__ = [
     "HEALTH_STALLED",
     "JSON_CONTENT_TYPE",
     "MAX_JSON_DEPTH",
+    "OPENAI_PREFIX",
     "REQUEST_ID_HEADER",
     "SERVER_HEADER",
     "SESSION_HEADER",
@@ -231,10 +288,14 @@ __all__ = [
     "HealthBody",
     "JSONTooDeep",
     "LatencyMs",
+    "OpenAIErrorBody",
     "WorkerStats",
     "decode_json",
+    "error_name",
     "error_payload",
+    "is_openai_path",
     "is_overloaded_body",
+    "openai_error",
     "parse_retry_after",
     "payload_from_exception",
     "retry_after_header",

@@ -123,3 +123,13 @@ class CountingChat(Model):
     def predict_stream(self, item: Any) -> Iterator[Any]:
         yield "fo"
         yield {"content": "ur", "usage": {"prompt_tokens": 11, "completion_tokens": 4}}
+
+
+class TinyEmbed(Model):
+    """An embeddings model without weights: a text's 4-number fingerprint."""
+
+    name: ClassVar[str] = "tiny-embed"
+    kind: ClassVar[ModelKind] = "embeddings"
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        return [[float(len(t)), float(sum(map(ord, t)) % 97), 1.0, 0.0] for t in batch]

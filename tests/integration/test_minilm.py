@@ -91,5 +91,5 @@ async def test_bad_embedding_requests_are_422_or_400(worker: ServerProcess) -> N
             async with s.post(worker.url + "/v1/embeddings", json=body) as r:
                 assert r.status == status, body
         async with s.post(worker.url + "/predict", json={"input": 5}) as r:
-            assert r.status == 400
+            assert r.status == 422  # well-formed JSON of the wrong shape
             assert "strings" in (await r.json())["message"]

@@ -145,12 +145,13 @@ async def test_oversized_chunked_body_is_413(worker: ServerProcess) -> None:
 async def test_unknown_route_and_wrong_kind_are_json_404(worker: ServerProcess) -> None:
     status, headers, body = await _post(worker.url + "/v1/embeddings", {"input": "x"})
     assert status == 404
-    assert "embeddings" in body["message"]
+    assert "embeddings" in body["error"]["message"]  # OpenAI's error object on /v1/
+    assert body["error"]["code"] == "NotServed"
     assert headers[wire.SERVER_HEADER] == "1"
     chat = {"messages": [{"role": "user", "content": "hi"}]}
     status, _, body = await _post(worker.url + "/v1/chat/completions", chat)
     assert status == 404
-    assert "'chat'" in body["message"]
+    assert "'chat'" in body["error"]["message"]
 
 
 async def test_stream_is_server_sent_events(worker: ServerProcess) -> None:

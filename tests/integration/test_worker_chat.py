@@ -31,12 +31,18 @@ async def _post(url: str, body: Any) -> tuple[int, Any]:
 
 
 async def test_completion_has_the_openai_shape(worker: ServerProcess) -> None:
-    body = {"model": "m", "messages": MESSAGES, "max_tokens": 7, "temperature": 0.5, "seed": 3}
+    body = {
+        "model": "echo-chat",
+        "messages": MESSAGES,
+        "max_tokens": 7,
+        "temperature": 0.5,
+        "seed": 3,
+    }
     status, answer = await _post(worker.url + ROUTE, body)
     assert status == 200, answer
     assert answer["object"] == "chat.completion"
     assert answer["id"].startswith("chatcmpl-")
-    assert answer["model"] == "m"
+    assert answer["model"] == "echo-chat"
     [choice] = answer["choices"]
     assert choice["index"] == 0
     assert choice["finish_reason"] == "stop"
@@ -90,7 +96,8 @@ async def test_bad_requests_name_the_problem(
 ) -> None:
     status, answer = await _post(worker.url + ROUTE, body)
     assert status == 422
-    assert needle in answer["message"]
+    assert needle in answer["error"]["message"]  # OpenAI's error object
+    assert answer["error"]["type"] == "invalid_request_error"
 
 
 async def test_a_model_that_counts_its_tokens_reports_them() -> None:

@@ -55,7 +55,7 @@ async def test_size_and_bad_requests(worker: ServerProcess) -> None:
     ):
         status, body = await _generate(worker.url, **bad)
         assert status == 422, bad
-        assert body["message"]
+        assert body["error"]["message"]
 
 
 async def test_predict_answers_base64_json_or_raw_png(worker: ServerProcess) -> None:
@@ -76,4 +76,4 @@ async def test_predict_answers_base64_json_or_raw_png(worker: ServerProcess) -> 
         assert raw == from_json
         assert raw.startswith(PNG_MAGIC)
         async with s.post(worker.url + "/predict", json={"input": 42}) as r:
-            assert r.status == 400
+            assert r.status == 422  # well-formed JSON of the wrong shape

@@ -122,3 +122,18 @@ def test_image_demo_is_deterministic_png() -> None:
 def test_image_demo_rejects_bad_items(body: dict[str, object]) -> None:
     with pytest.raises(BadRequest):
         ImageDemo().decode(body)
+
+
+def test_builtin_models_answer_a_wrong_shape_422_as_the_readme_says() -> None:
+    from gpufleet.errors import Unprocessable
+    from gpufleet.models.minilm import MiniLM
+
+    for model, body in (
+        (MiniLM(), {"input": 5}),
+        (MiniLM(), {"input": "x", "extra": 1}),
+        (ImageDemo(), {"input": 42}),
+        (ImageDemo(), {"input": "sea", "parameters": {"depth": 3}}),
+    ):
+        with pytest.raises(Unprocessable) as caught:
+            model.decode(body)
+        assert caught.value.http_status == 422

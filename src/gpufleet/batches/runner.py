@@ -525,7 +525,7 @@ def _not_now(body: bytes) -> bool:
         data = wire.decode_json(body)
     except ValueError:
         return False
-    return isinstance(data, dict) and data.get("error") in _NOT_NOW
+    return wire.error_name(data) in _NOT_NOW  # our shape or OpenAI's (/v1/…)
 
 
 async def _logged(coro: Any, name: str) -> None:

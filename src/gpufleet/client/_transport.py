@@ -222,8 +222,8 @@ def _error_details(reply: Reply) -> tuple[str, float | None, str | None]:
         data = None
     if isinstance(data, dict):
         error, message = data.get("error"), data.get("message") or data.get("detail")
-        if isinstance(error, dict):  # OpenAI-shaped: {"error": {"message": ...}}
-            message, error = error.get("message"), error.get("type")
+        if isinstance(error, dict):  # OpenAI-shaped: {"error": {"message", "code", …}}
+            message, error = error.get("message"), wire.error_name(data) or error.get("type")
         retry = data.get("retry_after_s")
         wait = float(retry) if isinstance(retry, (int, float)) and retry >= 0 else None
         parts = [str(p) for p in (error, message) if p]

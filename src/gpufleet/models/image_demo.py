@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from gpufleet.errors import BadRequest, ConfigError
+from gpufleet.errors import ConfigError, Unprocessable
 from gpufleet.models.base import Model, ModelKind
 
 _MIN_SIDE, _MAX_SIDE = 16, 1024
@@ -121,7 +121,7 @@ class ImageDemo(Model):
     def __init__(self, width: str | int = 256, height: str | int = 256) -> None:
         try:
             self.width, self.height = _side(width, "width"), _side(height, "height")
-        except BadRequest as exc:
+        except Unprocessable as exc:
             raise ConfigError(f"image-demo: {exc.message}") from None
 
     def decode(self, request: Any) -> Any:
@@ -132,14 +132,14 @@ class ImageDemo(Model):
         else:
             prompt, seed, params = request, 0, {}
         if not isinstance(prompt, str) or not prompt.strip():
-            raise BadRequest("image-demo takes a non-empty prompt string as input")
+            raise Unprocessable("image-demo takes a non-empty prompt string as input")
         if not isinstance(seed, int) or isinstance(seed, bool):
-            raise BadRequest("seed must be an integer")
+            raise Unprocessable("seed must be an integer")
         if not isinstance(params, dict):
-            raise BadRequest("parameters must be an object")
+            raise Unprocessable("parameters must be an object")
         unknown = sorted(set(params) - {"width", "height"})
         if unknown:
-            raise BadRequest(f"image-demo: unknown parameter(s) {', '.join(unknown)}")
+            raise Unprocessable(f"image-demo: unknown parameter(s) {', '.join(unknown)}")
         return ImageRequest(
             prompt,
             seed,
@@ -161,7 +161,7 @@ def _side(value: Any, name: str) -> int:
     try:
         side = int(value)
     except (TypeError, ValueError):
-        raise BadRequest(f"{name} must be an integer, got {value!r}") from None
+        raise Unprocessable(f"{name} must be an integer, got {value!r}") from None
     if isinstance(value, bool) or not _MIN_SIDE <= side <= _MAX_SIDE:
-        raise BadRequest(f"{name} must be in {_MIN_SIDE}..{_MAX_SIDE}, got {value!r}")
+        raise Unprocessable(f"{name} must be in {_MIN_SIDE}..{_MAX_SIDE}, got {value!r}")
     return side

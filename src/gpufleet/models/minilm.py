@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from gpufleet.errors import BadRequest, ConfigError
+from gpufleet.errors import ConfigError, Unprocessable
 from gpufleet.models.base import Model, ModelKind
 
 #: Per-item body fields minilm reads or tolerates (``seed``/``parameters`` are ignored).
@@ -48,13 +48,13 @@ class MiniLM(Model):
     def decode(self, request: Any) -> Any:
         """Check that the per-item body holds a string; its ``input`` is what gets embedded."""
         if not isinstance(request, dict):
-            raise BadRequest('minilm takes text: send {"input": "some text"}')
+            raise Unprocessable('minilm takes text: send {"input": "some text"}')
         unknown = sorted(set(request) - _FIELDS)
         if unknown:
-            raise BadRequest(f"minilm: unknown field(s) {', '.join(unknown)}")
+            raise Unprocessable(f"minilm: unknown field(s) {', '.join(unknown)}")
         text = request.get("input")
         if not isinstance(text, str):
-            raise BadRequest(f"minilm embeds strings, got {type(text).__name__}")
+            raise Unprocessable(f"minilm embeds strings, got {type(text).__name__}")
         return text
 
     def predict(self, batch: list[Any]) -> list[Any]:

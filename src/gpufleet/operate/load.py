@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from gpufleet.wire import UPSTREAM_HEADER
+from gpufleet.wire import UPSTREAM_HEADER, error_name
 
 NOT_SENT = "not sent (client at --max-in-flight)"
 #: The error of a request still in flight when the run's ``--max-duration`` ran out.
@@ -64,9 +64,8 @@ def error_kind(status: int, body: bytes) -> str:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         data = None
-    if isinstance(data, dict) and isinstance(data.get("error"), str):
-        return f"{status} {data['error']}"
-    return f"HTTP {status}"
+    name = error_name(data)
+    return f"{status} {name}" if name else f"HTTP {status}"
 
 
 async def send(

@@ -8,7 +8,9 @@ catch-all route is added); ``dashboard.register`` adds ``/dashboard`` (and the
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import json
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -16,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gpufleet import wire
 from gpufleet._server import HostGuard
 from gpufleet.config.router import RouterConfig
 from gpufleet.router import dashboard
@@ -24,6 +27,7 @@ from gpufleet.router.admission import Admission
 from gpufleet.router.health import HealthChecker, HealthSettings
 from gpufleet.router.http1 import Client
 from gpufleet.router.metrics import CONTENT_TYPE, RouterCollector, metrics_text
+from gpufleet.router.models import ModelCatalog
 from gpufleet.router.policies import make_policy
 from gpufleet.router.pool import Pool, Registry, parse_route, parse_worker
 from gpufleet.router.proxy import Proxy, ProxySettings
@@ -35,6 +39,7 @@ log = logging.getLogger("gpufleet.router")
 
 STATE_KEY: web.AppKey[RouterState] = web.AppKey("gpufleet_router")
 Extension = Callable[[web.Application, "RouterState"], None]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class RouterState:
@@ -72,6 +77,7 @@ class RouterState:
         self.on_drain: list[Callable[[], None]] = []
         self.stats_parts: dict[str, Callable[[], Any]] = {}
         self.collector = RouterCollector(self.registry, self.admissions, self.totals)
+        self.models = ModelCatalog(self.registry)
 
     def admission(self, pool: Pool) -> Admission:
         """The admission queue of ``pool`` (made on first use, with its own policy)."""
@@ -149,6 +155,37 @@ class RouterState:
             admission.close()
         if self.client is not None:
             self.client.close()
+        await self.models.aclose()
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The router's own errors on ``/v1/…`` in OpenAI's shape; upstream answers untouched.
+
+    An answer the router made itself carries no ``X-Gpufleet-Upstream``; one that passed
+    through from an upstream does, and is the upstream's own.
+    """
+    if "/v1/" not in request.path:  # /v1/… or a pool's PREFIX/v1/…
+        return await handler(request)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        payload = wire.error_payload(exc.reason.replace(" ", ""), exc.text or exc.reason)
+        return web.json_response(wire.openai_error(payload, exc.status), status=exc.status)
+    if (
+        response.status >= 400
+        and isinstance(response, web.Response)
+        and not response.prepared
+        and wire.UPSTREAM_HEADER not in response.headers
+        and isinstance(response.body, bytes)
+    ):
+        with contextlib.suppress(ValueError):
+            payload = json.loads(response.body)
+            if isinstance(payload, dict) and isinstance(payload.get("error"), str):
+                response.body = json.dumps(wire.openai_error(payload, response.status)).encode()
+    return response
 
 
 def create_app(
@@ -162,7 +199,7 @@ def create_app(
     app = web.Application(
         client_max_size=cfg.max_body_bytes,
         handler_args={"tcp_keepalive": True},
-        middlewares=[HostGuard(cfg.host, cfg.allowed_hosts).middleware],
+        middlewares=[HostGuard(cfg.host, cfg.allowed_hosts).middleware, openai_errors],
     )
     app[STATE_KEY] = state
 
@@ -196,9 +233,13 @@ def create_app(
             body=metrics_text(state.collector), headers={"Content-Type": CONTENT_TYPE}
         )
 
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response(await state.models.listing())
+
     app.router.add_get("/health", health)
     app.router.add_get("/stats", stats)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/models", models)
     AdminAPI(
         state.registry,
         cfg.admin_token,

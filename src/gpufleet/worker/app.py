@@ -21,7 +21,13 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from gpufleet import wire
 from gpufleet._server import HostGuard, refuse_and_close
-from gpufleet.errors import BadRequest, GpufleetError, ModelError, PayloadTooLarge
+from gpufleet.errors import (
+    BadRequest,
+    GpufleetError,
+    ModelError,
+    PayloadTooLarge,
+    Unprocessable,
+)
 from gpufleet.worker import codec
 from gpufleet.worker.service import REQUEST_PRIORITY, DeadlineExceeded, WorkerService
 from gpufleet.worker.stats import GpuSampler, nvml_opener
@@ -75,7 +81,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     """Answer our exceptions as JSON, and count every inference request in /stats."""
     service = request.app[SERVICE]
     started = time.monotonic()
-    counted = request.path.startswith(_INFERENCE_PREFIXES)
+    counted = request.path.startswith(_INFERENCE_PREFIXES) and request.path != "/v1/models"
     # Batch-class work (a router's Batch API) gives way to interactive items in the queue.
     REQUEST_PRIORITY.set(int(request.headers.get(wire.PRIORITY_HEADER) == "batch"))
     try:
@@ -103,11 +109,26 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         response[ERROR_MESSAGE_KEY] = exc.text or exc.reason
     if counted:
         _count(service, request.path, response, time.monotonic() - started)
+    if wire.is_openai_path(request.path) and ERROR_MESSAGE_KEY in response:
+        _as_openai(response)
     if response.status >= 400 and not request.content.is_eof():
         # Refused before its body ended (over the limit, broken framing): the rest is not
         # read (issue 13).
         return await refuse_and_close(request, response)
     return response
+
+
+def _as_openai(response: web.StreamResponse) -> None:
+    """Re-shape our error answer as OpenAI's (``/v1/…`` routes), keeping its headers."""
+    if not isinstance(response, web.Response) or not isinstance(response.body, bytes):
+        return
+    try:
+        payload = json.loads(response.body)
+    except ValueError:
+        return
+    if isinstance(payload, dict) and isinstance(payload.get("error"), str):
+        shaped = wire.openai_error(payload, response.status)  # type: ignore[arg-type]
+        response.body = json.dumps(shaped, separators=(",", ":")).encode()
 
 
 def _count(service: WorkerService, path: str, response: web.StreamResponse, took: float) -> None:
@@ -182,7 +203,7 @@ def decode_items(service: WorkerService, items: list[dict[str, Any]], *, custom:
     except BadRequest:
         raise
     except Exception as exc:
-        raise codec.Unprocessable(f"the model could not decode the input: {exc}") from exc
+        raise Unprocessable(f"the model could not decode the input: {exc}") from exc
 
 
 async def health(request: web.Request) -> web.Response:
@@ -253,6 +274,7 @@ def build_app(service: WorkerService) -> web.Application:
     app.router.add_get("/stats", stats)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/predict", predict.handle)
+    app.router.add_get("/v1/models", openai_routes.models)
     app.router.add_post("/v1/embeddings", openai_routes.embeddings)
     app.router.add_post("/v1/images/generations", openai_routes.images)
     app.router.add_post("/v1/chat/completions", chat.completions)

@@ -23,10 +23,9 @@ from typing import Any
 
 from aiohttp import web
 
-from gpufleet.errors import ModelError
+from gpufleet.errors import ModelError, Unprocessable
 from gpufleet.worker.app import SERVICE, deadline_of, decode_items, json_response, read_json
-from gpufleet.worker.codec import Unprocessable
-from gpufleet.worker.openai_routes import as_object, require_kind
+from gpufleet.worker.openai_routes import as_object, check_model, require_kind
 from gpufleet.worker.streaming import DONE, serve_stream, sse
 
 ROUTE = "/v1/chat/completions"
@@ -165,6 +164,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     with service.request():
         deadline = deadline_of(request)
         req = parse_chat(await read_json(request))
+        check_model(service, req.model)
         item: dict[str, Any] = {"input": req.messages, "parameters": req.parameters}
         if req.seed is not None:
             item["seed"] = req.seed

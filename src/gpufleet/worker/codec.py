@@ -14,16 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpufleet import wire
-from gpufleet.errors import BadRequest
+from gpufleet.errors import BadRequest, Unprocessable
 
 #: Top-level fields of ``POST /predict`` besides ``input``/``inputs``.
 PREDICT_FIELDS = frozenset({"input", "inputs", "seed", "parameters", "stream"})
-
-
-class Unprocessable(BadRequest):
-    """Well-formed JSON of the wrong shape (answered 422)."""
-
-    http_status = 422
 
 
 def parse_json(raw: bytes) -> Any:

@@ -1,6 +1,10 @@
-"""The OpenAI-shaped routes: ``POST /v1/embeddings`` and ``POST /v1/images/generations``.
+"""The OpenAI-shaped routes: ``GET /v1/models``, ``POST /v1/embeddings`` and
+``POST /v1/images/generations``.
 
-(``POST /v1/chat/completions`` lives in ``chat.py``.)
+(``POST /v1/chat/completions`` lives in ``chat.py``.) A body's ``model``, when given, must
+name what this worker serves (the model's ``name``, or the name it was started with:
+``minilm``), else 404 ``model_not_found``; errors on ``/v1/…`` are OpenAI's error object
+(``app._as_openai``).
 
 Each is mounted for every worker but answers 404 unless the model's ``kind`` matches, so
 a router in front can tell "wrong model" from "wrong URL". Items go through the same
@@ -17,7 +21,7 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from gpufleet.errors import BadRequest, ModelError
+from gpufleet.errors import BadRequest, ModelError, ModelNotFound, Unprocessable
 from gpufleet.worker.app import (
     SERVICE,
     deadline_of,
@@ -25,7 +29,6 @@ from gpufleet.worker.app import (
     json_response,
     read_json,
 )
-from gpufleet.worker.codec import Unprocessable
 from gpufleet.worker.service import WorkerService
 
 _MAX_IMAGES = 16
@@ -47,6 +50,36 @@ def require_kind(service: WorkerService, kind: str, route: str) -> None:
         raise NotServed(f"{route} needs a model of kind {kind!r}; this worker serves {have!r}")
 
 
+def model_name(service: WorkerService) -> str:
+    """The name this worker's model goes by (its ``name``; before loading, its spec)."""
+    return service.info.name if service.info else service.cfg.model
+
+
+def check_model(service: WorkerService, model: Any) -> None:
+    """Refuse a ``model`` this worker does not serve; a missing one is this worker's.
+
+    Raises:
+        Unprocessable: ``model`` is not a string.
+        ModelNotFound: it names another model (404 ``model_not_found``).
+    """
+    if model is None:
+        return
+    if not isinstance(model, str):
+        raise Unprocessable('"model" must be a string')
+    if model not in {model_name(service), service.cfg.model}:
+        raise ModelNotFound(
+            f"The model {model!r} does not exist here; this worker serves {model_name(service)!r}"
+        )
+
+
+async def models(request: web.Request) -> web.Response:
+    """OpenAI ``GET /v1/models``: the one model this worker serves."""
+    service = request.app[SERVICE]
+    created = int(time.time() - (service.clock() - service.started_at))
+    card = {"id": model_name(service), "object": "model", "created": created}
+    return json_response({"object": "list", "data": [{**card, "owned_by": "gpufleet"}]})
+
+
 def as_object(body: Any) -> dict[str, Any]:
     """``body`` when it is a JSON object; raises Unprocessable (422) otherwise."""
     if not isinstance(body, dict):
@@ -61,6 +94,7 @@ async def embeddings(request: web.Request) -> web.Response:
     with service.request():
         deadline = deadline_of(request)
         body = as_object(await read_json(request))
+        check_model(service, body.get("model"))
         texts = body.get("input")
         if isinstance(texts, str):
             texts = [texts]
@@ -106,6 +140,7 @@ async def images(request: web.Request) -> web.Response:
     with service.request():
         deadline = deadline_of(request)
         body = as_object(await read_json(request))
+        check_model(service, body.get("model"))
         prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise Unprocessable('"prompt" must be a non-empty string')

@@ -1,0 +1,110 @@
+"""``GET /v1/models`` answered by the router itself: the models its pools serve.
+
+OpenAI clients and frameworks often ask ``/v1/models`` first. Proxied, it would only
+reach one upstream of the default pool; answered here, it is the union over every pool:
+each ready upstream's own ``GET /v1/models`` (an engine's model cards pass as they are),
+else a gpufleet worker's ``/stats`` ``model``. A card says which pools serve its model
+(``pools``); one id appears once. What an upstream serves is kept for ``ttl_s``, so a
+client polling the list does not fan out to every upstream each time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from gpufleet.router.health import read_json
+from gpufleet.router.pool import Registry
+from gpufleet.router.upstream import READY, Upstream
+
+#: A model card of OpenAI's ``/v1/models`` list.
+Card = dict[str, Any]
+
+
+def _cards(data: Any) -> list[Card]:
+    """The model cards of a ``/v1/models`` answer (those with a string ``id``)."""
+    items = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        return []
+    return [dict(c) for c in items if isinstance(c, dict) and isinstance(c.get("id"), str)]
+
+
+class ModelCatalog:
+    """The models of every ready upstream of ``registry``, as OpenAI's model list."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        ttl_s: float = 10.0,
+        timeout_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self._ttl_s = ttl_s
+        self._timeout_s = timeout_s
+        self._clock = clock
+        self._known: dict[str, tuple[float, list[Card]]] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def aclose(self) -> None:
+        """Close its connections."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def listing(self) -> dict[str, Any]:
+        """``{"object": "list", "data": [cards]}`` over every ready upstream."""
+        ready = [u for u in self.registry.all() if u.state == READY]
+        found = await asyncio.gather(*(self._served_by(u) for u in ready))
+        by_id: dict[str, Card] = {}
+        for upstream, cards in zip(ready, found, strict=True):
+            for card in cards:
+                mine = by_id.setdefault(
+                    card["id"],
+                    {"object": "model", "created": 0, "owned_by": "gpufleet", **card, "pools": []},
+                )
+                if upstream.pool not in mine["pools"]:
+                    mine["pools"].append(upstream.pool)
+        live = {u.base for u in self.registry.all()}
+        for base in [b for b in self._known if b not in live]:
+            del self._known[base]
+        return {"object": "list", "data": list(by_id.values())}
+
+    async def _served_by(self, upstream: Upstream) -> list[Card]:
+        now = self._clock()
+        kept = self._known.get(upstream.base)
+        if kept is not None and now - kept[0] < self._ttl_s:
+            return kept[1]
+        cards = await self._ask(upstream)
+        if cards:  # an upstream that said nothing is asked again next time
+            self._known[upstream.base] = (now, cards)
+        return cards
+
+    async def _ask(self, upstream: Upstream) -> list[Card]:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._timeout_s)
+            )
+        cards = _cards(await self._get(upstream.base + "/v1/models"))
+        if not cards and upstream.is_gpufleet:  # a worker from before /v1/models
+            stats = await self._get(upstream.base + "/stats")
+            model = stats.get("model") if isinstance(stats, dict) else None
+            if isinstance(model, str):
+                cards = [{"id": model}]
+        return cards
+
+    async def _get(self, url: str) -> Any:
+        assert self._session is not None
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+            async with self._session.get(url, allow_redirects=False) as resp:
+                return await read_json(resp)
+        return None
+
+
+__all__ = ["ModelCatalog"]
