@@ -691,7 +691,7 @@ def _callgrind_total(workdir: Path) -> int:
 
 async def _callgrind_control(pid: int, *args: str) -> None:
     proc = await asyncio.create_subprocess_exec(
-        "callgrind_control", *args, str(pid), stdout=subprocess.DEVNULL
+        "callgrind_control", *args, str(pid), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     await proc.wait()
 
