@@ -38,7 +38,7 @@ def generate(
         help="folder for outputs, results.jsonl, summary.json (default outputs)",
     ),
     path: str | None = typer.Option(
-        None, help="route to POST to: /predict (default), /v1/images/generations, /v1/embeddings"
+        None, help="route to POST to: /predict, /v1/images/generations, /v1/embeddings"
     ),
     per_endpoint_concurrency: int | None = typer.Option(
         None,
@@ -53,11 +53,13 @@ def generate(
         None,
         help="seconds with no endpoint answering before the items left fail (default 30)",
     ),
-    dispatch: str | None = typer.Option(None, help="pull (default) | round-robin"),
+    dispatch: str | None = typer.Option(
+        None, help="how items go to endpoints: pull (the next free slot) or round-robin"
+    ),
     resume: bool | None = typer.Option(
         None, "--resume/--no-resume", help="skip items already done in --output (default on)"
     ),
-    progress: str = typer.Option("auto", help="auto | bar | plain | none (auto: bar on a TTY)"),
+    progress: str = typer.Option("auto", help="how progress is shown (auto: a bar on a TTY)"),
     config: Path | None = typer.Option(None, "--config", help="YAML file; its client: section"),
     verbose: int = typer.Option(
         0, "--verbose", "-v", count=True, help="-v: per-item log lines; -vv: debug"

@@ -41,7 +41,15 @@ def _gpu_ids(value: str) -> str:
 
 
 def up(
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Model per worker.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model of every worker: a built-in name (minilm,"
+            " synthetic, image-demo), package.module:Class or path/to/file.py:Class.",
+        ),
+    ] = None,
     model_arg: Annotated[
         list[str] | None, typer.Option("--model-arg", help="key=value for the model (repeat).")
     ] = None,
@@ -58,7 +66,9 @@ def up(
     ] = None,
     workers_per_gpu: Annotated[int | None, typer.Option(help="Workers per GPU (1).")] = None,
     cpu_workers: Annotated[int | None, typer.Option(help="Workers when no GPU (2).")] = None,
-    discovery: Annotated[str | None, typer.Option(help="auto | nvml | nvidia-smi | none.")] = None,
+    discovery: Annotated[
+        str | None, typer.Option(help="How GPUs are found (auto: NVML, then nvidia-smi).")
+    ] = None,
     host: Annotated[str | None, typer.Option(help="Endpoint address (127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Endpoint port; 0 picks one (8000).")] = None,
     port_file: Annotated[
@@ -98,7 +108,7 @@ def up(
     log_dir: Annotated[str | None, typer.Option(help="Per-worker log files (logs).")] = None,
     run_dir: RunDirOpt = None,
     detach: Annotated[bool, typer.Option("--detach", help="Run in the background.")] = False,
-    log_level: Annotated[str | None, typer.Option(help="debug | info | warning.")] = None,
+    log_level: Annotated[str | None, typer.Option(help="How much to log.")] = None,
     ray: Annotated[
         bool,
         typer.Option("--ray", help="Place the workers on the Ray cluster this machine belongs to."),

@@ -13,6 +13,7 @@ from gpufleet.cli import fleet as fleet_cmds
 from gpufleet.cli import operate as operate_cmds
 from gpufleet.cli import router as router_cmds
 from gpufleet.cli import worker as worker_cmds
+from gpufleet.cli._help import polish
 
 app = typer.Typer(
     name="gpufleet",
@@ -68,4 +69,6 @@ def _ray_address_form(argv: list[str]) -> list[str]:
 
 def main() -> None:
     """Run the CLI."""
-    app(args=_ray_address_form(sys.argv[1:]), prog_name="gpufleet")
+    command = typer.main.get_command(app)
+    polish(command)
+    command(args=_ray_address_form(sys.argv[1:]), prog_name="gpufleet")

@@ -19,8 +19,7 @@ def router(
     ),
     policy: str | None = typer.Option(
         None,
-        help="prefix | capacity | round-robin | least-outstanding | power-of-two | weighted | "
-        "sticky (default prefix: by prompt prefix for LLM bodies, else as capacity)",
+        help="routing policy (prefix: by prompt prefix for LLM bodies, else as capacity)",
     ),
     prefix_cache_mb: float | None = typer.Option(
         None, "--prefix-cache-mb", help="memory bound of the prompt-prefix index (default 64)"
@@ -124,7 +123,7 @@ def router(
     drain_timeout: float | None = typer.Option(
         None, "--drain-timeout", help="how long SIGTERM waits for in-flight work (default 30)"
     ),
-    log_level: str | None = typer.Option(None, help="debug | info | warning | error"),
+    log_level: str | None = typer.Option(None, help="how much to log"),
     batch_share: float | None = typer.Option(
         None,
         "--batch-share",

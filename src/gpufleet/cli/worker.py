@@ -76,7 +76,7 @@ def worker(
         " /health turns 503 'stalled' (a wedged GPU); above your longest batch; 0 = off"
         " (default 60)",
     ),
-    log_level: str | None = typer.Option(None, help="debug | info | warning | error"),
+    log_level: str | None = typer.Option(None, help="how much to log"),
     config: Path | None = typer.Option(None, "--config", help="YAML file; its worker: section"),
 ) -> None:
     """Serve one model on one device: POST /predict, /v1/…, /health, /stats, /metrics."""
