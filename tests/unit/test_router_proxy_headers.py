@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gpufleet.router.proxy import _response_headers
+from gpufleet.router.headers import response_headers
 
 from ._http1 import answer
 
@@ -25,7 +25,7 @@ async def test_hop_by_hop_and_connection_named_headers_are_dropped() -> None:
         b"0\r\n\r\n"
     )
     await resp.wait_head()
-    out = _response_headers(resp, "rid-1", "w3")
+    out = response_headers(resp, "rid-1", "w3")
     assert sorted(k for k, _ in out.items()) == sorted(
         ["Content-Type", "Set-Cookie", "Set-Cookie", "X-Request-Id", "X-Gpufleet-Upstream"]
     )

@@ -30,7 +30,7 @@ from typing import Final
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from multidict import CIMultiDict, istr
+from multidict import istr
 from yarl import URL
 
 from gpufleet import wire
@@ -45,6 +45,7 @@ from gpufleet.errors import (
     UpstreamTimeout,
 )
 from gpufleet.router.admission import INTERACTIVE, PRIORITIES, Admission
+from gpufleet.router.headers import request_headers, response_headers
 from gpufleet.router.http1 import AnswerBroken, Client, Lost, NotSent, Response
 from gpufleet.router.pool import Registry
 from gpufleet.router.prefix import PROMPT_PATHS, prompt_blocks, prompt_text
@@ -52,56 +53,26 @@ from gpufleet.router.retry_budget import RetryBudget
 from gpufleet.router.stats import Totals
 from gpufleet.router.tokens import usage_of
 from gpufleet.router.upstream import EJECTED, READY, Abandoned, Upstream
+from gpufleet.router.watch import (
+    AttemptWatch,
+    ClientStalled,
+    DeadlinePassed,
+    FirstByteMissed,
+    Stop,
+)
 
 log = logging.getLogger("gpufleet.router")
 
-#: Hop-by-hop headers (RFC 9110 §7.6.1), lower case, as bytes (request) and str (answer).
-_HOP_BY_HOP = (
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-)
-#: Request headers not passed on as they came: hop-by-hop, those the proxy sets itself.
-_REQUEST_DROP = frozenset(
-    h.encode()
-    for h in (
-        *_HOP_BY_HOP,
-        "host",
-        "content-length",
-        "expect",
-        "x-forwarded-for",
-        "x-request-id",
-        "x-request-timeout",
-        wire.FIRST_BYTE_TIMEOUT_HEADER.lower(),
-    )
-)
-_RESPONSE_DROP = frozenset((*_HOP_BY_HOP, "content-length", "x-request-id"))
-_XFF = b"x-forwarded-for"
-_XFH = b"x-forwarded-host"
-_XFP = b"x-forwarded-proto"
-_CONNECTION = istr("Connection")
 _RID = istr(wire.REQUEST_ID_HEADER)
-_RID_LINE = f"{wire.REQUEST_ID_HEADER}: ".encode()
 _TIMEOUT_LINE = f"{wire.TIMEOUT_HEADER}: ".encode()
-_UPSTREAM = wire.UPSTREAM_HEADER
 _ATTEMPTS = istr(wire.ATTEMPTS_HEADER)
 _FIRST_BYTE = istr(wire.FIRST_BYTE_TIMEOUT_HEADER)
 _PRIORITY = istr(wire.PRIORITY_HEADER)
 _SERVER = wire.SERVER_HEADER.lower()
 _FAULT = wire.FAULT_HEADER.lower()
-_AUTHORIZATION = b"authorization"
 _ACCEL = istr("X-Accel-Buffering")
 _CT = istr("Content-Type")
 _CL = istr("Content-Length")
-_CRLF = b"\r\n"
-#: Methods whose empty body is still announced (``Content-Length: 0``).
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 #: Methods that may be sent again after an attempt was lost (RFC 9110 §9.2.2).
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 #: Answers up to this size with a Content-Length are read whole and sent in one write.
@@ -163,32 +134,6 @@ class _Failed(Exception):
         self.may_retry = may_retry
 
 
-class _Stop(Exception):
-    """Set on a ``Response`` from outside to end the wait for it (see ``_Watch``)."""
-
-
-class _Deadline(_Stop):
-    """The request's deadline passed."""
-
-
-class _FirstByte(_Stop):
-    """No answer began within the first-byte timeout."""
-
-    def __init__(self, timeout_s: float, *, behind: bool) -> None:
-        super().__init__(f"no answer began within {timeout_s:.3g}s")
-        #: An older attempt was still waiting on the same upstream: this one queued
-        #: behind it, and may go elsewhere; the oldest may be the cause, and does not.
-        self.behind = behind
-
-
-class _Idle(_Stop):
-    """A streamed answer sent nothing for ``stream_idle_timeout_s``."""
-
-
-class _ClientStalled(_Stop):
-    """The client accepted no answer bytes for ``client_write_timeout_s``."""
-
-
 class _Request:
     """What one request carries through its attempts."""
 
@@ -201,128 +146,6 @@ class _Request:
         self.llm = False
         #: The caller's own first-byte timeout (``X-Gpufleet-First-Byte-Timeout``), or 0.
         self.first_byte_s = first_byte_s
-
-
-class _Watch:
-    """The one timer of an attempt: its first byte, then the idle and write bounds.
-
-    While the answer's head is awaited the timer fires once, at the first-byte timeout
-    or the deadline. Once the answer streams it ticks every quarter of the shorter of
-    ``stream_idle_timeout_s`` and ``client_write_timeout_s`` and compares counters, so
-    the hot path pays no clock call per chunk.
-    """
-
-    __slots__ = (
-        "_handle",
-        "_idle_s",
-        "_last_received",
-        "_last_writes",
-        "_quiet_s",
-        "_stalled_s",
-        "_tick_s",
-        "_write_s",
-        "clock",
-        "deadline",
-        "request",
-        "resp",
-        "stalled",
-        "writes",
-        "writing",
-    )
-
-    def __init__(
-        self,
-        resp: Response,
-        request: web.Request,
-        deadline: float,
-        settings: ProxySettings,
-        clock: Callable[[], float],
-    ) -> None:
-        self.resp = resp
-        self.request = request
-        self.deadline = deadline
-        self.clock = clock
-        self._idle_s = settings.stream_idle_timeout_s
-        self._write_s = settings.client_write_timeout_s
-        self._tick_s = min(self._idle_s, self._write_s) / 4
-        self._handle: asyncio.TimerHandle | None = None
-        self._last_received = -1
-        self._last_writes = -1
-        self._quiet_s = 0.0
-        self._stalled_s = 0.0
-        #: Writes to the client started, and whether one is under way (set by the proxy).
-        self.writes = 0
-        self.writing = False
-        #: True once the client was dropped for reading nothing.
-        self.stalled = False
-
-    def head(self, upstream: Upstream, timeout_s: float) -> None:
-        """Bound the wait for the answer's head."""
-        delay = min(timeout_s, self.deadline - self.clock())
-        self._handle = asyncio.get_running_loop().call_later(
-            max(delay, 0.0), self._head_due, upstream, timeout_s
-        )
-
-    def _head_due(self, upstream: Upstream, timeout_s: float) -> None:
-        resp = self.resp
-        if resp.has_head:
-            return
-        if self.clock() >= self.deadline - 0.001:
-            resp.fail(_Deadline("deadline passed before the answer began"))
-            return
-        behind = upstream.first_byte_missed(resp, timeout_s)
-        resp.fail(_FirstByte(timeout_s, behind=behind))
-
-    def body(self) -> None:
-        """The head arrived: watch the body (and the client) until ``cancel``."""
-        self.cancel()
-        self._schedule()
-
-    def _schedule(self) -> None:
-        now = self.clock()
-        delay = min(self._tick_s, self.deadline - now)
-        self._handle = asyncio.get_running_loop().call_later(max(delay, 0.0), self._tick)
-
-    def _tick(self) -> None:
-        resp = self.resp
-        now = self.clock()
-        if now >= self.deadline - 0.001:
-            self._stop(_Deadline("deadline passed during the answer"))
-            return
-        if self.writing and self.writes == self._last_writes:
-            # One write has waited for the client since the last tick (meanwhile the
-            # upstream is not read, so its silence says nothing).
-            self._stalled_s += self._tick_s
-            if self._stalled_s >= self._write_s:
-                self.stalled = True
-                self._stop(_ClientStalled(f"the client read nothing for {self._write_s:g}s"))
-                return
-        else:
-            self._last_writes = self.writes
-            self._stalled_s = 0.0
-            if resp.received != self._last_received or resp.is_done:
-                self._last_received = resp.received
-                self._quiet_s = 0.0
-            else:
-                self._quiet_s += self._tick_s
-                if self._quiet_s >= self._idle_s:
-                    resp.fail(_Idle(f"the upstream sent nothing for {self._idle_s:g}s"))
-        self._schedule()
-
-    def _stop(self, exc: _Stop) -> None:
-        """End the answer: the upstream read and, when a write is stuck, the client."""
-        self.resp.fail(exc)
-        if self.writing:
-            # A write waiting for the client to drain: only closing its socket frees it.
-            transport = self.request.transport
-            if transport is not None:
-                transport.abort()
-
-    def cancel(self) -> None:
-        """Stop the timer."""
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
 
 
 class Proxy:
@@ -502,42 +325,7 @@ class Proxy:
 
     def _request_headers(self, request: web.Request, rid: str, body: bytes | None) -> bytes:
         """The header lines passed upstream (all but Host and the deadline), as bytes."""
-        drop = _REQUEST_DROP
-        named = request.headers.getall(_CONNECTION, ())
-        if named:
-            drop = drop | {
-                t.strip().lower().encode("latin-1", "replace")
-                for value in named
-                for t in value.split(",")
-            }
-        lines: list[bytes] = []
-        prior: bytes | None = None
-        has_xfh = has_xfp = False
-        for name, value in request.raw_headers:
-            lower = name.lower()
-            if lower in drop:
-                if lower == _XFF:
-                    prior = value if prior is None else prior + b", " + value
-                continue
-            if lower == _XFH:
-                has_xfh = True
-            elif lower == _XFP:
-                has_xfp = True
-            elif lower == _AUTHORIZATION and self._admin_token and self._is_admin(value):
-                continue  # the admin token never leaves the router (issue 13)
-            lines += (name, b": ", value, _CRLF)
-        peer = (request.remote or "").encode("latin-1")
-        lines += (b"X-Forwarded-For: ", prior + b", " + peer if prior else peer, _CRLF)
-        if not has_xfh:
-            lines += (b"X-Forwarded-Host: ", _header_bytes(request.host), _CRLF)
-        if not has_xfp:
-            lines += (b"X-Forwarded-Proto: ", request.scheme.encode("latin-1"), _CRLF)
-        lines += (_RID_LINE, rid.encode("latin-1"), _CRLF)
-        if body is not None:
-            lines += (b"Content-Length: ", str(len(body)).encode(), _CRLF)
-        elif request.method in _BODY_METHODS:
-            lines.append(b"Content-Length: 0\r\n")
-        return b"".join(lines)
+        return request_headers(request, rid, body, self._is_admin if self._admin_token else None)
 
     async def _attempt(
         self,
@@ -558,7 +346,7 @@ class Proxy:
         latency: float | None = None
         stream: web.StreamResponse | None = None
         resp: Response | None = None
-        watch: _Watch | None = None
+        watch: AttemptWatch | None = None
         no_body = request.method == "HEAD"
         rid = req.rid
         try:  # from here on, ``finally`` gives the slot back whatever happens
@@ -584,7 +372,14 @@ class Proxy:
                 raise _Failed(
                     NOT_SENT, NoHealthyBackend(f"could not reach {_name(upstream)}: {exc}")
                 ) from None
-            watch = _Watch(resp, request, deadline, self.settings, self._clock)
+            watch = AttemptWatch(
+                resp,
+                request,
+                deadline,
+                self.settings.stream_idle_timeout_s,
+                self.settings.client_write_timeout_s,
+                self._clock,
+            )
             first_byte_s = req.first_byte_s or upstream.first_byte_timeout_s
             upstream.waiting[resp] = started
             watch.head(upstream, first_byte_s)
@@ -595,7 +390,7 @@ class Proxy:
                 raise _Failed(
                     LOST, RoutingError(f"{_name(upstream)} closed the connection: {exc}")
                 ) from None
-            except _FirstByte as exc:
+            except FirstByteMissed as exc:
                 self._failed(upstream)
                 log.warning(
                     "%s: %s: %s%s",
@@ -614,7 +409,7 @@ class Proxy:
                 raise _Failed(
                     LOST, UpstreamTimeout(f"no answer from {_name(upstream)}: {exc}")
                 ) from None
-            except _Deadline:
+            except DeadlinePassed:
                 self._failed(upstream)
                 raise UpstreamTimeout(
                     f"no answer from {_name(upstream)} before the deadline"
@@ -635,7 +430,7 @@ class Proxy:
             else:
                 watch.body()
             status = resp.status
-            out = _response_headers(resp, rid, upstream.id)
+            out = response_headers(resp, rid, upstream.id)
             out[_ATTEMPTS] = str(req.attempts)
             length = resp.content_length
             if no_body and resp.header("content-length") is not None:
@@ -692,7 +487,7 @@ class Proxy:
                     watch.writing = True
                     await stream.write(chunk)
                     watch.writing = False
-            except (_Stop, AnswerBroken, Lost) as exc:
+            except (Stop, AnswerBroken, Lost) as exc:
                 await self._broken(request, stream, upstream, exc, rid)
                 return stream
             except ConnectionError:
@@ -711,9 +506,9 @@ class Proxy:
                     0.0 if first_at is None else end - first_at,
                 )
             return stream
-        except (_Stop, AnswerBroken, Lost) as exc:
+        except (Stop, AnswerBroken, Lost) as exc:
             # The head had arrived; the body broke before anything reached the client.
-            if not isinstance(exc, _Deadline):
+            if not isinstance(exc, DeadlinePassed):
                 self._failed(upstream)
             raise RoutingError(f"answer from {_name(upstream)} broke: {exc}") from None
         finally:
@@ -748,11 +543,11 @@ class Proxy:
         connection closed before its end), never ended as if complete.
         """
         self.totals.broken += 1
-        if not isinstance(exc, _Deadline | _ClientStalled):
+        if not isinstance(exc, DeadlinePassed | ClientStalled):
             self._failed(upstream)
         log.warning("%s: answer from %s cut: %s", rid, _name(upstream), exc)
         transport = request.transport
-        if isinstance(exc, _ClientStalled) or transport is None or transport.is_closing():
+        if isinstance(exc, ClientStalled) or transport is None or transport.is_closing():
             return
         if stream.headers.get(_CT, "").startswith("text/event-stream"):
             event = json.dumps(
@@ -845,28 +640,6 @@ def _priority(value: str | None) -> str:
     if name not in PRIORITIES:
         raise BadRequest(f"{wire.PRIORITY_HEADER} must be one of {', '.join(PRIORITIES)}")
     return name
-
-
-def _header_bytes(value: str) -> bytes:
-    """A header value the client sent, back as bytes (aiohttp decoded it as UTF-8)."""
-    try:
-        return value.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return value.encode("ascii", "replace")
-
-
-def _response_headers(resp: Response, rid: str, upstream_id: str) -> CIMultiDict[str]:
-    """The answer's headers for the client: hop-by-hop ones out, ours in."""
-    drop = _RESPONSE_DROP
-    named = resp.header_values("connection")
-    if named:
-        drop = drop | {t.strip().lower() for value in named for t in value.split(",")}
-    out: CIMultiDict[str] = CIMultiDict(
-        [(name, value) for name, value in resp.headers if name.lower() not in drop]
-    )
-    out[_RID] = rid
-    out[_UPSTREAM] = upstream_id
-    return out
 
 
 def error_response(exc: GpufleetError, rid: str | None = None) -> web.Response:
