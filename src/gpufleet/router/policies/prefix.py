@@ -5,10 +5,15 @@ was sent the longest leading part of it most likely still holds its KV cache, an
 it — unless that would make it a hot spot: its expected wait, ``(in_flight + 1) /
 rate`` as the capacity policy measures it, may exceed the best upstream's by at most
 ``BALANCE`` times plus ``SLACK`` requests' worth. Past that the request goes by load
-(the capacity policy), and the upstream it lands on then holds the prefix too, so one
-tenant flooding the fleet spreads over every GPU, and a slow GPU gets affinity traffic
-only in proportion to its measured speed. Requests without a prompt (other paths, other
-bodies) are routed by the capacity policy alone.
+(the capacity policy), so one tenant flooding the fleet spreads over every GPU, and a
+slow GPU gets affinity traffic only in proportion to its measured speed. Requests without
+a prompt (other paths, other bodies) are routed by the capacity policy alone.
+
+Where a prompt goes is remembered when it went there by affinity, or when no upstream
+holding it is ready (a new home). An overflow sent by load is not a second home: with
+two homes a tenant alternates between them and both engines' caches hold it, evicting
+each other's tenants (measured in docs/performance.md: hit rate 0.81 vs 0.93); with one,
+it returns home as soon as the load allows.
 """
 
 from __future__ import annotations
@@ -59,19 +64,25 @@ class Prefix:
             return self._capacity.choose(ready, key, waiting, waited_s)
         matched = self.index.match(prompt)
         choice: Choice = None
+        home_ready = False
         if matched:
-            choice = self._affine(ready, matched)
+            choice, home_ready = self._affine(ready, matched)
             if choice is None:
                 self.by_load += 1
             else:
                 self.affine += 1
         if choice is None:
             choice = self._capacity.choose(ready, key, waiting, waited_s)
+            if home_ready:
+                return choice  # an overflow: its home stays where it was
         if isinstance(choice, Upstream):
             self.index.record(prompt, choice.id)
         return choice
 
-    def _affine(self, ready: Sequence[Upstream], matched: dict[int, int]) -> Upstream | None:
+    def _affine(
+        self, ready: Sequence[Upstream], matched: dict[int, int]
+    ) -> tuple[Upstream | None, bool]:
+        """The affine choice within the load guard, and whether any home of it is ready."""
         known = 0.0
         n_known = 0
         for u in ready:
@@ -86,16 +97,18 @@ class Prefix:
         affine: Upstream | None = None
         affine_n = 0
         affine_score = 0.0
+        home_ready = False
         for u in ready:
+            n = matched.get(bit(u.id), 0)
+            home_ready = home_ready or n > 0
             if not u.has_room():
                 continue
             rate = u.rate or default_rate
             score = (u.in_flight + 1) / rate
             if best is None or score < best_score:
                 best, best_score, best_rate = u, score, rate
-            n = matched.get(bit(u.id), 0)
             if n and (n > affine_n or (n == affine_n and score < affine_score)):
                 affine, affine_n, affine_score = u, n, score
         if affine is None or affine_score > BALANCE * best_score + SLACK / best_rate:
-            return None
-        return affine
+            return None, home_ready
+        return affine, home_ready
