@@ -113,6 +113,40 @@ def _read_port(port_file: Path, proc: subprocess.Popen[bytes], timeout: float) -
 
 
 @contextlib.contextmanager
+def run_module(
+    module: str, args: Sequence[str], *, port: int = 0, timeout: float = 30.0
+) -> Iterator[ServerProcess]:
+    """Run ``python -m MODULE ARGS --port P --port-file F`` on 127.0.0.1 until the block ends.
+
+    For the test servers of ``gpufleet.testing`` (upstreams, the simulated LLM engine):
+    the block starts once ``/health`` answers 200; SIGTERM at the end, SIGKILL 10 s later.
+    """
+    name = module.rsplit(".", 1)[-1].replace("_", "-")
+    workdir = Path(tempfile.mkdtemp(prefix=f"gpufleet-{name}-"))
+    port_file = workdir / "port"
+    log_path = workdir / "process.log"
+    cmd = [sys.executable, "-m", module, *args, "--port", str(port), "--port-file", str(port_file)]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        try:
+            bound = _read_port(port_file, proc, timeout)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{module} did not start ({exc}): {log_path.read_text()}") from None
+        url = f"http://127.0.0.1:{bound}"
+        wait_healthy(url, timeout=timeout, proc=proc)
+        yield ServerProcess(proc, url, bound, log_path, workdir)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
 def run_server(
     args: Sequence[str],
     *,

@@ -25,9 +25,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -35,7 +32,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gpufleet.testing._process import ServerProcess, wait_healthy
+from gpufleet.testing._process import ServerProcess, run_module
 from gpufleet.wire import FAULT_HEADER, SERVER_HEADER, WORKER_SERVER_NAME
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -218,31 +215,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 @contextlib.contextmanager
 def run_upstream(*args: str, port: int = 0, timeout: float = 30.0) -> Iterator[ServerProcess]:
     """Run a test upstream process on 127.0.0.1 (``port`` 0: a free one) until the block ends."""
-    workdir = Path(tempfile.mkdtemp(prefix="gpufleet-upstream-"))
-    port_file = workdir / "port"
-    log_path = workdir / "process.log"
-    cmd = [sys.executable, "-m", "gpufleet.testing.upstreams", *args]
-    cmd += ["--port", str(port), "--port-file", str(port_file)]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + timeout
-        while not port_file.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"upstream did not start: {log_path.read_text()}")
-            time.sleep(0.02)
-        bound = int(port_file.read_text())
-        url = f"http://127.0.0.1:{bound}"
-        wait_healthy(url, timeout=timeout, proc=proc)
-        yield ServerProcess(proc, url, bound, log_path, workdir)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+    with run_module("gpufleet.testing.upstreams", args, port=port, timeout=timeout) as server:
+        yield server
 
 
 if __name__ == "__main__":

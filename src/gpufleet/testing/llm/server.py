@@ -7,17 +7,13 @@ import asyncio
 import contextlib
 import logging
 import signal
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from aiohttp import web
 
 from gpufleet.errors import ConfigError
-from gpufleet.testing._process import ServerProcess, wait_healthy
+from gpufleet.testing._process import ServerProcess, run_module
 from gpufleet.testing.llm.app import make_app
 from gpufleet.testing.llm.config import EngineConfig, add_engine_flags, config_from_args
 
@@ -69,28 +65,5 @@ def main(argv: Sequence[str] | None = None) -> None:
 @contextlib.contextmanager
 def run_engine(*args: str, port: int = 0, timeout: float = 30.0) -> Iterator[ServerProcess]:
     """Run a simulated engine process (``args``: its flags) on 127.0.0.1 until the block ends."""
-    workdir = Path(tempfile.mkdtemp(prefix="gpufleet-llm-engine-"))
-    port_file = workdir / "port"
-    log_path = workdir / "process.log"
-    cmd = [sys.executable, "-m", "gpufleet.testing.llm_engine", *args]
-    cmd += ["--port", str(port), "--port-file", str(port_file)]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + timeout
-        while not port_file.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"engine did not start: {log_path.read_text()}")
-            time.sleep(0.02)
-        bound = int(port_file.read_text())
-        url = f"http://127.0.0.1:{bound}"
-        wait_healthy(url, timeout=timeout, proc=proc)
-        yield ServerProcess(proc, url, bound, log_path, workdir)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+    with run_module("gpufleet.testing.llm_engine", args, port=port, timeout=timeout) as server:
+        yield server
