@@ -14,12 +14,14 @@ from gpufleet.operate.bench import (
     BenchResult,
     ScalingStep,
     default_bodies,
+    progress_line,
     read_bodies,
     shares_between,
     shares_from_headers,
 )
 from gpufleet.operate.fleetview import FleetView, WorkerView, rates
-from gpufleet.operate.load import NOT_SENT, Sample, error_kind
+from gpufleet.operate.load import NOT_SENT, Sample, Tally, error_kind
+from gpufleet.operate.monitor import router_line
 from gpufleet.operate.report import render_html
 from gpufleet.operate.summary import percentile, summarize, timeline
 from gpufleet.operate.text import to_json
@@ -158,3 +160,44 @@ def test_json_output_has_no_nan() -> None:
     text = json.dumps(data, allow_nan=False)  # raises on NaN
     assert data["scaling"][1]["efficiency"] is None
     assert json.loads(text)["summary"]["ok"] == 50
+
+
+def test_shares_after_a_restart_are_never_negative() -> None:
+    before = _view(WorkerView("a", "http://a", served=500, batches=100, items=500, pid=1))
+    # Restarted meanwhile: its counters start from zero again.
+    after = _view(WorkerView("a", "http://a", served=40, batches=10, items=40, pid=2), at=2.0)
+    [share] = shares_between(before, after)
+    assert (share.served, share.batches) == (40, 10)
+    assert share.avg_batch_size == pytest.approx(4.0)
+    no_pid = _view(WorkerView("a", "http://a", served=40, batches=10, items=40), at=2.0)
+    [share] = shares_between(_view(WorkerView("a", "http://a", served=500, batches=100)), no_pid)
+    assert share.batches == 10
+
+
+def test_progress_line_says_sent_ok_errors_rate_and_eta() -> None:
+    cfg = BenchConfig(requests=200, concurrency=4)
+    line = progress_line(cfg, Tally(sent=104, ok=98, failed=2), elapsed_s=2.0)
+    assert line == "bench: sent 104  ok 98  errors 2  50.0 req/s  2.0s elapsed  ETA 2.0s"
+    open_cfg = BenchConfig(rate=10.0, duration_s=5.0)
+    assert progress_line(open_cfg, Tally(), 1.0).endswith("ETA 4.0s")
+    assert progress_line(cfg, Tally(), 0.5).endswith("ETA ?")
+
+
+def test_monitor_says_the_routers_state_in_words() -> None:
+    data = {
+        "server": "gpufleet-router",
+        "policy": "prefix",
+        "state": "ready",
+        "uptime_s": 125.537,
+        "totals": {
+            "requests": 1234,
+            "responses": {"2xx": 1230, "5xx": 4},
+            "in_flight": 2,
+            "queue_depth": 0,
+            "retries": 3,
+        },
+    }
+    assert router_line(data) == (
+        "router ready · policy prefix · up 2m05s · 1,234 requests (2xx 1,230, 5xx 4)"
+        " · 2 in flight · 0 queued · 3 retries"
+    )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -76,10 +78,14 @@ def bench(
         cfg = load(BenchConfig, "bench", flags=flags, config_path=config)
         if not cfg.json:
             typer.echo(f"bench: {cfg.mode} run on {cfg.url}{cfg.path} …", err=True)
+        live = _live_line() if not cfg.json and sys.stderr.isatty() else None
         try:
-            result = run_async(run_bench(cfg))
+            result = run_async(run_bench(cfg, progress=live))
         except RequestFailed as exc:
             raise _fail(exc.message) from None
+        finally:
+            if live is not None:
+                sys.stderr.write("\r\x1b[K")  # the live line gives way to the results
     if cfg.report:
         from gpufleet.operate.report import write_report
 
@@ -96,6 +102,16 @@ def bench(
             typer.echo(f"report: {cfg.report}")
     if result.summary.ok == 0:
         raise typer.Exit(1)
+
+
+def _live_line() -> Callable[[str], None]:
+    """Writes a line over the previous one on the terminal (``\r``, clear to its end)."""
+
+    def show(line: str) -> None:
+        sys.stderr.write(f"\r{line}\x1b[K")
+        sys.stderr.flush()
+
+    return show
 
 
 def monitor(

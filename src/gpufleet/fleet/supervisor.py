@@ -440,7 +440,10 @@ class Supervisor:
         m.state = CRASH_LOOP if looping else BACKOFF
         m.next_try_at = time.monotonic() + delay
         self._touch()
-        what = f"crash-looping ({m.failures} failures in a row)" if looping else "failed"
+        clean = m.last_exit == 0 and m.last_error.startswith("exit 0")
+        what = "exited" if clean else "failed"  # a clean exit 0 is no failure to report
+        if looping:
+            what = f"crash-looping ({m.failures} failures in a row)"
         log.warning(
             "%s %s: %s; restarting in %.1fs (log: %s)",
             m.name,

@@ -8,11 +8,14 @@ writes as JSON, or draws in an HTML report.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import json
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ import aiohttp
 from gpufleet.config.operate import BenchConfig
 from gpufleet.errors import ConfigError, RequestFailed
 from gpufleet.operate import load
-from gpufleet.operate.fleetview import FleetView, read_fleet
+from gpufleet.operate.fleetview import FleetView, WorkerView, read_fleet
 from gpufleet.operate.summary import LoadSummary, TimelinePoint, summarize, timeline
 
 #: Inputs of the default payload, by model kind (several, so no cache answers them all).
@@ -117,18 +120,35 @@ def default_bodies(kind: str | None) -> list[bytes]:
     return [json.dumps({"input": x}).encode() for x in inputs]
 
 
+def _restarted(now: WorkerView, then: WorkerView) -> bool:
+    """True when a counter of the worker went down: it restarted, and counts from zero."""
+    if now.pid is not None and then.pid is not None and now.pid != then.pid:
+        return True
+    pairs = ((now.served, then.served), (now.batches, then.batches), (now.items, then.items))
+    return any(a is not None and b is not None and a < b for a, b in pairs)
+
+
 def shares_between(before: FleetView, after: FleetView) -> list[WorkerShare]:
-    """Each worker's part of what was served between two views of the fleet."""
+    """Each worker's part of what was served between two views of the fleet.
+
+    A worker restarted in between counts from zero again (everything it counts now is
+    new), so no delta is ever negative and its batches and items agree.
+    """
     old = before.by_id()
     rows: list[tuple[str, str, int, int | None, int | None]] = []
     for w in after.workers:
         prev = old.get(w.id)
-        served = (w.served or 0) - (prev.served or 0 if prev else 0)
+        if prev is None or _restarted(w, prev):
+            base = WorkerView(w.id, w.url, served=0, batches=0, items=0)
+            known = prev is not None
+        else:
+            base, known = prev, True
+        served = (w.served or 0) - (base.served or 0)
         batches = items = None
-        if prev and w.batches is not None and prev.batches is not None:
-            batches = w.batches - prev.batches
-        if prev and w.items is not None and prev.items is not None:
-            items = w.items - prev.items
+        if known and w.batches is not None and base.batches is not None:
+            batches = w.batches - base.batches
+        if known and w.items is not None and base.items is not None:
+            items = w.items - base.items
         rows.append((w.id, w.url, max(0, served), batches, items))
     total = sum(r[2] for r in rows)
     return [
@@ -151,15 +171,47 @@ def shares_from_headers(samples: list[load.Sample]) -> list[WorkerShare]:
     return [WorkerShare(u, u, n, n / total) for u, n in sorted(counts.items())]
 
 
+def progress_line(cfg: BenchConfig, tally: load.Tally, elapsed_s: float) -> str:
+    """``sent 120  ok 118  errors 2  59.0 req/s  2.0s elapsed  ETA 1.4s``: a run so far."""
+    done = tally.ok + tally.failed
+    rate = done / elapsed_s if elapsed_s > 0 else 0.0
+    left: float | None
+    if cfg.mode == "open":
+        left = cfg.duration_s - elapsed_s
+    else:
+        total = cfg.burst if cfg.mode == "burst" else cfg.requests
+        left = (total - done) / rate if rate > 0 else None
+    if left is not None:
+        left = min(max(0.0, left), cfg.max_duration_s - elapsed_s)
+    eta = "ETA ?" if left is None else f"ETA {max(0.0, left):.1f}s"
+    return (
+        f"bench: sent {tally.sent}  ok {tally.ok}  errors {tally.failed}  "
+        f"{rate:.1f} req/s  {elapsed_s:.1f}s elapsed  {eta}"
+    )
+
+
+async def _report_progress(
+    cfg: BenchConfig, tally: load.Tally, progress: Callable[[str], None], every_s: float
+) -> None:
+    started = time.monotonic()
+    while True:
+        progress(progress_line(cfg, tally, time.monotonic() - started))
+        await asyncio.sleep(every_s)
+
+
 async def run_load(
-    session: aiohttp.ClientSession, cfg: BenchConfig, target: load.Target, max_s: float
+    session: aiohttp.ClientSession,
+    cfg: BenchConfig,
+    target: load.Target,
+    max_s: float,
+    tally: load.Tally | None = None,
 ) -> tuple[list[load.Sample], float]:
     """One load run of the configured mode, bounded by ``max_s`` seconds.
 
     The bound is hard: requests still in flight at ``max_s`` are cut off, not awaited.
     """
     if cfg.mode == "burst":
-        return await load.burst(session, target, n=cfg.burst, max_duration_s=max_s)
+        return await load.burst(session, target, n=cfg.burst, max_duration_s=max_s, tally=tally)
     if cfg.mode == "open":
         return await load.open_loop(
             session,
@@ -170,9 +222,15 @@ async def run_load(
             arrival=cfg.arrival,
             rng=random.Random(cfg.seed),
             max_duration_s=max_s,
+            tally=tally,
         )
     return await load.closed_loop(
-        session, target, concurrency=cfg.concurrency, requests=cfg.requests, max_duration_s=max_s
+        session,
+        target,
+        concurrency=cfg.concurrency,
+        requests=cfg.requests,
+        max_duration_s=max_s,
+        tally=tally,
     )
 
 
@@ -183,8 +241,13 @@ def connector_limit(cfg: BenchConfig) -> int:
     return cfg.max_in_flight if cfg.mode == "open" else cfg.concurrency
 
 
-async def run_bench(cfg: BenchConfig) -> BenchResult:
+async def run_bench(
+    cfg: BenchConfig, *, progress: Callable[[str], None] | None = None, every_s: float = 0.5
+) -> BenchResult:
     """Run the benchmark ``cfg`` describes against ``cfg.url``.
+
+    ``progress`` gets a line (:func:`progress_line`) every ``every_s`` seconds of the
+    measured run (the CLI shows it on a terminal).
 
     Raises:
         RequestFailed: the target does not answer (or, for ``--scaling``, its admin API).
@@ -241,7 +304,17 @@ async def run_bench(cfg: BenchConfig) -> BenchResult:
 
             await run_scaling(session, cfg, target, result)
             return result
-        samples, took = await run_load(session, cfg, target, end - time.monotonic())
+        tally = load.Tally()
+        live = None
+        if progress is not None:
+            live = asyncio.create_task(_report_progress(cfg, tally, progress, every_s))
+        try:
+            samples, took = await run_load(session, cfg, target, end - time.monotonic(), tally)
+        finally:
+            if live is not None:
+                live.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await live
         result.samples, result.summary = samples, summarize(samples, took)
         if before is not None:
             after = await read_fleet(session, cfg.url)

@@ -45,6 +45,23 @@ class Sample:
         return self.error is None
 
 
+@dataclass(slots=True)
+class Tally:
+    """Running counts of a load run, read by a live progress line while it runs."""
+
+    sent: int = 0
+    ok: int = 0
+    failed: int = 0
+
+    def record(self, sample: Sample) -> Sample:
+        """Count ``sample`` as done; returns it."""
+        if sample.ok:
+            self.ok += 1
+        else:
+            self.failed += 1
+        return sample
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """Where the load goes and what it sends (bodies are used in turn)."""
@@ -75,6 +92,7 @@ async def send(
     t0: float,
     due: float,
     deadline: float | None = None,
+    tally: Tally | None = None,
 ) -> Sample:
     """Send request ``i`` (due ``due`` s after ``t0``) and record how it went.
 
@@ -91,6 +109,8 @@ async def send(
         budget = left
     if budget <= 0:
         return Sample(due, 0.0, None, CUT_OFF)
+    if tally is not None:
+        tally.sent += 1
     try:
         async with (
             asyncio.timeout(budget),
@@ -109,7 +129,8 @@ async def send(
         error = "server disconnected"
     except aiohttp.ClientError as exc:
         error = type(exc).__name__
-    return Sample(due, time.monotonic() - t0 - due, status, error, upstream)
+    sample = Sample(due, time.monotonic() - t0 - due, status, error, upstream)
+    return sample if tally is None else tally.record(sample)
 
 
 async def closed_loop(
@@ -119,6 +140,7 @@ async def closed_loop(
     concurrency: int,
     requests: int,
     max_duration_s: float,
+    tally: Tally | None = None,
 ) -> tuple[list[Sample], float]:
     """Keep ``concurrency`` requests in flight until ``requests`` were sent or time is up.
 
@@ -135,7 +157,8 @@ async def closed_loop(
         while next_i < requests and time.monotonic() < deadline:
             i = next_i
             next_i += 1
-            samples.append(await send(session, target, i, t0, time.monotonic() - t0, deadline))
+            due = time.monotonic() - t0
+            samples.append(await send(session, target, i, t0, due, deadline, tally))
 
     async with asyncio.TaskGroup() as tg:
         for _ in range(min(concurrency, requests)):
@@ -153,6 +176,7 @@ async def open_loop(
     arrival: str = "poisson",
     rng: random.Random | None = None,
     max_duration_s: float | None = None,
+    tally: Tally | None = None,
 ) -> tuple[list[Sample], float]:
     """Send at ``rate`` per second for ``duration_s`` (Poisson or evenly spaced arrivals).
 
@@ -169,7 +193,7 @@ async def open_loop(
     async def one(i: int, due: float) -> None:
         nonlocal in_flight
         try:
-            samples.append(await send(session, target, i, t0, due, deadline))
+            samples.append(await send(session, target, i, t0, due, deadline, tally))
         finally:
             in_flight -= 1
 
@@ -191,7 +215,12 @@ async def open_loop(
 
 
 async def burst(
-    session: aiohttp.ClientSession, target: Target, *, n: int, max_duration_s: float | None = None
+    session: aiohttp.ClientSession,
+    target: Target,
+    *,
+    n: int,
+    max_duration_s: float | None = None,
+    tally: Tally | None = None,
 ) -> tuple[list[Sample], float]:
     """Send ``n`` requests at the same moment and wait for all of them.
 
@@ -199,5 +228,7 @@ async def burst(
     """
     t0 = time.monotonic()
     deadline = None if max_duration_s is None else t0 + max_duration_s
-    samples = await asyncio.gather(*(send(session, target, i, t0, 0.0, deadline) for i in range(n)))
+    samples = await asyncio.gather(
+        *(send(session, target, i, t0, 0.0, deadline, tally) for i in range(n))
+    )
     return list(samples), time.monotonic() - t0

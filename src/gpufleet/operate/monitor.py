@@ -166,14 +166,41 @@ def row_cells(w: WorkerView, rps: float | None, seen_restarts: int) -> list[str 
     ]
 
 
+def _uptime(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def router_line(data: dict[str, Any]) -> str:
+    """The router's own state in words: ``router ready · policy prefix · up 2m05s · …``."""
+    totals = _mapping(data.get("totals"))
+    parts = [f"router {data.get('state', '?')}", f"policy {data.get('policy', '?')}"]
+    parts.append(f"up {_uptime(data.get('uptime_s'))}")
+    if isinstance(totals.get("requests"), int):
+        answers = _mapping(totals.get("responses"))
+        classes = ", ".join(f"{k} {_n(v)}" for k, v in answers.items() if v)
+        parts.append(f"{_n(totals['requests'])} requests" + (f" ({classes})" if classes else ""))
+    labels = {"in_flight": "in flight", "queue_depth": "queued", "retries": "retries"}
+    for key, label in labels.items():
+        if isinstance(totals.get(key), int):
+            parts.append(f"{_n(totals[key])} {label}")
+    return " · ".join(parts)
+
+
 def render(
     view: FleetView, rps: dict[str, float], state: MonitorState, *, errors: bool
 ) -> RenderableType:
     """The table, the router's totals, and with ``errors`` the recent errors per worker."""
     parts: list[RenderableType] = [worker_table(view, rps, state)]
-    totals = {k: v for k, v in view.totals.items() if isinstance(v, (int, float, str))}
-    if totals:
-        parts.append(Text("router: " + ", ".join(f"{k}={v}" for k, v in totals.items())))
+    if view.is_router:
+        parts.append(Text(router_line(view.totals), style="dim"))
     if errors:
         for w in view.workers:
             lines = list(w.recent_errors) + list(state.events.get(w.id, ()))
