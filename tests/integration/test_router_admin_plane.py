@@ -103,11 +103,29 @@ async def test_the_admin_token_is_not_forwarded_on_proxied_paths() -> None:
             )
             assert status == 200
             assert "Authorization" not in seen["headers"], seen["headers"]
-        # Any other credentials go through, as through nginx (an engine's own API key).
+        # Other credentials stay at the router too unless it is told to pass them on.
+        status, _, seen = await _call(
+            "POST",
+            router.url + "/echo",
+            headers={"Authorization": "Bearer sk-engine-key", "Cookie": "s=1"},
+        )
+        assert status == 200
+        assert "Authorization" not in seen["headers"]
+        assert "Cookie" not in seen["headers"]
+    with (
+        run_upstream() as upstream,
+        run_router([upstream.url], "--forward-auth", env={"GPUFLEET_ADMIN_TOKEN": TOKEN}) as router,
+    ):
+        await wait_state(router.url, upstream.url, "ready", within=10)
+        # --forward-auth: an engine's own API key goes through; the admin token never.
         status, _, seen = await _call(
             "POST", router.url + "/echo", headers={"Authorization": "Bearer sk-engine-key"}
         )
         assert seen["headers"]["Authorization"] == "Bearer sk-engine-key"
+        status, _, seen = await _call(
+            "POST", router.url + "/echo", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        assert "Authorization" not in seen["headers"]
 
 
 async def test_a_non_utf8_bearer_token_is_a_401_not_a_500() -> None:

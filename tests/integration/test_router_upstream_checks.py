@@ -52,11 +52,16 @@ async def test_the_admin_api_refuses_what_is_never_a_model_server() -> None:
             status, body = await _add(router.url, url)
             assert status == 400, (url, body)
         port = upstream.url.rsplit(":", 1)[1]
-        for url in (upstream.url, f"http://localhost:{port}", "http://10.0.0.1:8000"):
+        for url in (upstream.url, f"http://localhost:{port}"):
             status, body = await _add(router.url, url)
             assert status == 201, (url, body)
+        # Beyond loopback only where --allow-upstream says (a private network is not a
+        # model server's by default: an admin add cannot reach into it).
+        status, body = await _add(router.url, "http://10.0.0.1:8000")
+        assert status == 400, body
+        assert "outside --allow-upstream" in body["message"]
         urls = [w["url"] for w in (await get_json(router.url + "/stats"))["workers"]]
-        assert urls == [upstream.url, f"http://localhost:{port}", "http://10.0.0.1:8000"]
+        assert urls == [upstream.url, f"http://localhost:{port}"]
     with run_router(
         [],
         "--allow-upstream",

@@ -115,8 +115,14 @@ def router(
     allow_upstream: list[str] | None = typer.Option(
         None,
         "--allow-upstream",
-        help="CIDR that admin-added upstreams must resolve into (repeatable; loopback "
-        "always may); unset: any but link-local, metadata, multicast",
+        help="CIDR that admin-added upstreams may resolve into besides loopback "
+        "(repeatable); unset: loopback only",
+    ),
+    forward_auth: bool | None = typer.Option(
+        None,
+        "--forward-auth/--no-forward-auth",
+        help="pass clients' Authorization and Cookie headers on to upstreams (an engine "
+        "with --api-key); off: they stay at the router",
     ),
     max_body_mb: float | None = typer.Option(None, help="largest request body (default 32)"),
     max_header_kb: int | None = typer.Option(None, help="largest header line (default 16)"),
@@ -198,6 +204,7 @@ def router(
             "admin_token": admin_token,
             "admin_token_file": admin_token_file,
             "allowed_upstreams": tuple(allow_upstream) if allow_upstream else None,
+            "forward_auth": forward_auth,
             "max_body_mb": max_body_mb,
             "max_header_kb": max_header_kb,
             "drain_timeout_s": drain_timeout,

@@ -90,10 +90,14 @@ class RouterConfig:
     #: A file holding the admin token (first line), read once at start: unlike
     #: ``--admin-token``, it never shows in process arguments.
     admin_token_file: str | None = None
-    #: Networks (CIDR) that upstreams added through the admin API must resolve into
-    #: (loopback always may); empty: any address that can be a model server (never
-    #: link-local, metadata, multicast, unspecified). ``--worker`` URLs are not limited.
+    #: Networks (CIDR) that upstreams added through the admin API may resolve into besides
+    #: loopback (never link-local, metadata, multicast, unspecified); empty: loopback only.
+    #: ``--worker`` URLs are the operator's own and not limited. ``gpufleet up`` gives its
+    #: router the private ranges its nodes live in.
     allowed_upstreams: tuple[str, ...] = ()
+    #: Pass the client's ``Authorization`` and ``Cookie`` on to upstreams (an engine
+    #: started with ``--api-key``); off: they stay at the router.
+    forward_auth: bool = False
     max_body_mb: float = 32.0
     max_header_kb: int = 16
     drain_timeout_s: float = 30.0

@@ -185,6 +185,12 @@ def make_plan(
     return FleetPlan(tuple(workers), routes, discovery, on_cpu=cpu_total == len(workers))
 
 
+#: Where a fleet's nodes live: the private ranges (RFC 1918, shared address space, IPv6
+#: unique local). Its router lets the fleet add workers there; link-local and metadata
+#: addresses stay refused whatever the ranges.
+FLEET_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+
+
 def router_spec(
     cfg: FleetConfig,
     plan: FleetPlan,
@@ -214,6 +220,10 @@ def router_spec(
         argv += ["--health-path", cfg.ready_path]
     if cfg.batch_store != "off":
         argv += ["--batch-store", str(Path(cwd, cfg.batch_store or Path(cfg.run_dir, "batches")))]
+    for network in FLEET_NETWORKS:
+        # The fleet adds its own workers through the admin API: on Ray (or a worker_host
+        # that is not loopback) they live at the nodes' private addresses.
+        argv += ["--allow-upstream", network]
     if config_path:
         argv += ["--config", config_path]
     env = _child_env(base_env)

@@ -181,8 +181,8 @@ class AdminAPI:
             problem = address_problem(ip)
             if problem is not None:
                 return f"{ip} is {problem}"
-            if self.allowed and not ip.is_loopback and not any(ip in n for n in self.allowed):
-                return f"{ip} is outside --allow-upstream"
+            if not ip.is_loopback and not any(ip in n for n in self.allowed):
+                return f"{ip} is not loopback and outside --allow-upstream"
         return None
 
     def _lookup(self, request: web.Request) -> Upstream | None:

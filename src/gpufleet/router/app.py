@@ -140,6 +140,7 @@ class RouterState:
                 retry_lost=cfg.retry_lost,
                 max_ejection_percent=cfg.max_ejection_percent,
                 admin_token=cfg.admin_token,
+                forward_auth=cfg.forward_auth,
             ),
             self.totals,
             budget=RetryBudget(cfg.retry_budget_percent, cfg.retry_budget_min),

@@ -52,6 +52,8 @@ _RID = istr(wire.REQUEST_ID_HEADER)
 _RID_LINE = f"{wire.REQUEST_ID_HEADER}: ".encode()
 _UPSTREAM = wire.UPSTREAM_HEADER
 _AUTHORIZATION = b"authorization"
+#: The client's credentials: not passed on unless ``--forward-auth``.
+_CREDENTIALS = frozenset({_AUTHORIZATION, b"cookie"})
 _CRLF = b"\r\n"
 #: Methods whose empty body is still announced (``Content-Length: 0``).
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -62,12 +64,15 @@ def request_headers(
     rid: str,
     body: bytes | None,
     is_admin: Callable[[bytes], bool] | None = None,
+    *,
+    forward_auth: bool = False,
 ) -> bytes:
     """The header lines passed upstream (all but Host and the deadline), as bytes.
 
-    ``is_admin`` tells an ``Authorization`` value carrying the admin token (dropped).
+    ``Authorization`` and ``Cookie`` stay here unless ``forward_auth``; even then one
+    carrying the admin token (``is_admin``) is dropped.
     """
-    drop = _REQUEST_DROP
+    drop = _REQUEST_DROP if forward_auth else _REQUEST_DROP | _CREDENTIALS
     named = request.headers.getall(_CONNECTION, ())
     if named:
         drop = drop | {

@@ -99,6 +99,8 @@ class ProxySettings:
     max_ejection_percent: float = 50.0
     #: The admin API's token: an ``Authorization`` header carrying it is not passed on.
     admin_token: str | None = None
+    #: Pass ``Authorization`` and ``Cookie`` on to upstreams (else they stay here).
+    forward_auth: bool = False
 
 
 class RequestTimeout(BadRequest):
@@ -325,7 +327,13 @@ class Proxy:
 
     def _request_headers(self, request: web.Request, rid: str, body: bytes | None) -> bytes:
         """The header lines passed upstream (all but Host and the deadline), as bytes."""
-        return request_headers(request, rid, body, self._is_admin if self._admin_token else None)
+        return request_headers(
+            request,
+            rid,
+            body,
+            self._is_admin if self._admin_token else None,
+            forward_auth=self.settings.forward_auth,
+        )
 
     async def _attempt(
         self,
