@@ -143,3 +143,36 @@ async def test_a_non_utf8_bearer_token_is_a_401_not_a_500() -> None:
             assert b'"Unauthorized"' in answer
         assert "Traceback" not in router.log()
         assert "Error handling request" not in router.log()
+
+
+async def test_the_admin_api_can_listen_on_its_own_port() -> None:
+    from gpufleet.testing._process import free_port
+
+    admin_port = free_port()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with (
+        run_upstream() as upstream,
+        run_upstream() as second,
+        run_router(
+            [upstream.url], "--admin-port", str(admin_port), env={"GPUFLEET_ADMIN_TOKEN": TOKEN}
+        ) as router,
+    ):
+        admin = f"http://127.0.0.1:{admin_port}"
+        # The endpoint knows no admin API now: every /admin path is its own 404.
+        status, _, body = await _call("GET", router.url + "/admin/workers", headers=auth)
+        assert status == 404, body
+        assert "own port" in body["message"]
+        assert (await get_json(upstream.url + "/stats"))["requests"] == 0  # never proxied
+        # The admin listener has it, with the token.
+        status, _, body = await _call("GET", admin + "/admin/workers")
+        assert status == 401
+        status, _, body = await _call("GET", admin + "/admin/workers", headers=auth)
+        assert status == 200, body
+        status, _, body = await _call(
+            "POST", admin + "/admin/workers", headers=auth, body={"url": second.url}
+        )
+        assert status == 201, body
+        await wait_state(router.url, second.url, "ready", within=10)
+        # And only it: the admin listener proxies nothing.
+        status, _, _ = await _call("GET", admin + "/echo")
+        assert status == 404

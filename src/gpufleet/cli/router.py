@@ -109,6 +109,15 @@ def router(
         help="Bearer token of /admin; visible to every local user in ps: prefer "
         "GPUFLEET_ADMIN_TOKEN or --admin-token-file; unset: admin API off",
     ),
+    admin_port: int | None = typer.Option(
+        None,
+        "--admin-port",
+        help="serve /admin on a listener of its own on this port (the endpoint then "
+        "answers /admin 404); unset: on the endpoint",
+    ),
+    admin_host: str | None = typer.Option(
+        None, "--admin-host", help="address of the admin listener (default 127.0.0.1)"
+    ),
     admin_token_file: str | None = typer.Option(
         None, "--admin-token-file", help="file whose first line is the /admin Bearer token"
     ),
@@ -205,6 +214,8 @@ def router(
             "admin_token_file": admin_token_file,
             "allowed_upstreams": tuple(allow_upstream) if allow_upstream else None,
             "forward_auth": forward_auth,
+            "admin_port": admin_port,
+            "admin_host": admin_host,
             "max_body_mb": max_body_mb,
             "max_header_kb": max_header_kb,
             "drain_timeout_s": drain_timeout,

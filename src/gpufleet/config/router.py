@@ -87,6 +87,10 @@ class RouterConfig:
     max_ejection_percent: float = 50.0
     sticky_header: str = "X-Session-Id"
     admin_token: str | None = None
+    #: Serve the admin API on a listener of its own at ``admin_host:admin_port`` (then
+    #: the main endpoint answers every /admin path 404); unset: on the main endpoint.
+    admin_port: int | None = None
+    admin_host: str = "127.0.0.1"
     #: A file holding the admin token (first line), read once at start: unlike
     #: ``--admin-token``, it never shows in process arguments.
     admin_token_file: str | None = None
@@ -124,6 +128,10 @@ class RouterConfig:
     batch_max_in_flight: int = 512
 
     def __post_init__(self) -> None:
+        if self.admin_port is not None and not 1 <= self.admin_port <= 65535:
+            raise ConfigError(f"admin_port must be in 1..65535, got {self.admin_port}")
+        if self.admin_port is not None and self.admin_port == self.port:
+            raise ConfigError("admin_port must differ from port")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be in 0..65535, got {self.port}")
         if self.policy not in POLICY_NAMES:

@@ -22,6 +22,7 @@ from gpufleet import wire
 from gpufleet._server import HostGuard
 from gpufleet.config.router import RouterConfig
 from gpufleet.router import dashboard
+from gpufleet.router.admin import MAX_BODY as ADMIN_MAX_BODY
 from gpufleet.router.admin import AdminAPI
 from gpufleet.router.admission import Admission
 from gpufleet.router.health import HealthChecker, HealthSettings
@@ -38,6 +39,8 @@ from gpufleet.router.upstream import Upstream
 log = logging.getLogger("gpufleet.router")
 
 STATE_KEY: web.AppKey[RouterState] = web.AppKey("gpufleet_router")
+#: The admin API's own application, when ``admin_port`` is set (``main.serve`` binds it).
+ADMIN_APP_KEY: web.AppKey[web.Application] = web.AppKey("gpufleet_router_admin")
 Extension = Callable[[web.Application, "RouterState"], None]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -241,13 +244,40 @@ def create_app(
     app.router.add_get("/stats", stats)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/models", models)
-    AdminAPI(
+    admin = AdminAPI(
         state.registry,
         cfg.admin_token,
         state.on_add,
         state.on_remove,
         allowed=tuple(ipaddress.ip_network(c, strict=False) for c in cfg.allowed_upstreams),
-    ).register(app)
+    )
+    if cfg.admin_port is None:
+        admin.register(app)
+    else:
+        # The admin plane on a listener of its own (``main.serve`` runs it); here every
+        # /admin path is answered, never proxied.
+        async def elsewhere(request: web.Request) -> web.Response:
+            return web.json_response(
+                {"error": "NotFound", "message": "the admin API listens on its own port"},
+                status=404,
+            )
+
+        app.router.add_route("*", "/admin", elsewhere)
+        app.router.add_route("*", "/admin/{tail:.*}", elsewhere)
+        admin_app = web.Application(
+            client_max_size=ADMIN_MAX_BODY,
+            middlewares=[HostGuard(cfg.admin_host, cfg.allowed_hosts).middleware],
+        )
+        admin.register(admin_app)
+
+        async def not_admin(request: web.Request) -> web.Response:
+            return web.json_response(
+                {"error": "NotFound", "message": "this listener serves /admin only"},
+                status=404,
+            )
+
+        admin_app.router.add_route("*", "/{tail:.*}", not_admin)
+        app[ADMIN_APP_KEY] = admin_app
     for extension in extensions:
         extension(app, state)
     if not any(getattr(r, "canonical", None) == "/dashboard" for r in app.router.resources()):

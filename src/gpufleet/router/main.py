@@ -15,7 +15,7 @@ from aiohttp import web
 from gpufleet._server import ServerLog
 from gpufleet._sockets import bind_error
 from gpufleet.config.router import RouterConfig
-from gpufleet.router.app import STATE_KEY, Extension, RouterState, create_app
+from gpufleet.router.app import ADMIN_APP_KEY, STATE_KEY, Extension, RouterState, create_app
 
 log = logging.getLogger("gpufleet.router")
 
@@ -57,6 +57,7 @@ async def serve(cfg: RouterConfig, *, extensions: tuple[Extension, ...] = ()) ->
     server = site._server
     sockets = getattr(server, "sockets", None) or []
     port = sockets[0].getsockname()[1] if sockets else cfg.port
+    admin_runner = await _serve_admin(app, cfg, runner)
     for hook in state.on_listen:
         await hook(own_url(cfg.host, port))
     if cfg.port_file:
@@ -91,8 +92,35 @@ async def serve(cfg: RouterConfig, *, extensions: tuple[Extension, ...] = ()) ->
             drain()
         await _wait_idle(state, cfg.drain_timeout_s)
     finally:
+        if admin_runner is not None:
+            await admin_runner.cleanup()
         await runner.cleanup()
         log.info("router stopped")
+
+
+async def _serve_admin(
+    app: web.Application, cfg: RouterConfig, main_runner: web.AppRunner
+) -> web.AppRunner | None:
+    """Bind the admin API's own listener when ``admin_port`` is set; its runner."""
+    admin_app = app.get(ADMIN_APP_KEY)
+    if admin_app is None or cfg.admin_port is None:
+        return None
+    runner = web.AppRunner(
+        admin_app,
+        handler_cancellation=True,
+        access_log=None,
+        logger=ServerLog("gpufleet.router.admin"),
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.admin_host, cfg.admin_port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        await main_runner.cleanup()
+        raise bind_error(exc, cfg.admin_host, cfg.admin_port) from None
+    log.info("admin API listening on http://%s:%d", cfg.admin_host, cfg.admin_port)
+    return runner
 
 
 def own_url(host: str, port: int) -> str:
