@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -51,8 +52,8 @@ def test_summarize_counts_errors_by_kind_and_leaves_them_out_of_latency() -> Non
 
 def test_timeline_buckets_completions() -> None:
     samples = [Sample(i * 0.1, 0.05, 200) for i in range(20)]  # 10/s for 2 s
-    points = timeline(samples, bucket_s=0.5)
-    assert len(points) == 4  # completions run from 0.05 s to 1.95 s
+    points = timeline(samples, bucket_s=0.5, end_s=2.0)
+    assert len(points) == 4  # completions run from 0.05 s to 1.95 s of a 2 s run
     assert [p.ok_rps for p in points] == [10.0, 10.0, 10.0, 10.0]
     assert all(p.p50_ms == pytest.approx(50.0) for p in points if p.ok_rps)
 
@@ -201,3 +202,26 @@ def test_monitor_says_the_routers_state_in_words() -> None:
         "router ready · policy prefix · up 2m05s · 1,234 requests (2xx 1,230, 5xx 4)"
         " · 2 in flight · 0 queued · 3 retries"
     )
+
+
+def test_chart_axes_fit_the_run_with_round_ticks() -> None:
+    from gpufleet.operate.svg import Series, chart, nice_step, ticks
+
+    svg = chart(
+        "t", [Series("ok/s", [(0.1, 40.0), (0.6, 187.0), (1.1, 120.0)])], xlabel="s", ylabel="r"
+    )
+    yticks = [float(v.replace(",", "")) for v in re.findall(r'class="ytick">([^<]+)<', svg)]
+    xticks = [float(v) for v in re.findall(r'class="xtick">([^<]+)<', svg)]
+    assert yticks == [0, 50, 100, 150, 200, 250]  # round (not 62/188), room for the legend
+    assert xticks == [0, 0.2, 0.4, 0.6, 0.8, 1.0]  # the run's 1.1 s, not 2 s
+    assert nice_step(1.1) == 0.2
+    assert ticks(1.0, 0.25) == [0, 0.25, 0.5, 0.75, 1.0]
+
+
+def test_timeline_buckets_hold_enough_answers_to_be_smooth() -> None:
+    # 40 answers/s for 1.1 s: 0.05 s buckets would hold 2 each (0, 40, 0, 40 …).
+    samples = [Sample(i / 40, 0.01, 200) for i in range(44)]
+    points = timeline(samples, end_s=1.1)
+    assert len(points) >= 10
+    assert all(30 <= p.ok_rps <= 50 for p in points), [round(p.ok_rps) for p in points]
+    assert points[-1].t_s <= 1.1  # the axis ends with the run

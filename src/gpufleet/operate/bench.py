@@ -82,8 +82,8 @@ class BenchResult:
     started_at: str = ""
 
     def timeline(self) -> list[TimelinePoint]:
-        """Throughput and latency over the run, in about 60 buckets."""
-        return timeline(self.samples)
+        """Throughput and latency over the run, about 30 points (``summary.timeline``)."""
+        return timeline(self.samples, end_s=self.summary.duration_s or None)
 
 
 def read_bodies(path: str | Path) -> list[bytes]:

@@ -60,9 +60,11 @@ def render_html(result: BenchResult) -> str:
         _card("max", _ms(lat.get("max"))),
         _card("ok / sent", f"{s.ok} / {s.sent}"),
         _card("error rate", f"{s.error_rate * 100:.1f}%"),
+        *_rate_cards(result),
         "</div><div class='grid2'>",
     ]
     points = result.timeline()
+    run_s = max(s.duration_s, max((p.t_s for p in points), default=0.0))
     html.append(
         chart(
             "Throughput over time",
@@ -72,6 +74,7 @@ def render_html(result: BenchResult) -> str:
             ],
             xlabel="seconds since start",
             ylabel="answers per second",
+            xmax=run_s or None,
         )
     )
     ok = [x for x in result.samples if x.ok]
@@ -86,6 +89,7 @@ def render_html(result: BenchResult) -> str:
             ],
             xlabel="seconds since start",
             ylabel="latency (ms)",
+            xmax=run_s or None,
         )
     )
     sorted_ms = sorted(x.latency_s * 1000 for x in ok)
@@ -102,16 +106,48 @@ def render_html(result: BenchResult) -> str:
     if result.shares:
         html.append(
             bars(
-                "Share of each worker (requests served)",
-                [(w.id, float(w.served)) for w in result.shares],
+                "Share of each worker (% of requests served)",
+                [(w.id, w.share * 100) for w in result.shares],
+                unit="%",
             )
         )
     html.append("</div>")
+    html.extend(_shares_table(result))
     html.extend(_scaling(result))
     html.extend(_errors(result))
     html.extend(f"<p class='meta'>note: {escape(n)}</p>" for n in result.notes)
     html.append("</body></html>")
     return "\n".join(html)
+
+
+def _rate_cards(result: BenchResult) -> list[str]:
+    """An open loop's target rate beside what was sent and answered."""
+    if result.mode != "open":
+        return []
+    s = result.summary
+    target = result.settings.get("rate")
+    sent = s.sent / s.duration_s if s.duration_s > 0 else 0.0
+    cards = [_card("target req/s", f"{target:,.1f}")] if isinstance(target, float) else []
+    return [*cards, _card("sent req/s", f"{sent:,.1f}")]
+
+
+def _shares_table(result: BenchResult) -> list[str]:
+    """Each worker: served, its share, the batches it formed and their average size."""
+    if not result.shares:
+        return []
+    rows = []
+    for w in result.shares:
+        batches = "-" if w.batches is None else f"{w.batches:,}"
+        avg = "-" if w.avg_batch_size is None else f"{w.avg_batch_size:.2f}"
+        rows.append(
+            f"<tr><td>{escape(w.id)}</td><td>{escape(w.url)}</td><td>{w.served:,}</td>"
+            f"<td>{w.share * 100:.1f}%</td><td>{batches}</td><td>{avg}</td></tr>"
+        )
+    head = (
+        "<tr><th>worker</th><th>url</th><th>served</th><th>share</th><th>batches</th>"
+        "<th>avg batch</th></tr>"
+    )
+    return [f"<h2>Workers</h2><table>{head}{''.join(rows)}</table>"]
 
 
 def _scaling(result: BenchResult) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -72,7 +73,7 @@ def summarize(samples: Sequence[Sample], duration_s: float) -> LoadSummary:
 
 @dataclass(frozen=True, slots=True)
 class TimelinePoint:
-    """One time bucket: when it starts, answers completed per second, their p50 and p99."""
+    """The run around one moment ``t_s``: answers completed per second, their p50 and p99."""
 
     t_s: float
     ok_rps: float
@@ -81,33 +82,56 @@ class TimelinePoint:
     p99_ms: float
 
 
-def timeline(samples: Sequence[Sample], bucket_s: float | None = None) -> list[TimelinePoint]:
-    """Completions per bucket of time (by completion time), with the bucket's latencies."""
+def _round_step(wanted: float) -> float:
+    """The round step (1, 2 or 5 × a power of ten) at or above ``wanted``."""
+    exp = 10.0 ** math.floor(math.log10(wanted))
+    return next(m * exp for m in (1.0, 2.0, 5.0, 10.0) if m * exp >= wanted * 0.999)
+
+
+def timeline(
+    samples: Sequence[Sample],
+    bucket_s: float | None = None,
+    *,
+    end_s: float | None = None,
+    min_answers: int = 25,
+) -> list[TimelinePoint]:
+    """Completions per second over the run (by completion time), with their latencies.
+
+    One point every ``bucket_s`` (default: about 30 over the run, at least 50 ms apart,
+    round steps), at the middle of its step. Each point counts the answers of a window
+    around it, wide enough to hold about ``min_answers`` (finer windows only show that
+    answers come in batches: 0, 40, 0, 40 …) and at least one step; windows are cut at
+    the start and at ``end_s`` (the run's end; default the last completion) and divide by
+    what is left of them, so the ends of the run are not drawn low. With ``bucket_s``
+    given, the window is the step itself.
+    """
     done = [s for s in samples if s.error != NOT_SENT]
     if not done:
         return []
-    end = max(s.start_s + s.latency_s for s in done)
+    finished = sorted((s.start_s + s.latency_s, s) for s in done)
+    end = max(end_s or 0.0, finished[-1][0])
+    per_s = len(done) / end if end > 0 else 0.0
     if bucket_s is None:
-        # About 60 buckets over the run, in round steps, never finer than 50 ms.
-        bucket_s = max(0.05, end / 60.0)
-        bucket_s = float(f"{bucket_s:.1g}")
-    n = max(1, math.ceil(end / bucket_s))
-    lat: list[list[float]] = [[] for _ in range(n)]
-    errs = [0] * n
-    for s in done:
-        b = min(n - 1, int((s.start_s + s.latency_s) / bucket_s))
-        if s.ok:
-            lat[b].append(s.latency_s * 1000.0)
-        else:
-            errs[b] += 1
+        bucket_s = _round_step(max(0.05, end / 30.0))
+        window = max(bucket_s, min_answers / per_s if per_s else bucket_s)
+    else:
+        window = bucket_s
+    n = max(1, math.ceil(end / bucket_s - 1e-9))
+    times = [t for t, _ in finished]
     out = []
     for b in range(n):
-        values = sorted(lat[b])
+        mid = (b + 0.5) * bucket_s
+        lo, hi = max(0.0, mid - window / 2), min(end, mid + window / 2)
+        first = bisect.bisect_left(times, lo)
+        last = bisect.bisect_right(times, hi) if b == n - 1 else bisect.bisect_left(times, hi)
+        inside = [s for _, s in finished[first:last]]
+        values = sorted(s.latency_s * 1000.0 for s in inside if s.ok)
+        width = max(hi - lo, 1e-9)
         out.append(
             TimelinePoint(
-                t_s=b * bucket_s,
-                ok_rps=len(values) / bucket_s,
-                error_rps=errs[b] / bucket_s,
+                t_s=min(mid, end),
+                ok_rps=len(values) / width,
+                error_rps=(len(inside) - len(values)) / width,
                 p50_ms=percentile(values, 50) if values else math.nan,
                 p99_ms=percentile(values, 99) if values else math.nan,
             )

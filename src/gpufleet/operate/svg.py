@@ -29,27 +29,41 @@ def nice_max(value: float) -> float:
     return next(m * exp for m in (1.0, 2.0, 2.5, 5.0, 10.0) if m * exp >= value)
 
 
+def nice_step(span: float, target: int = 4) -> float:
+    """A round tick step (1, 2 or 5 × a power of ten) giving about ``target`` steps."""
+    if not span > 0 or not math.isfinite(span):
+        return 1.0
+    raw = span / target
+    exp = 10.0 ** math.floor(math.log10(raw))
+    return min((m * exp for m in (1.0, 2.0, 5.0, 10.0)), key=lambda s: abs(math.log(s / raw)))
+
+
+def ticks(vmax: float, step: float) -> list[float]:
+    """0, step, 2·step, … up to ``vmax`` (rounded so ``0.1 * 3`` reads ``0.3``)."""
+    count = math.floor(vmax / step + 1e-9)
+    return [round(i * step, 10) for i in range(count + 1)]
+
+
 def _fmt(v: float) -> str:
-    return f"{v:,.0f}" if abs(v) >= 10 or v == 0 else f"{v:.2g}"
+    return f"{v:,.0f}" if abs(v) >= 10 or v == 0 else f"{v:.3g}"
 
 
-def _frame(title: str, xlabel: str, ylabel: str, xmax: float, ymax: float) -> list[str]:
+def _frame(
+    title: str, xlabel: str, ylabel: str, xmax: float, ymax: float, xstep: float, ystep: float
+) -> list[str]:
     pw, ph = W - LEFT - RIGHT, H - TOP - BOTTOM
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" class="chart" '
         f'role="img" aria-label="{escape(title)}">',
         f'<text x="{LEFT}" y="18" class="title">{escape(title)}</text>',
     ]
-    for i in range(5):
-        y = TOP + ph - ph * i / 4
+    for v in ticks(ymax, ystep):
+        y = TOP + ph - ph * v / ymax
         out.append(f'<line x1="{LEFT}" x2="{LEFT + pw}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
-        out.append(
-            f'<text x="{LEFT - 6}" y="{y + 4:.1f}" class="ytick">{_fmt(ymax * i / 4)}</text>'
-        )
-        x = LEFT + pw * i / 4
-        out.append(
-            f'<text x="{x:.1f}" y="{TOP + ph + 16}" class="xtick">{_fmt(xmax * i / 4)}</text>'
-        )
+        out.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" class="ytick">{_fmt(v)}</text>')
+    for v in ticks(xmax, xstep):
+        x = LEFT + pw * v / xmax
+        out.append(f'<text x="{x:.1f}" y="{TOP + ph + 16}" class="xtick">{_fmt(v)}</text>')
     out.append(f'<text x="{LEFT + pw / 2}" y="{H - 6}" class="xlabel">{escape(xlabel)}</text>')
     out.append(
         f'<text transform="translate(14 {TOP + ph / 2}) rotate(-90)" class="ylabel">'
@@ -67,12 +81,19 @@ def chart(
     xmax: float | None = None,
     ymax: float | None = None,
 ) -> str:
-    """An x/y chart of one or more series (NaN points break a line)."""
+    """An x/y chart of one or more series (NaN points break a line).
+
+    The x axis ends where the data (or ``xmax``) ends, the y axis at the first round tick
+    at or above the data; ticks are round numbers (1, 2 or 5 × a power of ten apart).
+    """
     finite = [(x, y) for s in series for x, y in s.points if math.isfinite(y)]
-    xmax = xmax or nice_max(max((x for x, _ in finite), default=1.0))
-    ymax = ymax or nice_max(max((y for _, y in finite), default=1.0))
+    xmax = xmax or max((x for x, _ in finite), default=0.0) or 1.0
+    # Some room above the data: the legend sits at the top of the plot.
+    top = ymax or 1.12 * max((y for _, y in finite), default=0.0) or 1.0
+    xstep, ystep = nice_step(xmax), nice_step(top)
+    ymax = ymax or math.ceil(top / ystep - 1e-9) * ystep
     pw, ph = W - LEFT - RIGHT, H - TOP - BOTTOM
-    out = _frame(title, xlabel, ylabel, xmax, ymax)
+    out = _frame(title, xlabel, ylabel, xmax, ymax, xstep, ystep)
 
     def xy(x: float, y: float) -> str:
         return f"{LEFT + pw * x / xmax:.1f},{TOP + ph - ph * min(y, ymax) / ymax:.1f}"
