@@ -16,7 +16,16 @@ def test_bench_on_a_terminal_shows_a_live_line() -> None:
         master, slave = pty.openpty()  # stderr is a terminal, as when a user runs it
         try:
             done = subprocess.run(
-                [sys.executable, "-m", "gpufleet", "bench", worker.url, "--requests", "300"],
+                # host:port, as users type it: http:// is understood
+                [
+                    sys.executable,
+                    "-m",
+                    "gpufleet",
+                    "bench",
+                    worker.url.removeprefix("http://"),
+                    "--requests",
+                    "300",
+                ],
                 stdout=subprocess.PIPE,
                 stderr=slave,
                 timeout=60,

@@ -107,3 +107,19 @@ def test_a_flag_or_env_choice_lists_the_choices() -> None:
         load(WorkerConfig, "worker", flags={"log_level": "verbose"}, env={})
     # Case does not matter: GPUFLEET_LOG_LEVEL=DEBUG is debug.
     assert load(WorkerConfig, "worker", env={"GPUFLEET_LOG_LEVEL": "DEBUG"}).log_level == "debug"
+
+
+def test_status_of_a_fleet_that_no_longer_runs_is_one_line() -> None:
+    from gpufleet.fleet.status import format_status
+
+    state = {
+        "alive": False,
+        "pid": 42,
+        "phase": "stopped",
+        "endpoint": "http://127.0.0.1:8000",
+        "workers": [{"name": "worker-cpu-1", "pool": "default", "port": 1, "state": "ready"}],
+        "router": {},
+    }
+    assert format_status(state) == (
+        "fleet pid 42 is not running (last seen stopped); start one with `gpufleet up`"
+    )

@@ -22,6 +22,11 @@ ConfigOpt = Annotated[
 ]
 
 
+def _with_scheme(url: str) -> str:
+    """``127.0.0.1:8000`` as ``http://127.0.0.1:8000`` (what a user means by it)."""
+    return url if "://" in url else f"http://{url}"
+
+
 def _fail(message: str, code: int = 1) -> typer.Exit:
     typer.echo(f"gpufleet: error: {message}", err=True)
     return typer.Exit(code)
@@ -66,7 +71,8 @@ def bench(
     from gpufleet.operate.bench import run_bench
 
     flags: dict[str, Any] = {
-        "url": url, "path": path, "payload_file": payload, "concurrency": concurrency,
+        "url": _with_scheme(url), "path": path, "payload_file": payload,
+        "concurrency": concurrency,
         "requests": requests, "rate": rate, "duration_s": duration, "arrival": arrival,
         "max_in_flight": max_in_flight, "burst": burst, "scaling": scaling or None,
         "admin_token": admin_token, "timeout_s": timeout, "max_duration_s": max_duration,
@@ -129,7 +135,12 @@ def monitor(
     from gpufleet.config import load
     from gpufleet.config.operate import MonitorConfig
 
-    flags = {"url": url, "interval_s": interval, "once": once or None, "errors": errors or None}
+    flags = {
+        "url": _with_scheme(url) if url else None,
+        "interval_s": interval,
+        "once": once or None,
+        "errors": errors or None,
+    }
     with config_errors_exit():
         cfg = load(MonitorConfig, "monitor", flags=flags, config_path=config)
     try:

@@ -58,9 +58,22 @@ def _cell(value: Any) -> str:
 
 
 def format_status(state: dict[str, Any]) -> str:
-    """A plain-text table: one line per worker, then the router and the endpoint."""
+    """A plain-text table: one line per worker, then the router and the endpoint.
+
+    A fleet that no longer runs gets one line (and its workers' last failures), not the
+    table of a past run.
+    """
     alive = state.get("alive")
-    phase = state.get("phase", "?") if alive else "not running"
+    errors = [w for w in state.get("workers", []) if w.get("last_error")]
+    failures = [
+        f"  {w.get('name')}: last failure: {w['last_error']} (log {w.get('log')})" for w in errors
+    ]
+    if not alive:
+        last = state.get("phase", "?")
+        head = f"fleet pid {state.get('pid')} is not running (last seen {last})"
+        head += "; start one with `gpufleet up`"
+        return "\n".join([head, *failures])
+    phase = state.get("phase", "?")
     lines = [f"fleet pid {state.get('pid')}: {phase}   endpoint {state.get('endpoint')}"]
     header = ("POOL", "DEVICE", "PID", "PORT", "STATE", "RESTARTS", "SERVED", "IN-FLIGHT")
     rows = [header]
@@ -72,9 +85,9 @@ def format_status(state: dict[str, Any]) -> str:
             (
                 _cell(w.get("pool")),
                 _cell(w.get("device")),
-                _cell(w.get("pid") if alive else None),
+                _cell(w.get("pid")),
                 _cell(w.get("port")),
-                status if alive else "-",
+                status,
                 _cell(w.get("restarts")),
                 _cell(w.get("served")),
                 _cell(w.get("in_flight")),
@@ -86,15 +99,11 @@ def format_status(state: dict[str, Any]) -> str:
     router = state.get("router", {})
     totals = (state.get("router_stats") or {}).get("totals", {})
     lines.append(
-        f"router pid {_cell(router.get('pid') if alive else None)}  "
-        f"state {router.get('state', '?') if alive else '-'}  "
+        f"router pid {_cell(router.get('pid'))}  state {router.get('state', '?')}  "
         f"restarts {_cell(router.get('restarts'))}  "
         f"requests {_cell(totals.get('requests'))}  in-flight {_cell(totals.get('in_flight'))}"
     )
-    errors = [w for w in state.get("workers", []) if w.get("last_error")]
-    for w in errors:
-        lines.append(f"  {w.get('name')}: last failure: {w['last_error']} (log {w.get('log')})")
-    return "\n".join(lines)
+    return "\n".join([*lines, *failures])
 
 
 __all__ = ["collect", "format_status"]
