@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,31 @@ def _embed(url: str, text: str) -> tuple[int, str, list[float]]:
         body: dict[str, Any] = json.loads(resp.read())
         upstream = resp.headers.get("X-Gpufleet-Upstream", "")
         return int(resp.status), upstream, body["data"][0]["embedding"]
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _readme_curls() -> list[str]:
+    """The curl lines of the README's "Try it" block (continuations joined)."""
+    text = README.read_text(encoding="utf-8")
+    block = text.split("## Try it", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    return [c.strip() for c in block.replace("\\\n", " ").splitlines() if c.strip()]
+
+
+def _check_readme(url: str) -> None:
+    answers = []
+    for line in _readme_curls():
+        cmd = line.replace("http://127.0.0.1:8000", url)
+        done = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, timeout=60)
+        answers.append(json.loads(done.stdout))
+    embeddings, predict, stats, models, wrong = answers
+    assert [len(d["embedding"]) for d in embeddings["data"]] == [384, 384]
+    assert len(predict["output"]) == 384
+    assert len(stats["workers"]) == 2
+    assert [m["id"] for m in models["data"]] == ["all-MiniLM-L6-v2"]
+    assert wrong["error"]["code"] == "model_not_found"
+    assert wrong["error"]["param"] == "model"
 
 
 def _ready(state: dict[str, Any]) -> bool:
@@ -54,6 +80,7 @@ def test_default_model_on_every_worker_and_a_killed_up_takes_its_children(
             served = {w["url"]: w["served"] for w in json.loads(resp.read())["workers"]}
         urls = {w["url"] for w in state["workers"]}
         assert {url for url, n in served.items() if n} == urls, served
+        _check_readme(fleet.url)  # the README's "Try it" lines answer what it says
 
         # SIGKILL gives `up` no chance to stop anything: its children must go by themselves.
         children = [state["router"]["pid"], *(w["pid"] for w in state["workers"])]
