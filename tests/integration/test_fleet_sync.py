@@ -136,7 +136,7 @@ async def test_the_dashboard_shows_the_restarts_the_fleet_counted(tmp_path: Path
 
 
 def _token(run_dir: Path) -> str:
-    return (run_dir / ".gpufleet" / "admin-token").read_text().strip()
+    return (run_dir / ".gpufleet" / "private" / "admin-token").read_text().strip()
 
 
 def test_a_fleet_respects_a_drain_counts_restarts_and_bench_scales(tmp_path: Path) -> None:
