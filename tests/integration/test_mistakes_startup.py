@@ -78,6 +78,8 @@ def test_unknown_model_is_one_line_and_nothing_starts(tmp_path: Path) -> None:
     ]
     assert done.seconds < 10
     assert not (tmp_path / "logs").exists()
+    alone = gpufleet(tmp_path, "worker", "--model", "minilmm", "--port", "0")
+    assert (alone.code, alone.lines) == (2, done.lines)  # before it listens
 
 
 def test_model_class_missing_from_its_file(tmp_path: Path) -> None:
