@@ -151,3 +151,34 @@ async def test_other_paths_and_bodies_are_routed_as_before() -> None:
                 assert resp.status == 400
             stats = await get_json(router.url + "/stats")
             assert stats["policy"] == "prefix"
+
+
+async def test_v1_requests_go_to_the_pool_serving_their_model() -> None:
+    with (
+        run_engine("--model-name", "alpha") as alpha,
+        run_engine("--model-name", "beta") as beta,
+        run_router([alpha.url, f"b@{beta.url}"], "--health-interval", "0.2") as router,
+    ):
+        await _ready(router, [alpha, beta])
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+
+            async def served_by(model: str) -> str:
+                async with session.post(
+                    router.url + "/v1/chat/completions", json={**body, "model": model}
+                ) as resp:
+                    await resp.read()
+                    assert resp.status == 200, resp.status
+                    return resp.headers["X-Gpufleet-Upstream"]
+
+            async def beta_routed() -> bool:
+                return await served_by("beta") == "w1"
+
+            # No route names pool b: requests reach it by their model, once the router
+            # has listed what each pool serves (after a health round).
+            await wait_for(beta_routed, within=15, what="model beta routed to pool b")
+            assert await served_by("alpha") == "w0"
+            assert await served_by("beta") == "w1"
+            async with session.get(router.url + "/v1/models") as resp:
+                cards = {c["id"]: c["pools"] for c in (await resp.json())["data"]}
+        assert cards == {"alpha": ["default"], "beta": ["b"]}

@@ -120,12 +120,20 @@ class RouterState:
         ):
             self.client.discard(upstream.base)
 
+    def _on_round(self) -> None:
+        """After each health round: close idle sockets past keep-alive; with several
+        pools, refresh which pool serves which model (routing by ``model``)."""
+        if self.client is not None:
+            self.client.sweep()
+        if len(self.registry.pools) > 1:
+            self.models.refresh_soon()
+
     async def start(self) -> None:
         """Open the upstream connection pool and start probing."""
         for pool in list(self.registry.pools.values()):
             self.admission(pool)
         self.client = Client(connect_timeout_s=self.cfg.connect_timeout_s)
-        self.health.on_round = self.client.sweep  # idle sockets past keep-alive get closed
+        self.health.on_round = self._on_round
         cfg = self.cfg
         self.proxy = Proxy(
             self.registry,
@@ -147,6 +155,7 @@ class RouterState:
             ),
             self.totals,
             budget=RetryBudget(cfg.retry_budget_percent, cfg.retry_budget_min),
+            models=self.models,
         )
         await self.health.start()
         for upstream in self.registry.all():

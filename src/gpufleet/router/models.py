@@ -1,4 +1,4 @@
-"""``GET /v1/models`` answered by the router itself: the models its pools serve.
+"""``GET /v1/models`` answered by the router itself, and routing by the ``model`` field.
 
 OpenAI clients and frameworks often ask ``/v1/models`` first. Proxied, it would only
 reach one upstream of the default pool; answered here, it is the union over every pool:
@@ -6,6 +6,11 @@ each ready upstream's own ``GET /v1/models`` (an engine's model cards pass as th
 else a gpufleet worker's ``/stats`` ``model``. A card says which pools serve its model
 (``pools``); one id appears once. What an upstream serves is kept for ``ttl_s``, so a
 client polling the list does not fan out to every upstream each time.
+
+With more than one pool the catalog is refreshed after each health round
+(``refresh_soon``), and ``pool_for`` tells the proxy which pool serves a body's
+``model``: a ``/v1/*`` request that path routing left to the default pool goes to a pool
+that serves its model instead (path routing, where it names a pool, stays).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import msgspec
 
 from gpufleet.router.health import read_json
 from gpufleet.router.pool import Registry
@@ -24,6 +30,21 @@ from gpufleet.router.upstream import READY, Upstream
 
 #: A model card of OpenAI's ``/v1/models`` list.
 Card = dict[str, Any]
+
+
+class _Model(msgspec.Struct):
+    model: str | None = None
+
+
+_MODEL = msgspec.json.Decoder(_Model)
+
+
+def model_of(body: bytes) -> str | None:
+    """The ``model`` field of a JSON body, if it has a string one."""
+    try:
+        return _MODEL.decode(body).model
+    except (msgspec.DecodeError, RecursionError):  # not JSON, or nested past the limit
+        return None
 
 
 def _cards(data: Any) -> list[Card]:
@@ -51,9 +72,34 @@ class ModelCatalog:
         self._clock = clock
         self._known: dict[str, tuple[float, list[Card]]] = {}
         self._session: aiohttp.ClientSession | None = None
+        #: Which pools serve each model id, as of the last listing.
+        self.pools_of: dict[str, tuple[str, ...]] = {}
+        self._refresh: asyncio.Task[Any] | None = None
+        self._refreshed = -1e18
+
+    def refresh_soon(self) -> None:
+        """List the models again in the background, at most once per ``ttl_s``."""
+        now = self._clock()
+        if (self._refresh is not None and not self._refresh.done()) or (
+            now - self._refreshed < self._ttl_s
+        ):
+            return
+        self._refreshed = now
+        self._refresh = asyncio.get_running_loop().create_task(self.listing())
+
+    def pool_for(self, model: str, current: str) -> str:
+        """The pool to send a request for ``model`` to: ``current`` when it serves it."""
+        pools = self.pools_of.get(model)
+        if not pools or current in pools:
+            return current
+        return pools[0]
 
     async def aclose(self) -> None:
         """Close its connections."""
+        if self._refresh is not None and not self._refresh.done():
+            self._refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresh
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -74,6 +120,7 @@ class ModelCatalog:
         live = {u.base for u in self.registry.all()}
         for base in [b for b in self._known if b not in live]:
             del self._known[base]
+        self.pools_of = {mid: tuple(card["pools"]) for mid, card in by_id.items()}
         return {"object": "list", "data": list(by_id.values())}
 
     async def _served_by(self, upstream: Upstream) -> list[Card]:
@@ -107,4 +154,4 @@ class ModelCatalog:
         return None
 
 
-__all__ = ["ModelCatalog"]
+__all__ = ["ModelCatalog", "model_of"]

@@ -47,7 +47,8 @@ from gpufleet.errors import (
 from gpufleet.router.admission import INTERACTIVE, PRIORITIES, Admission
 from gpufleet.router.headers import request_headers, response_headers
 from gpufleet.router.http1 import AnswerBroken, Client, Lost, NotSent, Response
-from gpufleet.router.pool import Registry
+from gpufleet.router.models import ModelCatalog, model_of
+from gpufleet.router.pool import DEFAULT_POOL, Registry
 from gpufleet.router.prefix import PROMPT_PATHS, prompt_blocks, prompt_text
 from gpufleet.router.retry_budget import RetryBudget
 from gpufleet.router.stats import Totals
@@ -162,6 +163,7 @@ class Proxy:
         totals: Totals,
         *,
         budget: RetryBudget | None = None,
+        models: ModelCatalog | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
@@ -170,6 +172,8 @@ class Proxy:
         self.settings = settings
         self.totals = totals
         self.budget = budget or RetryBudget(20.0, 3, clock=clock)
+        #: Which pool serves which model (routing /v1/* by the body's ``model``).
+        self.models = models
         self._clock = clock
         self._rid_prefix = os.urandom(6).hex()
         self._rid_next = 0
@@ -240,6 +244,17 @@ class Proxy:
             body = None
         path = request.path
         pool, upstream_path = self.registry.resolve(path)
+        if (
+            body
+            and self.models is not None
+            and len(self.registry.pools) > 1
+            and pool.name == DEFAULT_POOL
+            and upstream_path.startswith("/v1/")
+        ):
+            # Path routing left it to the default pool: the pool serving its model.
+            model = model_of(body)
+            if model:
+                pool = self.registry.pools[self.models.pool_for(model, pool.name)]
         if upstream_path == path:
             target = request.raw_path  # as the client encoded it, query included
         else:
