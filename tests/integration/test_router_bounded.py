@@ -218,3 +218,25 @@ async def test_a_long_request_does_not_hold_up_short_ones() -> None:
         print(f"{len(short)} short requests: p50 {short[len(short) // 2]:.3f}s p99 {p99:.3f}s")
         assert len(short) > 100
         assert short[-1] < 2.0, short[-5:]
+
+
+async def test_a_callers_own_short_first_byte_timeout_holds_nothing_against_upstreams() -> None:
+    with contextlib.ExitStack() as stack:
+        ups = [stack.enter_context(run_upstream()) for _ in range(2)]
+        router = stack.enter_context(run_router([u.url for u in ups]))
+        await _ready(router, *ups)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            for _ in range(6):
+                status, headers, body, _ = await _post(
+                    session,
+                    router.url + "/slow?ms=200",
+                    {},
+                    {"X-Gpufleet-First-Byte-Timeout": "0.01"},
+                )
+                assert status == 504, body  # the caller's bound, answered
+                assert headers["X-Gpufleet-Attempts"] == "1"
+            status, _, _, _ = await _post(session, router.url + "/echo", {})
+            assert status == 200
+        for w in (await get_json(router.url + "/stats"))["workers"]:
+            # Nothing charged to the upstreams: no failure, no ejection, not suspect.
+            assert (w["state"], w["errors"], w["suspect"]) == ("ready", 0, False), w

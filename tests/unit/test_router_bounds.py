@@ -83,9 +83,17 @@ def test_a_missed_first_byte_makes_the_upstream_suspect_until_it_answers() -> No
     assert not u.has_room()  # suspect: no new work for the timeout ...
     clock.now += 1.01
     assert u.has_room()  # ... then one trial at a time
+    trial = FakeAttempt()
     u.take()
+    u.waiting[trial] = clock.now
     assert not u.has_room()
+    del u.waiting[trial]
     u.note_first_byte(0.01)  # it answered: trusted again
+    assert u.has_room()
+    # Streams already answering do not hold a suspect upstream's trial back.
+    u.first_byte_missed(FakeAttempt(), 1.0)
+    clock.now += 1.01
+    assert u.in_flight == 1
     assert u.has_room()
 
 
@@ -156,3 +164,22 @@ def test_retries_never_pass_the_budget_beyond_the_minimum(ops: list[str]) -> Non
             active -= 1
         elif op == "tick":
             clock.now += 1.0
+
+
+def test_the_gradient_limit_shrinks_below_its_start_when_latency_rises() -> None:
+    from gpufleet.router.limit import GradientLimit
+
+    limit = GradientLimit(4)
+    for _ in range(20):
+        limit.sample(0.01, 4)
+    grown = limit.limit
+    assert grown > 4
+    for _ in range(60):
+        got = limit.sample(0.2, 4)  # 20x the best: the server queues
+    assert got == 1
+
+
+def test_usage_of_survives_deeply_nested_answers() -> None:
+    from gpufleet.router.tokens import usage_of
+
+    assert usage_of(b"[" * 5000 + b"]" * 5000) is None

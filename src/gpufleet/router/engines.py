@@ -8,9 +8,9 @@ an unbounded one piles work into one engine's queue. When an upstream turns read
 - vLLM says how busy it is (``GET /metrics``: ``vllm:num_requests_running``,
   ``vllm:num_requests_waiting``): the cap starts at ``ENGINE_START`` and is read again
   after every health round; while the engine queues requests the cap comes down to what
-  it runs, while it has room and the router holds requests back the cap goes up. The
-  router's own in-flight count stays the truth between reads; a read older than two
-  rounds is ignored (stale polled load is what collapsed other routers onto one engine).
+  it runs, while it has room and the router holds requests back the cap goes up. A read
+  only moves the cap; the router's own in-flight count stays the truth for routing
+  (stale polled load is what collapsed other routers onto one engine).
 - Anything else: a ``GradientLimit`` from its time to first byte, starting at
   ``upstream.DEFAULT_MAX_OUTSTANDING``.
 
@@ -35,6 +35,8 @@ log = logging.getLogger("gpufleet.router.health")
 #: First cap of an engine that reports its load but not its limit (vLLM).
 ENGINE_START: Final = 32
 ENGINE_MAX: Final = 1024
+#: The most of an answer read (engine info, /metrics).
+_MAX_READ: Final = 4 << 20
 _RUNNING = re.compile(rb"^vllm:num_requests_running(?:\{[^}]*\})? ([0-9.eE+-]+)", re.M)
 _WAITING = re.compile(rb"^vllm:num_requests_waiting(?:\{[^}]*\})? ([0-9.eE+-]+)", re.M)
 
@@ -42,7 +44,12 @@ _WAITING = re.compile(rb"^vllm:num_requests_waiting(?:\{[^}]*\})? ([0-9.eE+-]+)"
 async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, bytes] | None:
     try:
         async with session.get(url, allow_redirects=False) as resp:
-            return resp.status, await resp.content.read(1 << 20)
+            body = bytearray()
+            async for chunk in resp.content.iter_chunked(1 << 16):
+                body += chunk
+                if len(body) > _MAX_READ:
+                    return None  # not what an engine answers here
+            return resp.status, bytes(body)
     except (aiohttp.ClientError, TimeoutError, OSError):
         return None
 
@@ -50,7 +57,7 @@ async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, bytes] | 
 def _json_int(body: bytes, field: str) -> int | None:
     try:
         data: Any = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     value = data.get(field) if isinstance(data, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
@@ -91,7 +98,10 @@ async def poll(session: aiohttp.ClientSession, upstream: Upstream) -> None:
     waiting_m = _WAITING.search(got[1])
     if running_m is None or waiting_m is None:
         return
-    running, waiting = int(float(running_m.group(1))), int(float(waiting_m.group(1)))
+    try:
+        running, waiting = int(float(running_m.group(1))), int(float(waiting_m.group(1)))
+    except (ValueError, OverflowError):
+        return
     upstream.engine_load = (running, waiting, time.monotonic())
     cap = upstream.max_outstanding
     if waiting > 0:

@@ -41,7 +41,8 @@ class GradientLimit:
         gradient = max(0.5, min(1.0, TOLERANCE * self.best / max(self.recent, 1e-9)))
         if gradient >= 1.0 and in_flight < self.limit / 2:
             return int(self.limit)  # not using what it has: no case for more
-        target = self.limit * gradient + math.sqrt(self.limit)
+        # Headroom (√limit) only while latency holds: when it rises, the limit shrinks.
+        target = self.limit * gradient + (math.sqrt(self.limit) if gradient >= 1.0 else 0.0)
         self.limit += 0.2 * (target - self.limit)
         self.limit = max(float(self.min_limit), min(float(self.max_limit), self.limit))
         return int(self.limit)

@@ -135,7 +135,12 @@ class PrefixIndex:
         """The mask bit of an upstream (ids are never reused, so neither are bits)."""
         found = self._bits.get(upstream_id)
         if found is None:
-            found = self._bits[upstream_id] = 1 << (len(self._bits) % _MASK_BITS)
+            if len(self._bits) >= _MASK_BITS:
+                # Out of bits after many upstreams came and went: start afresh rather
+                # than let a new upstream inherit an old one's prompts.
+                self._bits.clear()
+                self._entries.clear()
+            found = self._bits[upstream_id] = 1 << len(self._bits)
         return found
 
     def match(self, blocks: Sequence[int]) -> dict[int, int]:
@@ -168,7 +173,9 @@ class PrefixIndex:
         bit = self.bit(upstream_id)
         stamp = int(self._clock() - self._t0) << _MASK_BITS
         entries = self._entries
-        for key in blocks:
+        # Last to first: a prompt's first blocks end most recent, so the LRU drops its
+        # tail before its head (a lookup stops at the first block it misses).
+        for key in reversed(blocks):
             value = entries.get(key)
             if value is None:
                 entries[key] = stamp | bit

@@ -403,9 +403,10 @@ class Proxy:
                 self.settings.client_write_timeout_s,
                 self._clock,
             )
-            first_byte_s = req.first_byte_s or upstream.first_byte_timeout_s
+            own_s = upstream.first_byte_timeout_s
+            callers = 0 < req.first_byte_s < own_s  # the caller asked for less than usual
             upstream.waiting[resp] = started
-            watch.head(upstream, first_byte_s)
+            watch.head(upstream, req.first_byte_s or own_s, callers=callers)
             try:
                 await resp.wait_head()
             except Lost as exc:
@@ -414,7 +415,15 @@ class Proxy:
                     LOST, RoutingError(f"{_name(upstream)} closed the connection: {exc}")
                 ) from None
             except FirstByteMissed as exc:
+                if exc.callers:
+                    raise _Failed(
+                        TIMEOUT,
+                        UpstreamTimeout(f"no answer from {_name(upstream)}: {exc}"),
+                        may_retry=False,
+                    ) from None
                 self._failed(upstream)
+                # Suspect now: no new work for the timeout, then a trial. Look again then.
+                self._dispatch_later(upstream, exc.timeout_s)
                 log.warning(
                     "%s: %s: %s%s",
                     rid,
@@ -448,6 +457,9 @@ class Proxy:
             finally:
                 upstream.waiting.pop(resp, None)
             upstream.note_first_byte(self._clock() - started)
+            admission = self.admissions.get(upstream.pool)
+            if admission is not None and admission.depth:
+                admission.dispatch()  # no longer waiting: it may have room for new work
             if resp.is_done:
                 watch.cancel()  # all of it is here (a stream below still bounds its writes)
             else:
@@ -514,9 +526,9 @@ class Proxy:
                 await self._broken(request, stream, upstream, exc, rid)
                 return stream
             except ConnectionError:
-                if not watch.stalled:
-                    raise
-                return stream  # dropped by the watch for reading nothing (counted below)
+                # The client went away (or the watch dropped it for reading nothing,
+                # counted below): nobody is left to tell.
+                return stream
             await stream.write_eof()
             if status < 500:
                 latency = self._clock() - started
@@ -591,11 +603,18 @@ class Proxy:
     def _refused(self, upstream: Upstream, answer: web.Response) -> None:
         """A "not started" refusal: the upstream gets no more work until it has room."""
         retry_after = wire.parse_retry_after(answer.headers.get("Retry-After")) or 1.0
+        # A long Retry-After (a per-tenant rate limit, say) must not take a ready upstream
+        # out of rotation for an hour: at most the passive ejection window.
+        retry_after = min(retry_after, self.settings.fail_timeout_s)
         upstream.refused(retry_after)
+        # Its slots may all be given back before the wait is over: look again then.
+        self._dispatch_later(upstream, retry_after)
+
+    def _dispatch_later(self, upstream: Upstream, delay_s: float) -> None:
+        """Run the pool's dispatch once ``delay_s`` has passed (a hold on it ends then)."""
         admission = self.admissions.get(upstream.pool)
         if admission is not None:
-            # Its slots may all be given back before the wait is over: look again then.
-            asyncio.get_running_loop().call_later(retry_after, admission.dispatch)
+            asyncio.get_running_loop().call_later(delay_s, admission.dispatch)
 
     def _failed(self, upstream: Upstream, *, input_shaped: bool = False) -> None:
         """Count a failure against ``upstream``; eject it passively past max_fails.

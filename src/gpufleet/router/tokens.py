@@ -43,7 +43,7 @@ def usage_of(data: bytes) -> tuple[int, int] | None:
     """``(prompt, completion)`` tokens an answer body (or one SSE data line) reports."""
     try:
         answer = _DECODER.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # not JSON, or nested past the limit
         return None
     if answer.usage is not None:
         return answer.usage.prompt_tokens, answer.usage.completion_tokens

@@ -186,8 +186,8 @@ class Upstream:
                     return False
             else:
                 self.refused_until = 0.0
-        if self.suspect and (self.in_flight or self._clock() < self.stuck_until):
-            return False  # one trial at a time, once the stuck time is over
+        if self.suspect and (self.waiting or self._clock() < self.stuck_until):
+            return False  # one trial at a time (streams already answering do not count)
         return not (self.waiting and self.is_stuck())
 
     def is_stuck(self) -> bool:

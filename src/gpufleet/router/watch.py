@@ -32,11 +32,15 @@ class DeadlinePassed(Stop):
 class FirstByteMissed(Stop):
     """No answer began within the first-byte timeout."""
 
-    def __init__(self, timeout_s: float, *, behind: bool) -> None:
+    def __init__(self, timeout_s: float, *, behind: bool, callers: bool = False) -> None:
         super().__init__(f"no answer began within {timeout_s:.3g}s")
+        self.timeout_s = timeout_s
         #: An older attempt was still waiting on the same upstream: this one queued
         #: behind it, and may go elsewhere; the oldest may be the cause, and does not.
         self.behind = behind
+        #: The caller's own, shorter timeout (``X-Gpufleet-First-Byte-Timeout``) ran out:
+        #: nothing is held against the upstream.
+        self.callers = callers
 
 
 class StreamIdle(Stop):
@@ -101,19 +105,22 @@ class AttemptWatch:
         #: True once the client was dropped for reading nothing.
         self.stalled = False
 
-    def head(self, upstream: Upstream, timeout_s: float) -> None:
-        """Bound the wait for the answer's head."""
+    def head(self, upstream: Upstream, timeout_s: float, *, callers: bool = False) -> None:
+        """Bound the wait for the answer's head (``callers``: by the caller's own bound)."""
         delay = min(timeout_s, self.deadline - self.clock())
         self._handle = asyncio.get_running_loop().call_later(
-            max(delay, 0.0), self._head_due, upstream, timeout_s
+            max(delay, 0.0), self._head_due, upstream, timeout_s, callers
         )
 
-    def _head_due(self, upstream: Upstream, timeout_s: float) -> None:
+    def _head_due(self, upstream: Upstream, timeout_s: float, callers: bool) -> None:
         resp = self.resp
         if resp.has_head:
             return
         if self.clock() >= self.deadline - 0.001:
             resp.fail(DeadlinePassed("deadline passed before the answer began"))
+            return
+        if callers:
+            resp.fail(FirstByteMissed(timeout_s, behind=False, callers=True))
             return
         behind = upstream.first_byte_missed(resp, timeout_s)
         resp.fail(FirstByteMissed(timeout_s, behind=behind))
