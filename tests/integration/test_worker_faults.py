@@ -220,8 +220,14 @@ async def test_drain_timeout_bounds_a_hung_predict_and_second_signal_exits_at_on
             hung = asyncio.create_task(s.post(w.url + "/predict", json={"input": "hang"}))
             await _until(s, w, "batches", 1)
             w.signal(signal.SIGTERM)
-            async with s.get(w.url + "/health") as r:
-                assert r.status == 503
+            # The signal lands asynchronously: wait for the drain to show, then the second.
+            deadline = time.monotonic() + 10
+            while True:
+                async with s.get(w.url + "/health") as r:
+                    if r.status == 503:
+                        break
+                assert time.monotonic() < deadline, "/health never turned 503 after SIGTERM"
+                await asyncio.sleep(0.01)
             w.signal(signal.SIGTERM)
             try:
                 code = await asyncio.to_thread(w.proc.wait, 5)
