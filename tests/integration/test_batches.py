@@ -22,13 +22,14 @@ import pytest
 from openai.types import Batch
 
 from gpufleet.testing import ServerProcess, run_router, run_worker
+from tests.integration._openai import openai_client
 from tests.integration._router import get_json
 
 FINAL = ("completed", "failed", "expired", "cancelled")
 
 
 def _client(router: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=router.url + "/v1", api_key="x", max_retries=0, timeout=30)
+    return openai_client(router.url + "/v1")
 
 
 def _jsonl(n: int, url: str = "/predict", start: int = 0) -> bytes:

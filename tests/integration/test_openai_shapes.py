@@ -15,6 +15,7 @@ import pytest
 from gpufleet import wire
 from gpufleet.testing import ServerProcess, free_port, run_router, run_worker
 from tests.integration._models import spec
+from tests.integration._openai import openai_client
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def router(embed: ServerProcess) -> Iterator[ServerProcess]:
 
 
 def _client(url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=10)
+    return openai_client(f"{url}/v1", timeout=10)
 
 
 def _post(url: str, body: object) -> tuple[int, dict[str, object]]:
