@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from gpufleet._files import write_atomic
 from gpufleet.cli._common import config_errors_exit
 
 #: Environment a systemd unit carries over: what changes the effective settings of `up`.
@@ -166,11 +167,7 @@ def export(
 
 def _write(path: Path, text: str, *, executable: bool) -> None:
     """Write ``text`` atomically (a temporary file renamed over ``path``)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    if executable:
-        tmp.chmod(0o755)
-    tmp.replace(path)
+    write_atomic(path, text, mode=0o755 if executable else None)
 
 
 def register(app: typer.Typer) -> None:

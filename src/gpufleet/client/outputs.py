@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from gpufleet import _files
 from gpufleet.errors import ClientError
 
 log = logging.getLogger("gpufleet.client")
@@ -40,8 +41,6 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10))}
 _RESERVED |= {f"lpt{i}" for i in range(10)}
 _NOT_OUTPUTS = {RESULTS_FILE.lower(), SUMMARY_FILE.lower()}
-#: A new temporary file: never an existing entry, never through a link.
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _EXTENSIONS = {
     "application/json": ".json",
     "image/png": ".png",
@@ -120,24 +119,7 @@ def write_atomic(folder: Path, name: str, data: bytes) -> Path:
     Raises:
         OSError: the file could not be written (the folder, the disk, a directory named so).
     """
-    target = inside(folder, name)
-    tmp = f".{name}.{os.getpid()}{TMP_SUFFIX}"
-    with _folder_fd(folder) as dir_fd:
-        try:
-            fd = os.open(tmp, _CREATE, 0o666, dir_fd=dir_fd)
-        except FileExistsError:  # left by a killed run, or planted: only the entry goes
-            os.unlink(tmp, dir_fd=dir_fd)
-            fd = os.open(tmp, _CREATE, 0o666, dir_fd=dir_fd)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp, dir_fd=dir_fd)
-    return target
+    return _files.write_atomic(inside(folder, name), data, tmp_suffix=TMP_SUFFIX)
 
 
 def remove_stale_temporaries(folder: Path) -> int:

@@ -6,6 +6,7 @@ import math
 from html import escape
 from pathlib import Path
 
+from gpufleet._files import write_atomic
 from gpufleet.operate.bench import BenchResult
 from gpufleet.operate.summary import percentile
 from gpufleet.operate.svg import Series, bars, chart
@@ -195,8 +196,4 @@ def _errors(result: BenchResult) -> list[str]:
 
 def write_report(result: BenchResult, path: str | Path) -> Path:
     """Write the report to ``path`` (atomically) and return it."""
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(render_html(result), encoding="utf-8")
-    tmp.replace(p)
-    return p
+    return write_atomic(path, render_html(result))
