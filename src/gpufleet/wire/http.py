@@ -1,0 +1,341 @@
+"""The one internal HTTP client: how gpufleet's processes and tools call each other.
+
+The router's health probes and ``/stats`` reads, the fleet's admin sync, ``monitor``,
+``bench`` and ``status`` all go through :class:`PeerClient`, so each call has the same
+rules: a total time budget (connect, headers and body together), an optional Bearer
+token, no redirects followed unless asked, a bounded answer, and failures raised as
+:class:`~gpufleet.errors.RequestFailed` (``status`` and ``retryable`` set), never as an
+aiohttp or socket exception. A JSON answer is decoded once, into the wire type the
+caller names (a ``msgspec.Struct``) or into plain JSON with bounded nesting.
+
+::
+
+    async with PeerClient(token=admin_token) as http:
+        answer = await http.request("GET", url + "/health")        # any status
+        stats = await http.call("GET", url + "/stats", into=SomeStruct)  # 2xx or raises
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Final, TypeVar, overload
+
+import aiohttp
+import msgspec
+
+from gpufleet import wire
+from gpufleet.errors import ClientClosed, ConfigError, RequestFailed
+
+T = TypeVar("T")
+
+#: Seconds one call may take, connect to last body byte, unless the caller says otherwise.
+DEFAULT_TIMEOUT_S: Final = 5.0
+#: The largest answer read (a /stats of a few hundred upstreams is well under this).
+MAX_ANSWER_BYTES: Final = 1 << 20
+#: Statuses worth another try later or elsewhere: the server was busy, not wrong.
+RETRYABLE_STATUSES: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: Redirects followed at most, when a call asks to follow them.
+MAX_REDIRECTS: Final = 5
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAnswer:
+    """One answer, read whole (at most the call's ``max_bytes``)."""
+
+    method: str
+    url: str
+    status: int
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def is_ok(self) -> bool:
+        """True for a 2xx status."""
+        return 200 <= self.status < 300
+
+    def json(self) -> Any:
+        """The body as JSON (bounded nesting); None for an empty body.
+
+        Raises:
+            RequestFailed: the body is not JSON.
+        """
+        if not self.body:
+            return None
+        try:
+            return wire.decode_json(self.body)
+        except ValueError as exc:
+            raise self._undecodable(exc) from exc
+
+    def decode(self, into: type[T]) -> T:
+        """The body decoded into ``into`` (a ``msgspec.Struct``, a list of them, …).
+
+        Raises:
+            RequestFailed: the body is not JSON or not of that shape.
+        """
+        try:
+            return msgspec.json.decode(self.body, type=into)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            # ValidationError is a DecodeError: a wrong shape is as unreadable as bad JSON.
+            raise self._undecodable(exc) from exc
+
+    def failure(self) -> RequestFailed:
+        """This answer as the error its status means (for a status the caller refuses)."""
+        data: Any = None
+        if self.headers.get("Content-Type", "").startswith(wire.JSON_CONTENT_TYPE):
+            try:
+                data = wire.decode_json(self.body)
+            except ValueError:
+                data = None
+        name = wire.error_name(data)
+        detail = _error_message(data) if name else None
+        if detail is None:
+            detail = self.body[:200].decode("utf-8", "replace").strip()
+        if 300 <= self.status < 400:
+            where = self.headers.get("Location", "?")
+            detail = f"redirected to {where}; redirects are not followed"
+        text = f"{self.method} {self.url}: HTTP {self.status}"
+        text += f" {name}" if name else ""
+        text += f": {detail}" if detail else ""
+        retry_after = wire.parse_retry_after(self.headers.get("Retry-After"))
+        return RequestFailed(
+            text,
+            status=self.status,
+            retryable=self.status in RETRYABLE_STATUSES,
+            retry_after_s=retry_after,
+        )
+
+    def _undecodable(self, exc: Exception) -> RequestFailed:
+        return RequestFailed(
+            f"{self.method} {self.url}: the answer is not the JSON expected ({exc})",
+            status=self.status,
+        )
+
+
+def _error_message(data: Any) -> str | None:
+    """``message`` of an error answer, ours (``{"error", "message"}``) or OpenAI's."""
+    if not isinstance(data, dict):
+        return None
+    inner = data.get("error")
+    source = inner if isinstance(inner, dict) else data
+    message = source.get("message")
+    return message if isinstance(message, str) else None
+
+
+class PeerClient:
+    """An aiohttp session with gpufleet's rules for calls between its processes.
+
+    Args:
+        token: sent as ``Authorization: Bearer …`` on every call (a call may override).
+        timeout_s: default budget of one call, connect to last byte.
+        max_bytes: default bound of an answer's body.
+        connections_per_host: keep-alive connections per host (0: no limit); the
+            router's probes use a pool of their own, so a busy proxy path never delays them.
+        session: an aiohttp session to use instead of one of its own (not closed here).
+    """
+
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_bytes: int = MAX_ANSWER_BYTES,
+        connections_per_host: int = 0,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        if not (timeout_s > 0 and math.isfinite(timeout_s)):
+            raise ConfigError(f"timeout_s must be a positive number, got {timeout_s}")
+        self._token = token
+        self.timeout_s = timeout_s
+        self.max_bytes = max_bytes
+        self._per_host = connections_per_host
+        self._session = session
+        self._owns_session = session is None
+        self._closed = False
+
+    async def __aenter__(self) -> PeerClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connections (a session passed in is left to its owner)."""
+        self._closed = True
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+        self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The aiohttp session underneath (for code that streams; opened on first use)."""
+        if self._closed:
+            raise ClientClosed("PeerClient used after aclose()")
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=self._per_host),
+                # Every call sets its own budget with asyncio.timeout; none here.
+                timeout=aiohttp.ClientTimeout(total=None),
+                trust_env=False,
+            )
+        return self._session
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        token: str | None = None,
+        timeout_s: float | None = None,
+        max_bytes: int | None = None,
+        follow_redirects: bool = False,
+    ) -> PeerAnswer:
+        """Send one request and read its answer, whatever the status.
+
+        Raises:
+            RequestFailed: nothing answered within the budget (``retryable``), or the
+                answer was larger than ``max_bytes``.
+        """
+        budget = self.timeout_s if timeout_s is None else timeout_s
+        limit = self.max_bytes if max_bytes is None else max_bytes
+        sent = dict(headers or {})
+        bearer = token if token is not None else self._token
+        if bearer:
+            sent["Authorization"] = f"Bearer {bearer}"
+        session = self.session
+        try:
+            async with (
+                asyncio.timeout(budget),
+                session.request(
+                    method,
+                    url,
+                    json=json,
+                    headers=sent,
+                    allow_redirects=follow_redirects,
+                    max_redirects=MAX_REDIRECTS,
+                ) as resp,
+            ):
+                body = await _read_bounded(resp, limit)
+                if body is None:
+                    raise RequestFailed(
+                        f"{method} {url}: the answer is over {limit} bytes", status=resp.status
+                    )
+                return PeerAnswer(method, url, resp.status, body, _headers(resp))
+        except TimeoutError as exc:
+            raise RequestFailed(
+                f"{method} {url}: no answer within {budget:g}s", retryable=True
+            ) from exc
+        except aiohttp.TooManyRedirects as exc:
+            raise RequestFailed(f"{method} {url}: over {MAX_REDIRECTS} redirects") from exc
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            # ValueError: a URL aiohttp cannot use (InvalidURL is one too).
+            reason = str(exc) or type(exc).__name__
+            raise RequestFailed(f"{method} {url}: {reason}", retryable=True) from exc
+
+    @overload
+    async def call(
+        self,
+        method: str,
+        url: str,
+        *,
+        into: type[T],
+        json: Any = ...,
+        token: str | None = ...,
+        timeout_s: float | None = ...,
+        max_bytes: int | None = ...,
+    ) -> T: ...
+
+    @overload
+    async def call(
+        self,
+        method: str,
+        url: str,
+        *,
+        into: None = ...,
+        json: Any = ...,
+        token: str | None = ...,
+        timeout_s: float | None = ...,
+        max_bytes: int | None = ...,
+    ) -> Any: ...
+
+    async def call(
+        self,
+        method: str,
+        url: str,
+        *,
+        into: type[Any] | None = None,
+        json: Any = None,
+        token: str | None = None,
+        timeout_s: float | None = None,
+        max_bytes: int | None = None,
+    ) -> Any:
+        """Send one request that must answer 2xx; its JSON, decoded into ``into`` if given.
+
+        Without ``into`` the answer is plain JSON (None for an empty body).
+
+        Raises:
+            RequestFailed: nothing answered, another status (with the error's name and
+                message), a redirect, an answer over ``max_bytes``, or not that JSON.
+        """
+        answer = await self.request(
+            method,
+            url,
+            json=json,
+            token=token,
+            timeout_s=timeout_s,
+            max_bytes=max_bytes,
+            headers={"Accept": wire.JSON_CONTENT_TYPE},
+        )
+        if not answer.is_ok:
+            raise answer.failure()
+        return answer.json() if into is None else answer.decode(into)
+
+    @overload
+    async def get(self, url: str, *, into: type[T], timeout_s: float | None = ...) -> T: ...
+
+    @overload
+    async def get(self, url: str, *, into: None = ..., timeout_s: float | None = ...) -> Any: ...
+
+    async def get(
+        self, url: str, *, into: type[Any] | None = None, timeout_s: float | None = None
+    ) -> Any:
+        """``GET url`` that must answer 2xx JSON (see :meth:`call`)."""
+        return await self.call("GET", url, into=into, timeout_s=timeout_s)
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The whole body, or None when it is longer than ``limit`` (reading stops there)."""
+    if resp.content_length is not None and resp.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _headers(resp: aiohttp.ClientResponse) -> Mapping[str, str]:
+    # CIMultiDictProxy: case-insensitive lookups, as HTTP header names are.
+    return resp.headers
+
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "MAX_ANSWER_BYTES",
+    "RETRYABLE_STATUSES",
+    "PeerAnswer",
+    "PeerClient",
+]
