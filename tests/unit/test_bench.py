@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from gpufleet._percentile import percentile
 from gpufleet.config.operate import BenchConfig
 from gpufleet.errors import ConfigError
 from gpufleet.operate.bench import (
@@ -24,17 +25,17 @@ from gpufleet.operate.fleetview import FleetView, WorkerView, rates
 from gpufleet.operate.load import NOT_SENT, Sample, Tally, error_kind
 from gpufleet.operate.monitor import router_line
 from gpufleet.operate.report import render_html
-from gpufleet.operate.summary import percentile, summarize, timeline
+from gpufleet.operate.summary import summarize, timeline
 from gpufleet.operate.text import to_json
 
 
-def test_percentile_interpolates_and_handles_edges() -> None:
+def test_bench_percentiles_are_the_nearest_rank_ones() -> None:
+    # The same definition as the worker's and the router's /stats (gpufleet._percentile).
     values = [float(v) for v in range(1, 101)]
-    assert percentile(values, 50) == pytest.approx(50.5)
-    assert percentile(values, 0) == 1.0
-    assert percentile(values, 100) == 100.0
-    assert percentile([7.0], 99) == 7.0
-    assert math.isnan(percentile([], 50))
+    assert percentile(values, 0.5) == 50.0
+    assert percentile(values, 0.0) == 1.0
+    assert percentile(values, 1.0) == 100.0
+    assert percentile([7.0], 0.99) == 7.0
 
 
 def test_summarize_counts_errors_by_kind_and_leaves_them_out_of_latency() -> None:
@@ -46,7 +47,7 @@ def test_summarize_counts_errors_by_kind_and_leaves_them_out_of_latency() -> Non
     assert s.errors == {"503 WorkerOverloaded": 3, "timeout": 1}
     assert s.throughput_rps == pytest.approx(5.0)
     assert s.latency_ms["max"] == pytest.approx(100.0)  # the 5 s failures are not counted
-    assert s.latency_ms["p50"] == pytest.approx(55.0)
+    assert s.latency_ms["p50"] == pytest.approx(50.0)  # nearest rank: the 5th of 10
     assert s.error_rate == pytest.approx(4 / 14)
 
 

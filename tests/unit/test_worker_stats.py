@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gpufleet.worker.stats import RECENT_ERRORS, WorkerCounters, percentile
+from gpufleet.worker.stats import RECENT_ERRORS, WorkerCounters
 
 
 def test_recent_errors_keep_the_last_few_oldest_first() -> None:
@@ -28,4 +28,4 @@ def test_latency_percentiles_over_the_window() -> None:
     for ms in (100, 1, 2, 3, 4):
         c.record_latency(ms / 1000)
     assert c.latency_ms() == {"p50": 2.0, "p99": 4.0}  # the 100 ms one left the window
-    assert percentile([], 0.5) == 0.0
+    assert WorkerCounters(window=4).latency_ms() == {"p50": 0.0, "p99": 0.0}

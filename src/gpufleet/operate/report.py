@@ -7,8 +7,8 @@ from html import escape
 from pathlib import Path
 
 from gpufleet._files import write_atomic
+from gpufleet._percentile import percentile
 from gpufleet.operate.bench import BenchResult
-from gpufleet.operate.summary import percentile
 from gpufleet.operate.svg import Series, bars, chart
 
 _CSS = """
@@ -94,7 +94,7 @@ def render_html(result: BenchResult) -> str:
         )
     )
     sorted_ms = sorted(x.latency_s * 1000 for x in ok)
-    cdf = [(q / 10, percentile(sorted_ms, q / 10)) for q in range(0, 1001, 5)] if ok else []
+    cdf = [(q / 10, percentile(sorted_ms, q / 1000)) for q in range(0, 1001, 5)] if ok else []
     html.append(
         chart(
             "Latency distribution",

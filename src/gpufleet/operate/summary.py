@@ -8,19 +8,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from gpufleet._percentile import percentile
 from gpufleet.operate.load import NOT_SENT, Sample
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0..100) of sorted values, interpolated linearly."""
-    if not sorted_values:
-        return math.nan
-    if len(sorted_values) == 1:
-        return sorted_values[0]
-    pos = (len(sorted_values) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +41,9 @@ def summarize(samples: Sequence[Sample], duration_s: float) -> LoadSummary:
     latency: dict[str, float] = {}
     if ok_lat:
         latency = {
-            "p50": percentile(ok_lat, 50),
-            "p90": percentile(ok_lat, 90),
-            "p99": percentile(ok_lat, 99),
+            "p50": percentile(ok_lat, 0.5),
+            "p90": percentile(ok_lat, 0.9),
+            "p99": percentile(ok_lat, 0.99),
             "max": ok_lat[-1],
             "mean": sum(ok_lat) / len(ok_lat),
             "min": ok_lat[0],
@@ -132,8 +121,8 @@ def timeline(
                 t_s=min(mid, end),
                 ok_rps=len(values) / width,
                 error_rps=(len(inside) - len(values)) / width,
-                p50_ms=percentile(values, 50) if values else math.nan,
-                p99_ms=percentile(values, 99) if values else math.nan,
+                p50_ms=percentile(values, 0.5, empty=math.nan),
+                p99_ms=percentile(values, 0.99, empty=math.nan),
             )
         )
     return out

@@ -24,10 +24,11 @@ import aiohttp
 from aiohttp import web
 
 from gpufleet import wire
+from gpufleet._percentile import percentile_ms
 from gpufleet.router.health import read_json
 from gpufleet.router.pool import Registry
 from gpufleet.router.stats import stats_payload
-from gpufleet.router.upstream import REMOVED, Upstream, percentile_ms
+from gpufleet.router.upstream import REMOVED, Upstream
 
 if TYPE_CHECKING:
     from gpufleet.router.app import RouterState

@@ -12,10 +12,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gpufleet._percentile import percentile_ms
 from gpufleet.router.admission import PRIORITIES, Admission
 from gpufleet.router.pool import Registry
 from gpufleet.router.stats import Totals
-from gpufleet.router.upstream import percentile_ms
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STATES = ("ready", "starting", "ejected", "draining")

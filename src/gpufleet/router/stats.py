@@ -6,10 +6,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from gpufleet._percentile import percentile_ms
 from gpufleet.router.admission import PRIORITIES, Admission
 from gpufleet.router.policies.prefix import Prefix
 from gpufleet.router.pool import Registry
-from gpufleet.router.upstream import percentile_ms
 
 
 class Totals:

@@ -15,7 +15,7 @@ from typing import Final
 
 import msgspec
 
-from gpufleet.router.upstream import percentile_ms
+from gpufleet._percentile import percentile_ms
 
 #: Samples of TTFT and inter-token latency kept per upstream.
 WINDOW: Final = 512

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol
 
+from gpufleet._percentile import percentile_ms
 from gpufleet.router.limit import GradientLimit
 
 if TYPE_CHECKING:
@@ -329,14 +330,6 @@ class Upstream:
             ),
             "labels": dict(self.labels),
         }
-
-
-def percentile_ms(sorted_s: list[float], q: float) -> float:
-    """The ``q`` quantile (nearest rank) of sorted seconds, in milliseconds; 0 when empty."""
-    if not sorted_s:
-        return 0.0
-    idx = min(len(sorted_s) - 1, max(0, round(q * len(sorted_s) + 0.5) - 1))
-    return round(sorted_s[idx] * 1000.0, 3)
 
 
 def _finite(value: float) -> float | None:

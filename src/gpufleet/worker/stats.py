@@ -9,25 +9,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gpufleet._percentile import percentile_ms
+
 log = logging.getLogger("gpufleet.worker")
 
 #: Failed requests /stats lists under ``recent_errors`` (``gpufleet monitor --errors``).
 RECENT_ERRORS = 20
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """The ``q``-quantile (0..1) of ascending values, nearest-rank; 0.0 when empty."""
-    if not sorted_values:
-        return 0.0
-    rank = max(1, math.ceil(q * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
 @dataclass
@@ -94,8 +87,8 @@ class WorkerCounters:
         """p50 and p99 over the recent window, in milliseconds."""
         values = sorted(self._latencies)
         return {
-            "p50": round(percentile(values, 0.50) * 1000, 3),
-            "p99": round(percentile(values, 0.99) * 1000, 3),
+            "p50": percentile_ms(values, 0.50),
+            "p99": percentile_ms(values, 0.99),
         }
 
 
