@@ -3,7 +3,8 @@
 Upload, create, poll, download, list, cancel; a bad line refused with its number; a router
 ``kill -9``-ed mid-batch and started again on the same store finishes the batch with one
 output line per ``custom_id``, having sent again at most what was in flight (counted at the
-workers). Interactive requests go before queued batch ones.
+workers), on either store (a SQLite folder; a PostgreSQL database on a real server the
+test starts). Interactive requests go before queued batch ones.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pytest
 from openai.types import Batch
 
 from gpufleet.testing import ServerProcess, run_router, run_worker
+from tests._postgres import new_database, running_postgres
 from tests.integration._openai import openai_client
 from tests.integration._router import get_json
 
@@ -226,8 +228,18 @@ def test_cancel_keeps_what_finished(tmp_path: Path) -> None:
         assert client.batches.cancel(batch.id).status == "cancelled"
 
 
-def test_kill9_mid_batch_then_restart_finishes_exactly_once(tmp_path: Path) -> None:
-    store = str(tmp_path / "store")
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_at(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Where a router keeps its batches: a folder, or a PostgreSQL database URL."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "store")
+        return
+    with running_postgres() as url:
+        yield new_database(url, "batches")
+
+
+def test_kill9_mid_batch_then_restart_finishes_exactly_once(store_at: str) -> None:
+    store = store_at
     n = 600
     with _workers(2, "--model-arg", "base_ms=50") as workers:
         urls = [w.url for w in workers]

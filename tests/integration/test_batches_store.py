@@ -1,4 +1,5 @@
-"""SqliteStore: files kept atomically, one result per custom_id, finish all at once, sweep."""
+"""Both BatchStores (SQLite; PostgreSQL on a real server the test starts): files kept
+atomically, one result per custom_id (also across a restart), finish all at once, sweep."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import contextlib
 import os
 import sqlite3
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from gpufleet.batches.postgres import PostgresStore
 from gpufleet.batches.records import (
     COMPLETED,
     IN_PROGRESS,
@@ -21,24 +23,53 @@ from gpufleet.batches.records import (
     ResultRow,
 )
 from gpufleet.batches.sqlite import SqliteStore
+from gpufleet.batches.store import BatchStore
+from tests._postgres import new_database, running_postgres
+
+#: Makes a new store object on the same storage each call.
+Opener = Callable[[], BatchStore]
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    with running_postgres() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    """Makes stores over one storage: a directory, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return lambda: SqliteStore(tmp_path / "store")
+    url = request.getfixturevalue("postgres_url")
+    db = new_database(url, "t" + os.urandom(6).hex())
+    return lambda: PostgresStore(db)
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "store")
+async def store(opener: Opener) -> AsyncIterator[BatchStore]:
+    s: BatchStore = opener()
     await s.open()
     yield s
     await s.aclose()
 
 
-def _scratch_file(store: SqliteStore, data: bytes) -> Path:
+def _duplicate_error(store: BatchStore) -> tuple[type[Exception], ...]:
+    if isinstance(store, PostgresStore):
+        import psycopg
+
+        return (psycopg.errors.UniqueViolation,)
+    return (sqlite3.IntegrityError,)
+
+
+def _scratch_file(store: BatchStore, data: bytes) -> Path:
     fd, name = tempfile.mkstemp(dir=store.scratch())
     os.write(fd, data)
     os.close(fd)
     return Path(name)
 
 
-async def _add_file(store: SqliteStore, file_id: str, data: bytes, created: int = 100) -> None:
+async def _add_file(store: BatchStore, file_id: str, data: bytes, created: int = 100) -> None:
     record = FileRecord(file_id, PURPOSE_BATCH, "in.jsonl", len(data), created, lines=1)
     await store.add_file(record, _scratch_file(store, data))
 
@@ -47,7 +78,7 @@ def _batch(batch_id: str, file_id: str = "file-a", created: int = 100) -> BatchR
     return BatchRecord(batch_id, "/predict", file_id, "24h", IN_PROGRESS, created, created + 86400)
 
 
-async def test_files_are_kept_listed_read_and_deleted(store: SqliteStore) -> None:
+async def test_files_are_kept_listed_read_and_deleted(store: BatchStore) -> None:
     await _add_file(store, "file-a", b"a" * 3_000_000)
     await _add_file(store, "file-b", b"bb")
     got = await store.get_file("file-a")
@@ -64,7 +95,8 @@ async def test_files_are_kept_listed_read_and_deleted(store: SqliteStore) -> Non
     assert await store.stored_bytes() == 3_000_002
     assert await store.delete_file("file-a")
     assert not await store.delete_file("file-a")
-    assert not (store.files_dir / "file-a").exists()
+    if isinstance(store, SqliteStore):
+        assert not (store.files_dir / "file-a").exists()
     with pytest.raises(FileNotFoundError):
         [c async for c in store.read_file("file-a")]
     # An id that walks out of the folder names no row, so nothing is opened.
@@ -72,7 +104,7 @@ async def test_files_are_kept_listed_read_and_deleted(store: SqliteStore) -> Non
         [c async for c in store.read_file("../batches.sqlite3")]
 
 
-async def test_a_result_is_recorded_once_per_custom_id(store: SqliteStore) -> None:
+async def test_a_result_is_recorded_once_per_custom_id(store: BatchStore) -> None:
     await _add_file(store, "file-a", b"x")
     await store.add_batch(_batch("batch_1"))
     rows = [ResultRow("a", 1, True, b"A1"), ResultRow("b", 2, False, b"B1")]
@@ -91,7 +123,7 @@ async def test_a_result_is_recorded_once_per_custom_id(store: SqliteStore) -> No
     assert [r.custom_id for r in page] == ["c"]
 
 
-async def test_finish_keeps_outputs_and_state_together(store: SqliteStore) -> None:
+async def test_finish_keeps_outputs_and_state_together(store: BatchStore) -> None:
     await _add_file(store, "file-a", b"x")
     await store.add_batch(_batch("batch_1"))
     out = FileRecord("file-out", PURPOSE_OUTPUT, "o.jsonl", 3, 200, lines=1)
@@ -110,11 +142,39 @@ async def test_finish_keeps_outputs_and_state_together(store: SqliteStore) -> No
     # A row that cannot be inserted rolls the whole finish back: no state, no file.
     await store.add_batch(_batch("batch_2"))
     dup = FileRecord("file-out", PURPOSE_OUTPUT, "o.jsonl", 3, 200)
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(_duplicate_error(store)):
         await store.finish_batch("batch_2", [(dup, _scratch_file(store, b"z\n"))], status=COMPLETED)
     again = await store.get_batch("batch_2")
     assert again is not None
     assert again.status == IN_PROGRESS
+
+
+async def test_results_stay_once_across_a_restart(opener: Opener) -> None:
+    first: BatchStore = opener()
+    await first.open()
+    await _add_file(first, "file-a", b"x")
+    await first.add_batch(_batch("batch_1"))
+    await first.add_results("batch_1", [ResultRow("a", 1, True, b"A1")])
+    await first.aclose()
+    # A new store on the same storage (the router started again after a kill -9): the
+    # batch is still unfinished, its stored result is there, and the request sent again
+    # (it was in flight at the crash) does not make a second result or count twice.
+    second: BatchStore = opener()
+    await second.open()
+    try:
+        assert [b.id for b in await second.unfinished_batches()] == ["batch_1"]
+        assert await second.result_ids("batch_1") == {"a"}
+        await second.add_results(
+            "batch_1", [ResultRow("a", 1, True, b"A2"), ResultRow("b", 2, True, b"B")]
+        )
+        record = await second.get_batch("batch_1")
+        assert record is not None
+        assert (record.completed, record.failed) == (2, 0)
+        page = await second.results_page("batch_1", after_line=0, limit=10)
+        assert [(r.custom_id, r.doc) for r in page] == [("a", b"A1"), ("b", b"B")]
+        assert b"".join([c async for c in second.read_file("file-a")]) == b"x"
+    finally:
+        await second.aclose()
 
 
 async def test_open_drops_what_a_crash_left(tmp_path: Path) -> None:
@@ -137,7 +197,7 @@ async def test_open_drops_what_a_crash_left(tmp_path: Path) -> None:
         await second.aclose()
 
 
-async def test_sweep_keeps_inputs_of_unfinished_batches(store: SqliteStore) -> None:
+async def test_sweep_keeps_inputs_of_unfinished_batches(store: BatchStore) -> None:
     await _add_file(store, "file-old", b"x", created=10)
     await _add_file(store, "file-used", b"x", created=10)
     await _add_file(store, "file-new", b"x", created=1000)
@@ -155,7 +215,7 @@ async def test_sweep_keeps_inputs_of_unfinished_batches(store: SqliteStore) -> N
     assert await store.get_batch("batch_running") is not None
 
 
-async def test_batches_list_newest_first_with_a_cursor(store: SqliteStore) -> None:
+async def test_batches_list_newest_first_with_a_cursor(store: BatchStore) -> None:
     for i in range(5):
         await store.add_batch(_batch(f"batch_{i}"))
     page, more = await store.list_batches(limit=2, after=None)

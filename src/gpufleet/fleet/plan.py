@@ -218,7 +218,9 @@ def router_spec(
         # What says "ready" to the fleet says it to the router's probes too (--cmd servers
         # without /health): one path for both.
         argv += ["--health-path", cfg.ready_path]
-    if cfg.batch_store != "off":
+    if cfg.batch_store is not None and cfg.batch_store.startswith(("postgresql://", "postgres://")):
+        argv += ["--batch-store", cfg.batch_store]  # a database URL, not a folder
+    elif cfg.batch_store != "off":
         argv += ["--batch-store", str(Path(cwd, cfg.batch_store or Path(cfg.run_dir, "batches")))]
     for network in FLEET_NETWORKS:
         # The fleet adds its own workers through the admin API: on Ray (or a worker_host
