@@ -152,23 +152,23 @@ def monitor(
 
 
 async def _monitor(cfg: MonitorConfig) -> None:
-    import aiohttp
     from rich.console import Console
     from rich.live import Live
     from rich.text import Text
 
     from gpufleet.operate import monitor as mon
+    from gpufleet.wire.http import PeerClient
 
     console = Console()
     if not console.is_terminal:
         # Piped or captured output: keep every column readable rather than 80 wide.
         console = Console(width=max(console.width, 160))
-    async with aiohttp.ClientSession() as session:
+    async with PeerClient() as http:
         if cfg.once:
-            console.print(await mon.snapshot(cfg, session))
+            console.print(await mon.snapshot(cfg, http))
             return
         with Live(Text("connecting …"), console=console, refresh_per_second=4) as live:
-            await mon.watch(cfg, session, live)
+            await mon.watch(cfg, http, live)
 
 
 def register(app: typer.Typer) -> None:

@@ -13,10 +13,12 @@ from typing import Any
 import aiohttp
 
 from gpufleet.errors import RequestFailed
-from gpufleet.operate._http import request_json
+from gpufleet.wire.http import PeerClient
 
 #: Seconds one call may take (a download: per chunk read).
 TIMEOUT_S = 30.0
+#: The largest JSON answer read (a page of batches).
+MAX_ANSWER_BYTES = 16 << 20
 
 
 class BatchesClient:
@@ -25,6 +27,7 @@ class BatchesClient:
     def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
         self.session = session
         self.base = url.rstrip("/") + "/v1"
+        self._http = PeerClient(session=session, timeout_s=TIMEOUT_S, max_bytes=MAX_ANSWER_BYTES)
 
     async def list(self, *, limit: int, after: str | None = None) -> dict[str, Any]:
         """One page of batches, newest first."""
@@ -76,7 +79,7 @@ class BatchesClient:
         return size
 
     async def _call(self, method: str, path: str) -> Any:
-        return await request_json(self.session, method, self.base + path, timeout_s=TIMEOUT_S)
+        return await self._http.call(method, self.base + path)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -27,6 +27,7 @@ from gpufleet.errors import ConfigError, RequestFailed
 from gpufleet.operate import load
 from gpufleet.operate.fleetview import FleetView, WorkerView, read_fleet
 from gpufleet.operate.summary import LoadSummary, TimelinePoint, summarize, timeline
+from gpufleet.wire.http import PeerClient
 
 #: Inputs of the default payload, by model kind (several, so no cache answers them all).
 DEFAULT_INPUTS: dict[str, list[str]] = {
@@ -258,10 +259,11 @@ async def run_bench(
     connector = aiohttp.TCPConnector(limit=connector_limit(cfg), limit_per_host=0)
     timeout = aiohttp.ClientTimeout(total=None)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        http = PeerClient(session=session)  # /stats reads share the load's connections
         notes: list[str] = []
         before: FleetView | None
         try:
-            before = await read_fleet(session, cfg.url)
+            before = await read_fleet(http, cfg.url)
         except RequestFailed as exc:
             if exc.status is None and "connect" in exc.message.lower():
                 raise RequestFailed(f"nothing answers at {cfg.url}: {exc.message}") from exc
@@ -283,7 +285,7 @@ async def run_bench(
                 max_duration_s=end - time.monotonic(),
             )
             if before is not None:
-                before = await read_fleet(session, cfg.url)
+                before = await read_fleet(http, cfg.url)
             if end <= time.monotonic():
                 notes.append("the warm-up took all of --max-duration: nothing was measured")
         result = BenchResult(
@@ -317,7 +319,7 @@ async def run_bench(
                     await live
         result.samples, result.summary = samples, summarize(samples, took)
         if before is not None:
-            after = await read_fleet(session, cfg.url)
+            after = await read_fleet(http, cfg.url)
             result.shares = shares_between(before, after)
         if not any(s.served for s in result.shares):
             result.shares = shares_from_headers(samples) or result.shares

@@ -13,11 +13,9 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import aiohttp
-
 from gpufleet.errors import RequestFailed
-from gpufleet.operate._http import get_json
 from gpufleet.wire import WORKER_SERVER_NAME
+from gpufleet.wire.http import PeerClient
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +151,7 @@ def _worker_from_stats(url: str, data: dict[str, Any]) -> WorkerView:
 
 
 async def read_fleet(
-    session: aiohttp.ClientSession, url: str, *, deep: bool = True, timeout_s: float = 3.0
+    http: PeerClient, url: str, *, deep: bool = True, timeout_s: float = 3.0
 ) -> FleetView:
     """Read ``url``'s /stats (and with ``deep``, every upstream's own /stats).
 
@@ -161,7 +159,7 @@ async def read_fleet(
         RequestFailed: ``url`` itself did not answer its /stats with JSON.
     """
     base = url.rstrip("/")
-    data = await get_json(session, base + "/stats", timeout_s=timeout_s)
+    data = await http.get(base + "/stats", timeout_s=timeout_s)
     if not isinstance(data, dict):
         raise RequestFailed(f"{base}/stats did not answer a JSON object")
     taken_at = time.monotonic()
@@ -177,16 +175,16 @@ async def read_fleet(
         if isinstance(w, dict)
     ]
     if deep:
-        views = list(await asyncio.gather(*(_deepen(session, v, timeout_s) for v in views)))
+        views = list(await asyncio.gather(*(_deepen(http, v, timeout_s) for v in views)))
     totals = {k: v for k, v in data.items() if k != "workers"}
     return FleetView(base, True, tuple(views), totals, taken_at, data)
 
 
-async def _deepen(session: aiohttp.ClientSession, view: WorkerView, timeout_s: float) -> WorkerView:
+async def _deepen(http: PeerClient, view: WorkerView, timeout_s: float) -> WorkerView:
     if not view.url.startswith(("http://", "https://")):
         return view
     try:
-        data = await get_json(session, view.url.rstrip("/") + "/stats", timeout_s=timeout_s)
+        data = await http.get(view.url.rstrip("/") + "/stats", timeout_s=timeout_s)
     except RequestFailed as exc:
         return replace(view, stats_error=exc.message)
     if not isinstance(data, dict) or data.get("server") != WORKER_SERVER_NAME:

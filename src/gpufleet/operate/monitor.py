@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from rich.console import Group, RenderableType
 from rich.live import Live
 from rich.table import Table
@@ -27,6 +26,7 @@ from rich.text import Text
 from gpufleet.config.operate import MonitorConfig
 from gpufleet.errors import RequestFailed
 from gpufleet.operate.fleetview import FleetView, WorkerView, rates, read_fleet
+from gpufleet.wire.http import PeerClient
 
 GOOD_STATES = {"healthy", "ready", "up", "active"}
 
@@ -212,18 +212,18 @@ def render(
     return Group(*parts)
 
 
-async def snapshot(cfg: MonitorConfig, session: aiohttp.ClientSession) -> RenderableType:
+async def snapshot(cfg: MonitorConfig, http: PeerClient) -> RenderableType:
     """Two polls ``interval_s`` apart (rates need two), rendered once."""
     state = MonitorState()
-    state.observe(await read_fleet(session, cfg.url, timeout_s=cfg.timeout_s))
+    state.observe(await read_fleet(http, cfg.url, timeout_s=cfg.timeout_s))
     await asyncio.sleep(cfg.interval_s)  # the second poll of a rate measurement
-    view = await read_fleet(session, cfg.url, timeout_s=cfg.timeout_s)
+    view = await read_fleet(http, cfg.url, timeout_s=cfg.timeout_s)
     return render(view, state.observe(view), state, errors=cfg.errors)
 
 
 async def watch(
     cfg: MonitorConfig,
-    session: aiohttp.ClientSession,
+    http: PeerClient,
     live: Live,
     *,
     polls: int | None = None,
@@ -234,7 +234,7 @@ async def watch(
     done = 0
     while polls is None or done < polls:
         try:
-            view = await read_fleet(session, cfg.url, timeout_s=cfg.timeout_s)
+            view = await read_fleet(http, cfg.url, timeout_s=cfg.timeout_s)
         except RequestFailed as exc:
             live.update(Text(f"{cfg.url}: {exc.message} (retrying)", style="red"))
             if on_error:
