@@ -199,12 +199,23 @@ def kv_blocks(args: argparse.Namespace) -> int:
 
 _CONTENT = re.compile(rb'"content"\s*:\s*"[^"]')
 _COMPLETION = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
+#: The simulated engine's own account of a request (its final chunk; not an OpenAI field).
+_TIMING = re.compile(rb'"sim_timing"\s*:\s*(\{[^}]*\})')
 
 
-async def one_request(
-    session: aiohttp.ClientSession, url: str, body: bytes
-) -> tuple[int, float, float, int]:
-    """POST a streamed chat; (status, TTFT s, end-to-end s, output tokens)."""
+@dataclass(slots=True)
+class Answer:
+    """One streamed answer as the client saw it, and the engine's account of it."""
+
+    status: int
+    ttft_s: float
+    total_s: float
+    tokens: int
+    timing: dict[str, Any] | None = None
+
+
+async def one_request(session: aiohttp.ClientSession, url: str, body: bytes) -> Answer:
+    """POST a streamed chat; its status, TTFT, end-to-end time, output tokens, timing."""
     headers = {"Content-Type": "application/json"}
     started = time.perf_counter()
     ttft = math.nan
@@ -220,39 +231,82 @@ async def one_request(
     total = time.perf_counter() - started
     found = _COMPLETION.findall(buf)
     tokens = int(found[-1]) if found else len(_CONTENT.findall(buf))
-    return status, ttft, total, tokens
+    timing = _TIMING.search(buf)
+    return Answer(status, ttft, total, tokens, json.loads(timing.group(1)) if timing else None)
+
+
+def tail_breakdown(answers: Sequence[Answer], q: float = 0.98) -> dict[str, Any]:
+    """Where the slowest first tokens' time went: router and client, engine queue, prefill.
+
+    For the answers at or above the ``q`` quantile of TTFT (and, to compare, for all):
+    the client's TTFT, the engine's own (arrival to first token) and its queue (arrival
+    to admission), the rest (client TTFT minus engine TTFT: the router's queue, its CPU
+    and the client's), the share admitted cold (under half the prompt cached) and the
+    uncached prompt tokens of the step that admitted them.
+    """
+    timed = [a for a in answers if a.timing is not None]
+    if not timed:
+        return {}
+    timed.sort(key=lambda a: a.ttft_s)
+    cut = timed[min(len(timed) - 1, int(q * len(timed))) :]
+
+    def summary(group: Sequence[Answer]) -> dict[str, float]:
+        n = len(group)
+        t = [a.timing for a in group if a.timing is not None]
+        return {
+            "n": n,
+            "ttft_ms": statistics.fmean(a.ttft_s for a in group) * 1000.0,
+            "engine_ttft_ms": statistics.fmean(x["ttft_ms"] for x in t),
+            "engine_queued_ms": statistics.fmean(x["queued_ms"] for x in t),
+            "outside_engine_ms": statistics.fmean(
+                a.ttft_s * 1000.0 - a.timing["ttft_ms"] for a in group if a.timing is not None
+            ),
+            "cold": sum(1 for x in t if x["cached_tokens"] * 2 < x["prompt_tokens"]) / n,
+            "step_prefill_tokens": statistics.fmean(x["step_prefill_tokens"] for x in t),
+        }
+
+    cold_by_engine: dict[int, int] = {}
+    for a in timed:
+        x = a.timing
+        if x is not None and x["cached_tokens"] * 2 < x["prompt_tokens"]:
+            cold_by_engine[x["engine"]] = cold_by_engine.get(x["engine"], 0) + 1
+    return {
+        "quantile": q,
+        "tail": summary(cut),
+        "all": summary(timed),
+        "cold_requests": sum(cold_by_engine.values()),
+        "cold_by_engine": {str(k): v for k, v in sorted(cold_by_engine.items())},
+    }
 
 
 async def closed_loop(url: str, bodies: Sequence[bytes], concurrency: int) -> dict[str, Any]:
     """Every body once, ``concurrency`` in flight; throughput and latencies."""
-    ttfts: list[float] = []
-    e2e: list[float] = []
-    tokens = errors = 0
+    answers: list[Answer] = []
+    errors = 0
     todo = iter(bodies)
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def caller() -> None:
-            nonlocal tokens, errors
+            nonlocal errors
             for body in todo:
                 try:
-                    status, ttft, total, n = await one_request(session, url, body)
+                    answer = await one_request(session, url, body)
                 except (aiohttp.ClientError, TimeoutError):
                     errors += 1
                     continue
-                if status != 200 or ttft != ttft:
+                if answer.status != 200 or answer.ttft_s != answer.ttft_s:
                     errors += 1
                     continue
-                ttfts.append(ttft)
-                e2e.append(total)
-                tokens += n
+                answers.append(answer)
 
         started = time.perf_counter()
         await asyncio.gather(*(caller() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-    ttfts.sort()
-    e2e.sort()
+    ttfts = sorted(a.ttft_s for a in answers)
+    e2e = sorted(a.total_s for a in answers)
+    tokens = sum(a.tokens for a in answers)
     return {
         "requests": len(bodies),
         "ok": len(e2e),
@@ -265,6 +319,7 @@ async def closed_loop(url: str, bodies: Sequence[bytes], concurrency: int) -> di
         "ttft_p99_ms": pct(ttfts, 0.99),
         "e2e_p50_ms": pct(e2e, 0.50),
         "e2e_p99_ms": pct(e2e, 0.99),
+        "tail": tail_breakdown(answers),
     }
 
 
@@ -433,6 +488,7 @@ async def run_one(
             target = router.url + "/v1/chat/completions"
             await closed_loop(target, warm, args.concurrency)
             before = await engine_figures(urls)
+            stats0 = await get_json(router.stats_url) if router.stats_url else None
             cpu0 = cpu_seconds(router.pid)
             row = await closed_loop(target, bodies, args.concurrency)
             cpu1 = cpu_seconds(router.pid)
@@ -475,7 +531,7 @@ async def run_one(
         "load_after": load,
         "cmd": router.cmd,
     }
-    if router_stats is not None:
+    if router_stats is not None and stats0 is not None:
         pool = next(iter(router_stats["pools"].values()))
         row["gpufleet"] = {
             "policy": router_stats["policy"],
@@ -483,8 +539,28 @@ async def run_one(
             "caps": [w["max_outstanding"] for w in router_stats["workers"]],
             "engine_kinds": [w.get("engine") for w in router_stats["workers"]],
             "retries": router_stats["totals"]["retries"],
-        }
+        } | router_phase(stats0, router_stats)
     return row
+
+
+def router_phase(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """What gpufleet's router did in the measured phase: its queue and its prefix choices."""
+    p0 = next(iter(before["pools"].values()))
+    p1 = next(iter(after["pools"].values()))
+    c0, c1 = p0["classes"]["interactive"], p1["classes"]["interactive"]
+    admitted = c1["admitted"] - c0["admitted"]
+    waited_ms = c1["wait_mean_ms"] * c1["admitted"] - c0["wait_mean_ms"] * c0["admitted"]
+    out: dict[str, Any] = {
+        "queue_wait_mean_ms": waited_ms / admitted if admitted else 0.0,
+        # The window of recent waits (warm-up included when it is short).
+        "queue_wait_p99_ms": c1["wait_p99_ms"],
+    }
+    x0, x1 = p0.get("prefix"), p1.get("prefix")
+    if x0 and x1:
+        for k in ("lookups", "hits", "affine", "by_load", "placed"):
+            if k in x1:
+                out[k] = x1[k] - x0.get(k, 0)
+    return out
 
 
 def _mean_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -552,6 +628,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                         f"load {row['load_after']:.1f}",
                         flush=True,
                     )
+                    print("    " + _fmt_tail(row), flush=True)
             results["runs"].append(
                 {
                     "speeds": list(speeds),
@@ -567,6 +644,30 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # report ---------------------------------------------------------------------------------
+
+
+def _fmt_tail(row: dict[str, Any]) -> str:
+    """One line: where the slowest first tokens' time went (and the router's own queue)."""
+    tail = row.get("tail") or {}
+    parts = []
+    for name in ("tail", "all"):
+        t = tail.get(name)
+        if t:
+            parts.append(
+                f"{name}: n {t['n']} TTFT {t['ttft_ms']:.0f} = engine {t['engine_ttft_ms']:.0f} "
+                f"(queued {t['engine_queued_ms']:.0f}) + outside {t['outside_engine_ms']:.0f} ms, "
+                f"cold {t['cold']:.2f}, step prefill {t['step_prefill_tokens']:.0f} tok"
+            )
+    if tail:
+        parts.append(f"cold requests {tail['cold_requests']} {tail['cold_by_engine']}")
+    g = row.get("gpufleet")
+    if g:
+        extra = {k: g[k] for k in ("affine", "by_load", "placed") if k in g}
+        parts.append(
+            f"router queue mean {g.get('queue_wait_mean_ms', 0.0):.1f} ms "
+            f"p99(window) {g.get('queue_wait_p99_ms', 0.0):.1f} ms, caps {g['caps']}, {extra}"
+        )
+    return " | ".join(parts)
 
 
 def _fmt_speeds(speeds: Sequence[float]) -> str:

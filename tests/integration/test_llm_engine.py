@@ -118,6 +118,12 @@ async def test_chat_stream_sends_chunks_then_usage_then_done(engine: ServerProce
     assert usage["choices"] == []
     assert usage["usage"]["completion_tokens"] == 6
     assert usage["usage"]["total_tokens"] == usage["usage"]["prompt_tokens"] + 6
+    # The engine's own account of the request, for benchmarks (not an OpenAI field).
+    timing = usage["sim_timing"]
+    assert timing["engine"] == int(engine.url.rsplit(":", 1)[1])
+    assert 0.0 <= timing["queued_ms"] <= timing["ttft_ms"]
+    assert timing["prompt_tokens"] == usage["usage"]["prompt_tokens"]
+    assert timing["step_prefill_tokens"] >= timing["prompt_tokens"] - timing["cached_tokens"]
     # Without include_usage: no usage chunk.
     del body["stream_options"]
     async with (

@@ -278,6 +278,8 @@ def test_prompts_admitted_in_one_step_share_their_prefix() -> None:
     assert plan is not None
     assert [s.cached_tokens for s in plan.admitted] == [0, 20]
     assert plan.prefill_tokens == 21 + 1
+    # Each knows the prefill its step cost (what its time to first token waited for).
+    assert [s.step_prefill_tokens for s in plan.admitted] == [22, 22]
 
 
 def test_a_diverging_prompt_hits_only_the_shared_leading_blocks() -> None:

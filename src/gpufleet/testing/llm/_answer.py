@@ -41,6 +41,32 @@ def finish_reason(job: Job, seq: Sequence) -> str | None:
     return "length" if job.explicit_max else "stop"
 
 
+def timing(seq: Sequence, port: int) -> dict[str, Any]:
+    """Where ``seq``'s time to first token went inside the engine (not an OpenAI field).
+
+    ``engine`` is the port it listens on; ``queued_ms`` from arrival to admission,
+    ``ttft_ms`` from arrival to its first token, ``step_prefill_tokens`` the uncached
+    prompt tokens of the step that admitted it (what that step's prefill cost everyone
+    in it). A benchmark subtracts these from its own TTFT to find the router's share.
+    """
+    admitted = seq.admitted_at if seq.admitted_at is not None else seq.submitted_at
+    first = seq.first_token_at if seq.first_token_at is not None else admitted
+    return {
+        "engine": port,
+        "queued_ms": round((admitted - seq.submitted_at) * 1000.0, 3),
+        "ttft_ms": round((first - seq.submitted_at) * 1000.0, 3),
+        "cached_tokens": seq.cached_tokens,
+        "prompt_tokens": seq.prompt_tokens,
+        "step_prefill_tokens": seq.step_prefill_tokens,
+    }
+
+
+def local_port(request: web.Request) -> int:
+    """The port this request came in on (the engine's identity in ``timing``)."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    return int(sockname[1]) if sockname else 0
+
+
 def usage(seq: Sequence) -> dict[str, Any]:
     """OpenAI's ``usage`` of ``seq``, with its cached prompt tokens."""
     return {

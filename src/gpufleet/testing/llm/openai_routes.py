@@ -8,9 +8,11 @@ from gpufleet.testing.llm._answer import (
     ENGINE,
     answer_head,
     finish_reason,
+    local_port,
     read_job,
     run_job,
     sse,
+    timing,
     usage,
 )
 from gpufleet.testing.llm.bodies import chat_job, completion_job
@@ -23,6 +25,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if isinstance(job, web.Response):
         return job
     model = request.app[ENGINE].cfg.model_name
+    port = local_port(request)
     head = answer_head("chat.completion.chunk", "chatcmpl", model)
     usage_field = {"usage": None} if job.include_usage else {}
 
@@ -44,7 +47,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return b"".join(out)
 
     def tail(seq: Sequence) -> bytes:
-        return sse({**head, "choices": [], "usage": usage(seq)}) if job.include_usage else b""
+        if not job.include_usage:
+            return b""
+        return sse({**head, "choices": [], "usage": usage(seq), "sim_timing": timing(seq, port)})
 
     def answer(seq: Sequence) -> object:
         message = {"role": "assistant", "content": seq.text()}
@@ -65,6 +70,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     if isinstance(job, web.Response):
         return job
     head = answer_head("text_completion", "cmpl", request.app[ENGINE].cfg.model_name)
+    port = local_port(request)
     usage_field = {"usage": None} if job.include_usage else {}
 
     def chunks(seq: Sequence, start: int, stop: int) -> bytes:
@@ -87,7 +93,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
         )
 
     def tail(seq: Sequence) -> bytes:
-        return sse({**head, "choices": [], "usage": usage(seq)}) if job.include_usage else b""
+        if not job.include_usage:
+            return b""
+        return sse({**head, "choices": [], "usage": usage(seq), "sim_timing": timing(seq, port)})
 
     def answer(seq: Sequence) -> object:
         choice = {

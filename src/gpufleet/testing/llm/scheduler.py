@@ -44,6 +44,8 @@ class Sequence:
     state: SeqState = SeqState.WAITING
     private_blocks: int = 0
     cached_tokens: int = 0
+    #: Uncached prompt tokens of the whole step that admitted it (its prefill stall).
+    step_prefill_tokens: int = 0
     generated: int = 0
     admitted_at: float | None = None
     first_token_at: float | None = None
@@ -167,6 +169,8 @@ class Scheduler:
             self.prompt_tokens += seq.prompt_tokens
             prefill += uncached
             admitted.append(seq)
+        for seq in admitted:
+            seq.step_prefill_tokens = prefill
         if not self.running:
             return None
         batch = tuple(self.running)
