@@ -3,10 +3,11 @@
 For a request whose prompt the router can read (``router.prefix``), the upstream that
 was sent the longest leading part of it most likely still holds its KV cache, and gets
 it — unless that would make it a hot spot: its expected wait, ``(in_flight + 1) /
-rate`` as the capacity policy measures it, may exceed the best upstream's by at most
-``BALANCE`` times plus ``SLACK`` requests' worth. Past that the request goes by load
-(the capacity policy), so one tenant flooding the fleet spreads over every GPU, and a
-slow GPU gets affinity traffic only in proportion to its measured speed. Requests without
+rate`` as the capacity policy measures it, may exceed the fleet's (its whole load spread
+by measured speed) by at most ``BALANCE`` times plus ``SLACK`` requests' worth. Past
+that the request goes by load (the capacity policy), so one tenant flooding the fleet
+spreads over every GPU, and a slow GPU gets affinity traffic only in proportion to its
+measured speed. Requests without
 a prompt (other paths, other bodies) are routed by the capacity policy alone.
 
 Where a prompt goes is remembered when it went there by affinity, or when no upstream
@@ -27,9 +28,9 @@ from gpufleet.router.policies.capacity import Capacity
 from gpufleet.router.prefix import PrefixIndex
 from gpufleet.router.upstream import Upstream
 
-#: Affinity may cost at most this factor of the best expected wait ...
+#: Affinity may cost at most this factor of the fleet's expected wait ...
 BALANCE: Final = 1.5
-#: ... plus this many requests at the best upstream's rate. A miss costs an engine a
+#: ... plus this many requests at the fleet's mean rate. A miss costs an engine a
 #: whole prefill and makes the prompt's tenant live on one more engine (the index then
 #: sends it to either), so affinity is worth a few queued requests: at 2.0, 4 equal
 #: engines at 12 in flight spilled ~4% of requests and hit their caches 0.63 of the time;
@@ -91,24 +92,32 @@ class Prefix:
                 n_known += 1
         default_rate = known / n_known if n_known else 1.0
         bit = self.index.bit
-        best: Upstream | None = None
-        best_score = 0.0
-        best_rate = 1.0
+        total_load = 0
+        total_rate = 0.0
         affine: Upstream | None = None
         affine_n = 0
         affine_score = 0.0
         home_ready = False
         for u in ready:
+            rate = u.rate or default_rate
+            total_load += u.in_flight + 1
+            total_rate += rate
             n = matched.get(bit(u.id), 0)
             home_ready = home_ready or n > 0
-            if not u.has_room():
+            if not n or not u.has_room():
                 continue
-            rate = u.rate or default_rate
             score = (u.in_flight + 1) / rate
-            if best is None or score < best_score:
-                best, best_score, best_rate = u, score, rate
-            if n and (n > affine_n or (n == affine_n and score < affine_score)):
+            if n > affine_n or (n == affine_n and score < affine_score):
                 affine, affine_n, affine_score = u, n, score
-        if affine is None or affine_score > BALANCE * best_score + SLACK / best_rate:
+        if affine is None:
+            return None, home_ready
+        # The reference is the fleet's wait if its load were spread by speed, not the
+        # least loaded upstream's: engines that batch finish their requests in bursts, so
+        # one of them is often empty for a moment, and measured against that moment a
+        # home with an ordinary load looked hot (9% of requests spilled, most of them to
+        # an engine without the prompt, whose cold prefills stalled its whole batch:
+        # docs/performance.md, "Where the TTFT tail came from").
+        fair = total_load / total_rate
+        if affine_score > BALANCE * fair + SLACK * len(ready) / total_rate:
             return None, home_ready
         return affine, home_ready
