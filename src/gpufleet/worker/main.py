@@ -9,18 +9,12 @@ turns health 503 before anything else, finishes in-flight work (bounded by
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import sys
-import tempfile
-from pathlib import Path
 
-from aiohttp import web
-
+from gpufleet._listener import Listener
 from gpufleet._server import ServerLog
-from gpufleet._sockets import bind_error
 from gpufleet.config.worker import WorkerConfig
 from gpufleet.models import check_model_spec
 from gpufleet.worker.app import build_app
@@ -30,30 +24,6 @@ log = logging.getLogger("gpufleet.worker")
 
 #: Exit status when the model fails to load (a supervisor restarts with back-off).
 EXIT_LOAD_FAILED = 1
-#: Exit status of a second signal during a drain.
-EXIT_FORCED = 1
-
-
-def write_port_file(path: str, port: int) -> None:
-    """Write ``port`` to ``path`` atomically (a reader never sees a partial number)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".port-", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{port}\n")
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _bound_port(runner: web.AppRunner) -> int:
-    for address in runner.addresses:
-        if isinstance(address, tuple) and len(address) >= 2:
-            return int(address[1])
-    raise RuntimeError("the server is not listening on a TCP port")
 
 
 async def serve(cfg: WorkerConfig) -> int:
@@ -65,72 +35,60 @@ async def serve(cfg: WorkerConfig) -> int:
     """
     check_model_spec(cfg.model)
     service = WorkerService(cfg)
-    app = build_app(service)
-    runner = web.AppRunner(
-        app,
-        handler_cancellation=True,
-        access_log=None,
+    listener = Listener(
+        build_app(service),
+        host=cfg.host,
+        port=cfg.port,
         logger=ServerLog("gpufleet.worker.http", on_bad=service.metrics.bad_requests.inc),
-        shutdown_timeout=cfg.drain_timeout_s,
+        # The drain below waits for in-flight work; leaving then gives handlers 1 s more.
+        shutdown_timeout_s=1.0,
     )
-    await runner.setup()
-    site = web.TCPSite(runner, cfg.host, cfg.port, backlog=1024, shutdown_timeout=1.0)
+    code = 0
     try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        await service.aclose()
-        raise bind_error(exc, cfg.host, cfg.port) from None
-    port = _bound_port(runner)
+        async with listener:
+            try:
+                code = await _run(cfg, service, listener)
+            finally:
+                await service.aclose()  # before the listener closes: queued items fail now
+        _release_device(service, code)
+    finally:
+        await service.aclose()  # a port that could not be had: nothing was loaded
+    log.info("worker stopped (exit %d)", code)
+    return code
+
+
+async def _run(cfg: WorkerConfig, service: WorkerService, listener: Listener) -> int:
+    """Load the model while serving 503 "loading"; drain on the first signal."""
     if cfg.port_file:
-        await asyncio.to_thread(write_port_file, cfg.port_file, port)
-    log.info("worker listening on http://%s:%d (model %s loading)", cfg.host, port, cfg.model)
+        await listener.write_port_file(cfg.port_file)
+    log.info(
+        "worker listening on http://%s:%d (model %s loading)", cfg.host, listener.port, cfg.model
+    )
 
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    signals_seen = 0
-
-    def on_signal(signum: int) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen > 1:
-            log.warning("second signal: exiting at once")
-            os._exit(EXIT_FORCED)
-        log.info("signal %s: draining", signal.Signals(signum).name)
+    def on_drain() -> None:
         service.state = "draining"
         service.metrics.ready.set(0)
-        stop.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
-
-    code = 0
+    listener.handle_signals(log, on_drain)
     load_task = asyncio.create_task(service.load(), name="load-model")
-    stop_task = asyncio.create_task(stop.wait(), name="stop")
+    stop_task = asyncio.create_task(listener.stop.wait(), name="stop")
     try:
         await asyncio.wait({load_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         if load_task.done() and load_task.exception() is not None:
             log.error("model %s failed to load: %s", cfg.model, load_task.exception())
-            code = EXIT_LOAD_FAILED
-        else:
-            await stop_task
-            finished = await service.drain(cfg.drain_timeout_s)
-            if not finished:
-                log.warning(
-                    "drain timeout (%.1fs): %d request(s) still in flight",
-                    cfg.drain_timeout_s,
-                    service.counters.in_flight,
-                )
+            return EXIT_LOAD_FAILED
+        await stop_task
+        if not await service.drain(cfg.drain_timeout_s):
+            log.warning(
+                "drain timeout (%.1fs): %d request(s) still in flight",
+                cfg.drain_timeout_s,
+                service.counters.in_flight,
+            )
+        return 0
     finally:
         stop_task.cancel()
         if not load_task.done():
             load_task.cancel()
-        await service.aclose()
-        await site.stop()
-        await runner.cleanup()
-        _release_device(service, code)
-    log.info("worker stopped (exit %d)", code)
-    return code
 
 
 def _release_device(service: WorkerService, code: int) -> None:
