@@ -1,10 +1,11 @@
 """Active health probes with hysteresis; learning a gpufleet worker's batch size.
 
-Every ``interval_s`` each upstream gets ``GET <health_path>`` on a connection pool of its
-own, so a busy inference path never makes a live worker look dead. A new upstream takes
-traffic after its first good probe; a ready one is ejected after ``eject_after`` failed
-probes in a row; an ejected one keeps being probed and comes back after
-``readmit_after`` good ones (and not before its passive ejection time is over).
+Every ``interval_s`` each upstream gets ``GET <health_path>`` through a
+:class:`~gpufleet.wire.http.PeerClient` with connections of its own (two per upstream,
+kept alive between rounds), so a busy inference path never makes a live worker look
+dead. A new upstream takes traffic after its first good probe; a ready one is ejected
+after ``eject_after`` failed probes in a row; an ejected one keeps being probed and comes
+back after ``readmit_after`` good ones (and not before its passive ejection time is over).
 
 When the upstream answers with ``X-Gpufleet-Worker`` and no fixed ``--max-outstanding``
 was given, its cap becomes ``BATCHES_IN_FLIGHT`` times its ``/stats`` ``max_batch_size``
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -27,11 +27,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import msgspec
 
 from gpufleet import wire
+from gpufleet.errors import RequestFailed
 from gpufleet.router import engines
 from gpufleet.router.pool import Registry
 from gpufleet.router.upstream import DRAINING, EJECTED, READY, REMOVED, STARTING, Upstream
+from gpufleet.wire.http import PeerClient
 
 log = logging.getLogger("gpufleet.router.health")
 
@@ -65,7 +68,7 @@ class HealthChecker:
         self.registry = registry
         self.settings = settings
         self._clock = clock
-        self._session: aiohttp.ClientSession | None = None
+        self._http: PeerClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._probes: set[asyncio.Task[None]] = set()
         #: Called after each round of probes (the router sweeps idle connections).
@@ -74,10 +77,11 @@ class HealthChecker:
         self._told_404: set[str] = set()
 
     async def start(self) -> None:
-        """Open the probe connection pool and start the probe loop."""
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=2, force_close=False),
-            timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s),
+        """Open the probes' connections and start the probe loop."""
+        self._http = PeerClient(
+            timeout_s=self.settings.timeout_s,
+            max_bytes=MAX_STATS_BYTES,
+            connections_per_host=2,
         )
         self._task = asyncio.create_task(self._loop(), name="gpufleet-health")
 
@@ -89,8 +93,8 @@ class HealthChecker:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._session is not None:
-            await self._session.close()
+        if self._http is not None:
+            await self._http.aclose()
 
     def probe_soon(self, upstream: Upstream) -> None:
         """Probe ``upstream`` now rather than at the next round (a new upstream)."""
@@ -106,8 +110,8 @@ class HealthChecker:
                 upstreams = [u for u in self.registry.all() if u.state != DRAINING]
                 await asyncio.gather(*(self.probe(u) for u in upstreams))
                 engines_ = [u for u in upstreams if u.engine == "vllm" and u.cap_from_stats]
-                if engines_ and self._session is not None:
-                    session = self._session
+                if engines_ and self._http is not None:
+                    session = self._http.session
                     await asyncio.gather(*(engines.poll(session, u) for u in engines_))
                 if self.on_round is not None:
                     self.on_round()
@@ -117,30 +121,29 @@ class HealthChecker:
 
     async def probe(self, upstream: Upstream) -> None:
         """Probe ``upstream`` once and move it between states as the counts say."""
-        assert self._session is not None, "start() first"
+        if self._http is None:
+            raise RuntimeError("HealthChecker.start() first")
         ok = False
         is_gpufleet = False
         why = ""
         try:
-            async with self._session.get(
-                upstream.base + self.settings.path, allow_redirects=False
-            ) as resp:
-                text = await resp.read()
-                ok = 200 <= resp.status < 300
-                is_gpufleet = wire.SERVER_HEADER in resp.headers
-                if not ok:
-                    why = f"{self.settings.path} answered {resp.status} {_reason(text)}"
-                if resp.status == 404 and upstream.url not in self._told_404:
-                    self._told_404.add(upstream.url)
-                    log.warning(
-                        "%s: GET %s → 404: set --health-path (gpufleet up: --ready-path) to a"
-                        " path that answers 200 when it is ready",
-                        upstream.url,
-                        self.settings.path,
-                    )
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            why = f"{self.settings.path}: {type(exc).__name__} {exc}".rstrip()
+            answer = await self._http.request("GET", upstream.base + self.settings.path)
+        except RequestFailed as exc:
+            why = f"{self.settings.path}: {exc.message}"
             log.debug("probe of %s failed: %s", upstream.url, why)
+        else:
+            ok = answer.is_ok
+            is_gpufleet = wire.SERVER_HEADER in answer.headers
+            if not ok:
+                why = f"{self.settings.path} answered {answer.status} {_reason(answer.body)}"
+            if answer.status == 404 and upstream.url not in self._told_404:
+                self._told_404.add(upstream.url)
+                log.warning(
+                    "%s: GET %s → 404: set --health-path (gpufleet up: --ready-path) to a"
+                    " path that answers 200 when it is ready",
+                    upstream.url,
+                    self.settings.path,
+                )
         if upstream.state == REMOVED:
             return
         if ok:
@@ -167,9 +170,8 @@ class HealthChecker:
         upstream.is_gpufleet = is_gpufleet
         if is_gpufleet and upstream.cap_from_stats:
             await self._learn_cap(upstream)
-        elif upstream.cap_from_stats and not upstream.engine:
-            assert self._session is not None
-            await engines.discover(self._session, upstream)
+        elif upstream.cap_from_stats and not upstream.engine and self._http is not None:
+            await engines.discover(self._http.session, upstream)
         if upstream.state == state:  # nothing changed it while /stats was read
             log.info(
                 "%s is ready (%s, max_outstanding=%d)",
@@ -201,15 +203,15 @@ class HealthChecker:
             log.warning("%s: %d waiting request(s) taken back", upstream.url, n)
 
     async def _learn_cap(self, upstream: Upstream) -> None:
-        assert self._session is not None
-        try:
-            async with self._session.get(upstream.base + "/stats", allow_redirects=False) as resp:
-                data = await read_json(resp)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            log.warning("could not read /stats of %s: %s", upstream.url, exc)
+        if self._http is None:
             return
-        size = data.get("max_batch_size") if isinstance(data, dict) else None
-        if isinstance(size, int) and size >= 1 and data.get("server") == wire.WORKER_SERVER_NAME:
+        try:
+            stats = await self._http.get(upstream.base + "/stats", into=wire.WorkerStats)
+        except RequestFailed as exc:
+            log.warning("could not read /stats of %s: %s", upstream.url, exc.message)
+            return
+        size = stats.get("max_batch_size", 0)
+        if size >= 1 and stats.get("server") == wire.WORKER_SERVER_NAME:
             upstream.max_outstanding = BATCHES_IN_FLIGHT * size
 
 
@@ -233,11 +235,8 @@ async def read_json(resp: aiohttp.ClientResponse, limit: int = MAX_STATS_BYTES) 
 
 def _reason(body: bytes) -> str:
     """A short reason from a failed probe's body (``{"status": …, "reason": …}``)."""
-    text = body[:300].decode("utf-8", "replace").strip()
     try:
-        data = json.loads(text)
-    except ValueError:
-        return text[:120]
-    if isinstance(data, dict):
-        return " ".join(str(data[k]) for k in ("status", "reason") if k in data)[:200]
-    return text[:120]
+        health = msgspec.json.decode(body, type=wire.HealthBody)
+    except (msgspec.DecodeError, RecursionError):  # another server's page, not ours
+        return body[:300].decode("utf-8", "replace").strip()[:120]
+    return " ".join(v for v in (health.get("status"), health.get("reason")) if v)[:200]

@@ -182,8 +182,9 @@ class PeerClient:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, limit_per_host=self._per_host),
-                # Every call sets its own budget with asyncio.timeout; none here.
-                timeout=aiohttp.ClientTimeout(total=None),
+                # Each call of ours sets its own budget; this one bounds code that uses
+                # ``session`` directly (the router's engine discovery).
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
                 trust_env=False,
             )
         return self._session
@@ -223,6 +224,7 @@ class PeerClient:
                     headers=sent,
                     allow_redirects=follow_redirects,
                     max_redirects=MAX_REDIRECTS,
+                    timeout=aiohttp.ClientTimeout(total=budget),
                 ) as resp,
             ):
                 body = await _read_bounded(resp, limit)
