@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpufleet.config.worker import BatchConfig
-from gpufleet.errors import WorkerOverloaded
-from gpufleet.worker.batcher import Batcher, Item, TooManyInputs
+from gpufleet.errors import TooManyInputs, WorkerOverloaded
+from gpufleet.worker.batcher import Batcher, Item
 
 
 class FakeClock:

@@ -19,14 +19,12 @@ from typing import Any
 
 import aiohttp
 
+from gpufleet.errors import AdminError
+
 log = logging.getLogger("gpufleet.fleet")
 
 #: Router states in which an upstream takes no new requests for good (until added again).
 _OUT = frozenset({"draining", "removed"})
-
-
-class AdminError(Exception):
-    """The router's admin API did not answer as expected."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gpufleet.errors import ConfigError
+from gpufleet.errors import ConfigError, DiscoveryUnavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,10 +37,6 @@ class Gpu:
     def visible_devices(self) -> str:
         """The ``CUDA_VISIBLE_DEVICES`` value that shows a child exactly this GPU."""
         return self.uuid if self.pin_by_uuid else str(self.physical_index)
-
-
-class DiscoveryUnavailable(Exception):
-    """This discovery method cannot run here (no library, no executable)."""
 
 
 class GpuProbe(Protocol):

@@ -34,6 +34,8 @@ from typing import Final, cast
 import httptools
 from yarl import URL
 
+from gpufleet.errors import UpstreamError
+
 #: Largest answer head accepted (its header lines, or the bytes before its blank line).
 MAX_HEAD: Final = 64 * 1024
 #: Most header lines accepted in an answer head.
@@ -49,10 +51,6 @@ _HEAD = 0  # waiting for the answer's head (interim 1xx answers are skipped)
 _BODY = 1
 _DONE = 2
 _HTTP1: Final = b"HTTP/1."
-
-
-class UpstreamError(Exception):
-    """The exchange with an upstream failed."""
 
 
 class NotSent(UpstreamError):

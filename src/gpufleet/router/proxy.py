@@ -41,6 +41,7 @@ from gpufleet.errors import (
     GpufleetError,
     NoHealthyBackend,
     PayloadTooLarge,
+    RequestTimeout,
     RoutingError,
     UpstreamTimeout,
 )
@@ -102,12 +103,6 @@ class ProxySettings:
     admin_token: str | None = None
     #: Pass ``Authorization`` and ``Cookie`` on to upstreams (else they stay here).
     forward_auth: bool = False
-
-
-class RequestTimeout(BadRequest):
-    """The client's request body did not arrive within the deadline -> 408."""
-
-    http_status = 408
 
 
 # Why an attempt failed before any byte reached the client (the ``retries`` reasons).

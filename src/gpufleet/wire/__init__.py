@@ -10,7 +10,16 @@ import json
 import math
 from typing import Any, Final, TypedDict
 
-from gpufleet.errors import GpufleetError
+from gpufleet.errors import ErrorCode, GpufleetError
+from gpufleet.wire.states import (
+    FleetPhase,
+    MemberOutcome,
+    MemberRole,
+    MemberState,
+    RouterState,
+    UpstreamState,
+    WorkerState,
+)
 
 # Headers -------------------------------------------------------------------------------
 
@@ -114,16 +123,14 @@ def error_payload(error: str, message: str, *, retry_after_s: float | None = Non
 
 def payload_from_exception(exc: GpufleetError) -> ErrorPayload:
     """Turn one of our exceptions into its wire payload."""
-    return error_payload(
-        type(exc).__name__, exc.message or str(exc), retry_after_s=exc.retry_after_s
-    )
+    return error_payload(exc.code, exc.message or str(exc), retry_after_s=exc.retry_after_s)
 
 
 #: Paths answered in OpenAI's shapes (errors included) by workers and the router.
 OPENAI_PREFIX: Final = "/v1/"
 #: OpenAI's ``code`` and ``param`` for those of our error names that have one of theirs.
 _OPENAI_CODES: Final[dict[str, tuple[str, str | None]]] = {
-    "ModelNotFound": ("model_not_found", "model"),
+    ErrorCode.MODEL_NOT_FOUND: ("model_not_found", "model"),
 }
 
 
@@ -197,7 +204,7 @@ def is_overloaded_body(body: bytes) -> bool:
         data = decode_json(body)
     except ValueError:
         return False
-    return error_name(data) in {"WorkerOverloaded", "WorkerUnavailable"}
+    return error_name(data) in {ErrorCode.WORKER_OVERLOADED, ErrorCode.WORKER_UNAVAILABLE}
 
 
 # /health of a worker -------------------------------------------------------------------
@@ -284,11 +291,19 @@ __all__ = [
     "TIMEOUT_HEADER",
     "UPSTREAM_HEADER",
     "WORKER_SERVER_NAME",
+    "ErrorCode",
     "ErrorPayload",
+    "FleetPhase",
     "HealthBody",
     "JSONTooDeep",
     "LatencyMs",
+    "MemberOutcome",
+    "MemberRole",
+    "MemberState",
     "OpenAIErrorBody",
+    "RouterState",
+    "UpstreamState",
+    "WorkerState",
     "WorkerStats",
     "decode_json",
     "error_name",

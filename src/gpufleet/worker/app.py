@@ -23,13 +23,14 @@ from gpufleet import wire
 from gpufleet._server import HostGuard, refuse_and_close
 from gpufleet.errors import (
     BadRequest,
+    DeadlineExceeded,
     GpufleetError,
     ModelError,
     PayloadTooLarge,
     Unprocessable,
 )
 from gpufleet.worker import codec
-from gpufleet.worker.service import REQUEST_PRIORITY, DeadlineExceeded, WorkerService
+from gpufleet.worker.service import REQUEST_PRIORITY, WorkerService
 from gpufleet.worker.stats import GpuSampler, nvml_opener
 
 log = logging.getLogger("gpufleet.worker")

@@ -23,13 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpufleet.config.worker import BatchConfig
-from gpufleet.errors import PayloadTooLarge, WorkerOverloaded
+from gpufleet.errors import TooManyInputs, WorkerOverloaded
 
 Clock = Callable[[], float]
-
-
-class TooManyInputs(PayloadTooLarge):
-    """One request holds more inputs than the queue can ever hold (413: retrying cannot help)."""
 
 
 @dataclass(eq=False, slots=True)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from gpufleet.errors import BadRequest, ModelError, ModelNotFound, Unprocessable
+from gpufleet.errors import ModelError, ModelNotFound, NotServed, Unprocessable
 from gpufleet.worker.app import (
     SERVICE,
     deadline_of,
@@ -33,12 +33,6 @@ from gpufleet.worker.service import WorkerService
 
 _MAX_IMAGES = 16
 _SIZE = re.compile(r"^(\d{1,4})x(\d{1,4})$")
-
-
-class NotServed(BadRequest):
-    """The route exists, but not for the kind of model this worker serves (404)."""
-
-    http_status = 404
 
 
 def require_kind(service: WorkerService, kind: str, route: str) -> None:

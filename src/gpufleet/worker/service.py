@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from gpufleet import wire
 from gpufleet.config.worker import WorkerConfig
-from gpufleet.errors import ModelError, WorkerOverloaded, WorkerUnavailable
+from gpufleet.errors import DeadlineExceeded, ModelError, WorkerOverloaded, WorkerUnavailable
 from gpufleet.worker.batcher import Batcher, Item
 from gpufleet.worker.metrics import WorkerMetrics
 from gpufleet.worker.runner import ItemFailed, ModelInfo, Runner
@@ -32,10 +32,6 @@ log = logging.getLogger("gpufleet.worker")
 REQUEST_PRIORITY: ContextVar[int] = ContextVar("gpufleet_request_priority", default=0)
 
 State = Literal["loading", "ready", "draining", "failed"]
-
-
-class DeadlineExceeded(Exception):
-    """The caller's deadline passed before its answer was ready (answered 504)."""
 
 
 class WorkerService:

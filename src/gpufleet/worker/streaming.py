@@ -16,8 +16,8 @@ from typing import Any
 from aiohttp import web
 
 from gpufleet import wire
-from gpufleet.errors import GpufleetError
-from gpufleet.worker.service import DeadlineExceeded, WorkerService
+from gpufleet.errors import DeadlineExceeded, GpufleetError
+from gpufleet.worker.service import WorkerService
 
 #: The last event of every stream that ended well.
 DONE = b"data: [DONE]\n\n"
