@@ -41,15 +41,15 @@ def _proxy(n: int, percent: float) -> tuple[Proxy, list[Upstream]]:
 def test_at_most_a_share_of_the_pool_is_ejected(n: int, percent: float, ejected: int) -> None:
     proxy, ups = _proxy(n, percent)
     for u in ups:
-        proxy._failed(u)  # a transport failure (not sent, lost): not input-shaped
+        proxy.ejector.failed(u)  # a transport failure (not sent, lost): not input-shaped
     assert sum(u.state == EJECTED for u in ups) == ejected
     assert proxy.totals.ejections_held == n - ejected
 
 
 def test_the_last_ready_upstream_stays_for_input_shaped_failures() -> None:
     proxy, [only] = _proxy(1, 100)
-    proxy._failed(only, input_shaped=True)
+    proxy.ejector.failed(only, input_shaped=True)
     assert only.state == READY
     assert proxy.totals.ejections_held == 1
-    proxy._failed(only)
+    proxy.ejector.failed(only)
     assert only.state == EJECTED
