@@ -12,13 +12,7 @@ import asyncio
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from gpufleet.errors import BadRequest, PayloadTooLarge
-
-
-class RequestTimeout(BadRequest):
-    """The client's request body did not arrive within the deadline -> 408."""
-
-    http_status = 408
+from gpufleet.errors import BadRequest, PayloadTooLarge, RequestTimeout
 
 
 class Forwarded:

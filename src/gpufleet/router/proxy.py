@@ -32,12 +32,13 @@ from gpufleet.errors import (
     BadRequest,
     GpufleetError,
     NoHealthyBackend,
+    RequestTimeout,
     UpstreamTimeout,
 )
 from gpufleet.router.admission import INTERACTIVE, PRIORITIES, Admission
 from gpufleet.router.attempt import Attempts
 from gpufleet.router.ejection import Ejector
-from gpufleet.router.forwarded import Forwarded, RequestTimeout, read_body
+from gpufleet.router.forwarded import Forwarded, read_body
 from gpufleet.router.headers import request_headers
 from gpufleet.router.http1 import Client
 from gpufleet.router.models import ModelCatalog, model_of
