@@ -13,86 +13,43 @@ from typing import Any
 import typer
 
 from gpufleet.cli._common import config_errors_exit, run_async, setup_logging
+from gpufleet.cli._options import Flags, from_settings
+from gpufleet.config.client import ClientConfig
 
 _PROGRESS_MODES = ("auto", "bar", "plain", "none")
 
 
+@from_settings(ClientConfig)
 def generate(
     prompts_file: Path = typer.Option(
         ...,
         "--prompts-file",
         "-f",
-        help="text (one prompt or image URL per line) or JSONL (id, input, seed?, parameters?)",
+        metavar="PATH",
+        help="Text (one prompt or image URL per line) or JSONL (id, input, seed?, parameters?).",
     ),
-    endpoint: list[str] | None = typer.Option(
-        None,
-        "--endpoint",
-        "-e",
-        help="worker or router URL (repeatable; else GPUFLEET_ENDPOINTS=a,b or endpoints: in YAML)",
+    *,
+    flags: Flags,
+    progress: str = typer.Option(
+        "auto",
+        metavar="[" + "|".join(_PROGRESS_MODES) + "]",
+        help="How progress is shown (auto: a bar on a TTY).",
     ),
-    seed: int | None = typer.Option(None, help="item i gets seed+i unless it has its own"),
-    output: str | None = typer.Option(
-        None,
-        "--output",
-        "-o",
-        help="folder for outputs, results.jsonl, summary.json (default outputs)",
+    config: Path | None = typer.Option(
+        None, "--config", metavar="PATH", help="YAML file; its client: section."
     ),
-    path: str | None = typer.Option(
-        None, help="route to POST to: /predict, /v1/images/generations, /v1/embeddings"
-    ),
-    per_endpoint_concurrency: int | None = typer.Option(
-        None,
-        help="requests in flight per endpoint (default: sized from its /stats so batches fill: "
-        "2 batches per gpufleet worker, a router's worker caps summed; 2 for other servers; "
-        "a number N: N per endpoint, N per worker for a router)",
-    ),
-    max_attempts: int | None = typer.Option(None, help="attempts per item (default 5)"),
-    timeout: float | None = typer.Option(None, help="seconds per request (default 300)"),
-    deadline: float | None = typer.Option(None, help="seconds for the whole job (default none)"),
-    unavailable_timeout: float | None = typer.Option(
-        None,
-        help="seconds with no endpoint answering before the items left fail (default 30)",
-    ),
-    dispatch: str | None = typer.Option(
-        None, help="how items go to endpoints: pull (the next free slot) or round-robin"
-    ),
-    resume: bool | None = typer.Option(
-        None, "--resume/--no-resume", help="skip items already done in --output (default on)"
-    ),
-    server_side: bool = typer.Option(
-        False,
-        "--server-side",
-        help="submit the job as a batch the fleet keeps (one router --endpoint) and follow it",
-    ),
-    progress: str = typer.Option("auto", help="how progress is shown (auto: a bar on a TTY)"),
-    config: Path | None = typer.Option(None, "--config", help="YAML file; its client: section"),
     verbose: int = typer.Option(
-        0, "--verbose", "-v", count=True, help="-v: per-item log lines; -vv: debug"
+        0, "--verbose", "-v", count=True, help="-v: per-item log lines; -vv: debug."
     ),
 ) -> None:
     """Run every prompt through the endpoints; one output file per item; resumable."""
     from gpufleet.client import Client, read_items, run_job
     from gpufleet.config import load
-    from gpufleet.config.client import ClientConfig
     from gpufleet.errors import ConfigError
 
     with config_errors_exit():
         if progress not in _PROGRESS_MODES:
             raise ConfigError(f"--progress must be one of {', '.join(_PROGRESS_MODES)}")
-        flags: dict[str, Any] = {
-            "endpoints": tuple(endpoint) if endpoint else None,
-            "seed": seed,
-            "output": output,
-            "path": path,
-            "per_endpoint_concurrency": per_endpoint_concurrency,
-            "max_attempts": max_attempts,
-            "timeout": timeout,
-            "deadline": deadline,
-            "unavailable_timeout": unavailable_timeout,
-            "dispatch": dispatch,
-            "resume": resume,
-            "server_side": server_side or None,
-        }
         cfg = load(ClientConfig, "client", flags=flags, config_path=config)
         items = read_items(prompts_file)
         if not items:

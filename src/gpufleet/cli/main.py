@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import sys
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from gpufleet.cli import batches as batches_cmds
 from gpufleet.cli import client as client_cmds
@@ -13,9 +14,26 @@ from gpufleet.cli import fleet as fleet_cmds
 from gpufleet.cli import operate as operate_cmds
 from gpufleet.cli import router as router_cmds
 from gpufleet.cli import worker as worker_cmds
-from gpufleet.cli._help import polish
+from gpufleet.cli._help import commands, polish_command
+from gpufleet.cli._options import allow_bare_values
+
+
+class _Gpufleet(TyperGroup):
+    """The ``gpufleet`` group: each command finished once typer has built it.
+
+    Built here (not in ``main``) so that every way of running the app, typer's test
+    runner included, parses and shows the same options.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for command in [self, *commands(self)]:
+            allow_bare_values(command)
+            polish_command(command)
+
 
 app = typer.Typer(
+    cls=_Gpufleet,
     name="gpufleet",
     help="One model on every GPU behind one endpoint, and bulk jobs through it.",
     no_args_is_help=True,
@@ -44,31 +62,6 @@ for _module in (
     _module.register(app)
 
 
-def _ray_address_form(argv: list[str]) -> list[str]:
-    """Accept ``up --ray ADDRESS`` and ``up --ray=ADDRESS`` as ``--ray --ray-address ADDRESS``.
-
-    Click cannot give one option an optional value, and ``up`` takes no positional
-    arguments, so a word after ``--ray`` that is not an option can only be an address.
-    """
-    if argv[:1] != ["up"]:
-        return argv
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg.startswith("--ray="):
-            out += ["--ray", "--ray-address", arg.removeprefix("--ray=")]
-        elif arg == "--ray" and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
-            out += ["--ray", "--ray-address", argv[i + 1]]
-            i += 1
-        else:
-            out.append(arg)
-        i += 1
-    return out
-
-
 def main() -> None:
     """Run the CLI."""
-    command = typer.main.get_command(app)
-    polish(command)
-    command(args=_ray_address_form(sys.argv[1:]), prog_name="gpufleet")
+    typer.main.get_command(app)(prog_name="gpufleet")

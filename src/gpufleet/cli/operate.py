@@ -7,18 +7,18 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
 from gpufleet.cli._common import config_errors_exit, run_async
+from gpufleet.cli._options import Flags, from_settings
+from gpufleet.config.operate import BenchConfig, MonitorConfig
 from gpufleet.errors import RequestFailed
 
-if TYPE_CHECKING:
-    from gpufleet.config.operate import MonitorConfig
-
 ConfigOpt = Annotated[
-    str | None, typer.Option("--config", help="YAML file with a section per part.")
+    str | None,
+    typer.Option("--config", metavar="PATH", help="YAML file with a section per part."),
 ]
 
 
@@ -32,53 +32,21 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+@from_settings(BenchConfig)
 def bench(
-    url: Annotated[str, typer.Argument(help="The router or worker to load (http://host:port).")],
-    path: Annotated[str | None, typer.Option(help="Path the requests go to.")] = None,
-    payload: Annotated[
-        str | None, typer.Option(help="JSON (one body) or JSONL (bodies in turn) file.")
-    ] = None,
-    concurrency: Annotated[
-        int | None, typer.Option(help="Closed loop: requests in flight.")
-    ] = None,
-    requests: Annotated[int | None, typer.Option(help="Closed loop: requests to send.")] = None,
-    rate: Annotated[float | None, typer.Option(help="Open loop: requests per second.")] = None,
-    duration: Annotated[float | None, typer.Option(help="Open loop: seconds to send.")] = None,
-    arrival: Annotated[str | None, typer.Option(help="Open loop: poisson or uniform.")] = None,
-    max_in_flight: Annotated[
-        int | None, typer.Option(help="Open loop: arrivals past this many in flight are dropped.")
-    ] = None,
-    burst: Annotated[int | None, typer.Option(help="Send N requests at once, once.")] = None,
-    scaling: Annotated[
-        bool, typer.Option("--scaling", help="Same load with 1..N workers (drains).")
-    ] = False,
-    admin_token: Annotated[
-        str | None, typer.Option(help="Router admin token (or GPUFLEET_ADMIN_TOKEN).")
-    ] = None,
-    timeout: Annotated[float | None, typer.Option(help="Seconds one request may take.")] = None,
-    max_duration: Annotated[
-        float | None, typer.Option(help="Seconds the whole run may take.")
-    ] = None,
-    warmup: Annotated[int | None, typer.Option(help="Unmeasured requests sent first.")] = None,
-    report: Annotated[str | None, typer.Option(help="Write a self-contained HTML report.")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
-    seed: Annotated[int | None, typer.Option(help="Seed of the open loop's arrivals.")] = None,
+    url: Annotated[
+        str, typer.Argument(metavar="URL", help="The router or worker to load (http://host:port).")
+    ],
+    *,
+    flags: Flags,
     config: ConfigOpt = None,
 ) -> None:
     """Measure a fleet: throughput, latency percentiles, errors, each worker's share."""
     from gpufleet.config import load
-    from gpufleet.config.operate import BenchConfig
     from gpufleet.operate.bench import run_bench
 
-    flags: dict[str, Any] = {
-        "url": _with_scheme(url), "path": path, "payload_file": payload,
-        "concurrency": concurrency,
-        "requests": requests, "rate": rate, "duration_s": duration, "arrival": arrival,
-        "max_in_flight": max_in_flight, "burst": burst, "scaling": scaling or None,
-        "admin_token": admin_token, "timeout_s": timeout, "max_duration_s": max_duration,
-        "warmup": warmup, "report": report, "json": json_out or None, "seed": seed,
-    }  # fmt: skip
-    if scaling and not admin_token and "GPUFLEET_ADMIN_TOKEN" not in os.environ:
+    flags = {**flags, "url": _with_scheme(url)}
+    if flags["scaling"] and not flags["admin_token"] and "GPUFLEET_ADMIN_TOKEN" not in os.environ:
         flags["admin_token"] = _fleet_admin_token(os.environ.get("GPUFLEET_RUN_DIR", ".gpufleet"))
     with config_errors_exit():
         cfg = load(BenchConfig, "bench", flags=flags, config_path=config)
@@ -120,27 +88,24 @@ def _live_line() -> Callable[[str], None]:
     return show
 
 
+@from_settings(MonitorConfig)
 def monitor(
     url: Annotated[
-        str | None, typer.Argument(help="Router or worker URL (default http://127.0.0.1:8000).")
+        str | None,
+        typer.Argument(
+            metavar="URL",
+            help="Router or worker URL.",
+            show_default=MonitorConfig().url,
+        ),
     ] = None,
-    interval: Annotated[float | None, typer.Option(help="Seconds between polls.")] = None,
-    once: Annotated[bool, typer.Option("--once", help="Print one snapshot and exit.")] = False,
-    errors: Annotated[
-        bool, typer.Option("--errors", help="List the recent errors per worker.")
-    ] = False,
+    *,
+    flags: Flags,
     config: ConfigOpt = None,
 ) -> None:
     """Watch every worker live: state, load, latency, batch size, GPU."""
     from gpufleet.config import load
-    from gpufleet.config.operate import MonitorConfig
 
-    flags = {
-        "url": _with_scheme(url) if url else None,
-        "interval_s": interval,
-        "once": once or None,
-        "errors": errors or None,
-    }
+    flags = {**flags, "url": _with_scheme(url) if url else None}
     with config_errors_exit():
         cfg = load(MonitorConfig, "monitor", flags=flags, config_path=config)
     try:

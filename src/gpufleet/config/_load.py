@@ -262,6 +262,18 @@ def build(
     return cls(**kwargs)
 
 
+def gpu_ids(env: Mapping[str, str] | None = None) -> str | None:
+    """The GPUs ``GPU_IDS`` names, as a ``gpus`` setting; None when it is unset or empty.
+
+    ``GPU_IDS`` (a variable other tools set too) is a list, never a count: ``GPU_IDS=3``
+    is GPU 3, so a single index gets the list's comma (``3,``).
+    """
+    text = (os.environ if env is None else env).get("GPU_IDS", "").strip()
+    if not text:
+        return None
+    return f"{text}," if text.isdigit() else text
+
+
 def _where(section: Mapping[str, Any], key: str) -> str:
     """``fleet.yaml, line 4: port`` for a located section's key, else ``key``."""
     if isinstance(section, Located):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from gpufleet.config._setting import setting
 from gpufleet.errors import ConfigError
 
 DispatchMode = Literal["pull", "round-robin"]
@@ -26,25 +27,39 @@ class ClientConfig:
     """How a bulk job spreads its items over endpoints, retries, and writes its outputs."""
 
     #: Base URLs of workers or routers (``http://host:port``); duplicates are merged.
-    endpoints: tuple[str, ...] = ()
-    #: Route each item is POSTed to: ``/predict`` or an OpenAI-shaped route.
-    path: str = "/predict"
-    #: Item i gets ``seed + i`` unless it carries its own; None sends no seed.
-    seed: int | None = None
+    endpoints: tuple[str, ...] = setting(
+        (),
+        help="Worker or router URL (repeat; else GPUFLEET_ENDPOINTS=a,b or endpoints: in YAML).",
+        names=("--endpoint", "-e"),
+        metavar="URL",
+    )
+    #: ``/predict`` or an OpenAI-shaped route.
+    path: str = setting(
+        "/predict", help="Route to POST to: /predict, /v1/images/generations, /v1/embeddings."
+    )
+    #: None sends no seed.
+    seed: int | None = setting(None, help="Item i gets seed+i unless it has its own.")
     #: Requests kept in flight per endpoint (a router URL gets this times its workers).
     #: None (the default): sized from the endpoint's /stats so that batches can fill: a
     #: gpufleet worker gets two batches (2 x its max batch size), a gpufleet router the sum
     #: of its workers' caps, any other server ``DEFAULT_CONCURRENCY``.
-    per_endpoint_concurrency: int | None = None
-    #: Attempts per item before it is recorded as failed.
-    max_attempts: int = 5
-    #: Budget of one request, in seconds (also sent as ``X-Request-Timeout``).
-    timeout: float = 300.0
-    #: Budget of the whole job in seconds; items left when it passes fail. None: no limit.
-    deadline: float | None = None
+    per_endpoint_concurrency: int | None = setting(
+        None,
+        help="Requests in flight per endpoint (unset: sized from its /stats so batches fill:"
+        " 2 batches per gpufleet worker, a router's worker caps summed; 2 for other servers;"
+        " a number N: N per endpoint, N per worker for a router).",
+    )
+    #: Before the item is recorded as failed.
+    max_attempts: int = setting(5, help="Attempts per item.")
+    #: Also sent as ``X-Request-Timeout``.
+    timeout: float = setting(300.0, help="Seconds per request.")
+    #: Items left when it passes fail. None: no limit.
+    deadline: float | None = setting(None, help="Seconds for the whole job (unset: none).")
     #: ``pull``: every endpoint takes the next item when it has a free slot.
     #: ``round-robin``: item i goes to endpoint i mod n (the old ``itertools.cycle``).
-    dispatch: DispatchMode = "pull"
+    dispatch: DispatchMode = setting(
+        "pull", help="How items go to endpoints: pull (the next free slot) or round-robin."
+    )
     #: First retry back-off of an item, doubled per attempt up to ``retry_max_s``.
     retry_base_s: float = 0.2
     retry_max_s: float = 30.0
@@ -55,14 +70,25 @@ class ClientConfig:
     cooldown_max_s: float = 60.0
     #: When no endpoint has been usable for this long, the items left fail: a job against
     #: endpoints that never answer ends within about this many seconds.
-    unavailable_timeout: float = 30.0
-    #: Folder of outputs, ``results.jsonl`` and ``summary.json`` (``gpufleet generate``).
-    output: str = "outputs"
-    #: Skip items already recorded done in ``results.jsonl`` whose file exists.
-    resume: bool = True
+    unavailable_timeout: float = setting(
+        30.0, help="Seconds with no endpoint answering before the items left fail."
+    )
+    #: ``gpufleet generate`` only.
+    output: str = setting(
+        "outputs",
+        help="Folder for outputs, results.jsonl, summary.json.",
+        names=("--output", "-o"),
+        metavar="PATH",
+    )
+    #: Done: recorded in ``results.jsonl``, its file there.
+    resume: bool = setting(True, help="Skip items already done in --output.")
     #: Submit the job as a batch the fleet keeps (the router's Batch API at the one
     #: endpoint) and follow it, instead of sending each item from here.
-    server_side: bool = False
+    server_side: bool = setting(
+        False,
+        help="Submit the job as a batch the fleet keeps (one router --endpoint) and follow it.",
+        names=("--server-side",),
+    )
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):

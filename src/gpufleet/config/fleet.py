@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gpufleet.config._load import Located, LogLevel, build, read_yaml
+from gpufleet.config._load import Located, LogLevel, build, gpu_ids, read_yaml
+from gpufleet.config._setting import setting
 from gpufleet.config.router import PolicyName
 from gpufleet.errors import ConfigError
 
@@ -29,6 +30,9 @@ CMD_PLACEHOLDERS = ("port", "gpu", "index", "host")
 #: ``{name}`` in a cmd template; other braces (JSON arguments, say) are left alone.
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: ``gpufleet up --help`` lists its options in these panels.
+_RUNS, _DEVICES, _LISTENS = "What runs", "Devices", "Where it listens"
+_ROUTER, _SUPERVISION, _FILES = "The router", "Supervision", "Files and logs"
 
 
 def check_gpus(spec: str) -> str:
@@ -104,52 +108,91 @@ class FleetConfig:
     """Everything ``gpufleet up`` takes (flags, ``GPUFLEET_*`` env, YAML ``fleet:``)."""
 
     # What runs on each device (the one pool when ``pools`` is empty).
-    model: str = "minilm"
-    model_args: dict[str, str] = field(default_factory=dict)
-    #: Run this command per device instead of ``gpufleet worker`` (e.g. ``vllm serve M
-    #: --port {port}``); placeholders ``{port}`` ``{gpu}`` ``{index}`` ``{host}``.
-    cmd: str | None = None
-    #: Readiness path of each worker: 200 means ready.
-    ready_path: str = "/health"
-    #: Seconds a worker may take to become ready (large models load slowly).
-    startup_timeout_s: float = 600.0
-    #: Extra arguments for every ``gpufleet worker`` (batching flags and the like).
-    worker_args: tuple[str, ...] = ()
-    #: Passed to every ``gpufleet worker`` as ``--stall-timeout``: seconds its device may
-    #: go without finishing a batch while work waits before its ``/health`` says
-    #: ``stalled`` and the fleet restarts it. None: the workers' own setting (``worker:``
-    #: section, ``GPUFLEET_STALL_TIMEOUT_S``, else 60); 0 turns the detector off.
-    stall_timeout_s: float | None = None
+    model: str = setting(
+        "minilm",
+        help="Model of every worker: a built-in name (minilm, synthetic, image-demo),"
+        " package.module:Class or path/to/file.py:Class.",
+        names=("--model", "-m"),
+        metavar="MODEL",
+        panel=_RUNS,
+    )
+    model_args: dict[str, str] = setting(
+        factory=dict, help="key=value for the model (repeat).", metavar="KEY=VALUE", panel=_RUNS
+    )
+    #: E.g. ``vllm serve M --port {port}``.
+    cmd: str | None = setting(
+        None,
+        help="Run this per GPU instead: {port} {gpu} {index} {host} are filled.",
+        metavar="COMMAND",
+        panel=_RUNS,
+    )
+    ready_path: str = setting("/health", help="Readiness path: 200 means ready.", panel=_RUNS)
+    #: Large models load slowly.
+    startup_timeout_s: float = setting(
+        600.0, help="Seconds a worker may take to get ready.", panel=_RUNS
+    )
+    #: Batching flags and the like.
+    worker_args: tuple[str, ...] = setting(
+        (), help="Extra argument for every gpufleet worker (repeat).", panel=_RUNS
+    )
+    #: Passed to every ``gpufleet worker`` as ``--stall-timeout``: its ``/health`` then
+    #: says ``stalled`` and the fleet restarts it. None: the workers' own setting
+    #: (``worker:`` section, ``GPUFLEET_STALL_TIMEOUT_S``, else its default).
+    stall_timeout_s: float | None = setting(
+        None,
+        help="Seconds a worker's device may finish nothing while work waits before the"
+        " worker counts as stalled and is restarted (unset: the workers' own; 0: off).",
+        panel=_RUNS,
+    )
 
     # Devices.
-    #: ``all``, ``none`` (CPU workers), ``N`` (the first N) or ``0,2`` / GPU UUIDs.
-    gpus: str = "all"
-    workers_per_gpu: int = 1
-    #: Workers started when no GPU is found or selected.
-    cpu_workers: int = 2
-    #: ``auto`` tries NVML, then ``nvidia-smi``.
-    discovery: Literal["auto", "nvml", "nvidia-smi", "none"] = "auto"
+    #: ``N`` is the first N; one index needs the list's comma (``3,``). ``GPU_IDS`` in the
+    #: environment is always a list (``GPU_IDS=3`` is GPU 3), read before ``GPUFLEET_GPUS``.
+    gpus: str = setting(
+        "all",
+        help="all | none | N (first N) | 0,2 | UUIDs; env GPU_IDS. Unseen GPUs: as given.",
+        metavar="GPUS",
+        panel=_DEVICES,
+    )
+    workers_per_gpu: int = setting(1, help="Workers per GPU.", panel=_DEVICES)
+    cpu_workers: int = setting(2, help="Workers when no GPU is found or selected.", panel=_DEVICES)
+    discovery: Literal["auto", "nvml", "nvidia-smi", "none"] = setting(
+        "auto", help="How GPUs are found (auto: NVML, then nvidia-smi).", panel=_DEVICES
+    )
 
     # Where things listen. ``host``/``port``/``port_file`` are the router's endpoint.
-    host: str = "127.0.0.1"
-    port: int = 8000
-    port_file: str | None = None
-    worker_host: str = "127.0.0.1"
-    #: First worker port (then +1, +2, …); 0 picks free ports. Kept across restarts.
-    worker_base_port: int = 0
+    host: str = setting("127.0.0.1", help="Endpoint address.", panel=_LISTENS)
+    port: int = setting(8000, help="Endpoint port; 0 picks one.", panel=_LISTENS)
+    port_file: str | None = setting(
+        None, help="Write the endpoint's port here once ready.", panel=_LISTENS
+    )
+    worker_host: str = setting("127.0.0.1", help="Workers' address.", panel=_LISTENS)
+    #: Kept across restarts.
+    worker_base_port: int = setting(
+        0,
+        help="First worker port (then +1, +2, …); 0: free ports (export: the endpoint's port + 1).",
+        panel=_LISTENS,
+    )
 
     # The router in front.
-    #: Routing policy passed to the router (None: the router's default).
-    policy: PolicyName | None = None
-    #: Extra arguments for the router.
-    router_args: tuple[str, ...] = ()
-    #: The router's Batch API store (its ``--batch-store``): unset, ``<run_dir>/batches``;
-    #: ``off``: no Batch API.
-    batch_store: str | None = None
+    #: None: the router's default.
+    policy: PolicyName | None = setting(None, help="The router's policy.", panel=_ROUTER)
+    router_args: tuple[str, ...] = setting(
+        (), help="Extra router argument (repeat).", panel=_ROUTER
+    )
+    #: The router's ``--batch-store``.
+    batch_store: str | None = setting(
+        None,
+        help="The router's Batch API store (unset: RUN_DIR/batches); off: none.",
+        metavar="PATH",
+        panel=_ROUTER,
+    )
 
     # Supervision.
-    restart_backoff_s: float = 1.0
-    restart_backoff_max_s: float = 30.0
+    restart_backoff_s: float = setting(
+        1.0, help="First restart delay in seconds.", panel=_SUPERVISION
+    )
+    restart_backoff_max_s: float = setting(30.0, help="Longest restart delay.", panel=_SUPERVISION)
     #: A worker that fails this many times in a row is reported as crash-looping.
     crash_loop_after: int = 3
     #: The back-off starts over once a worker has stayed ready this long.
@@ -159,18 +202,22 @@ class FleetConfig:
     #: Consecutive failed liveness probes before a ready worker is restarted.
     liveness_failures: int = 3
     #: Graceful stop: how long in-flight work may take to finish, per stage.
-    drain_timeout_s: float = 30.0
+    drain_timeout_s: float = setting(
+        30.0, help="Seconds in-flight work may take at stop.", panel=_SUPERVISION
+    )
     #: After SIGTERM's drain budget, how long before SIGKILL.
     kill_timeout_s: float = 10.0
 
     # Files.
-    log_dir: str = "logs"
+    log_dir: str = setting("logs", help="Per-worker log files.", metavar="PATH", panel=_FILES)
     log_max_mb: float = 50.0
     log_backups: int = 3
     #: Pid file, state JSON and the router's port file live here.
-    run_dir: str = ".gpufleet"
-    detach: bool = False
-    log_level: LogLevel = "info"
+    run_dir: str = setting(".gpufleet", help="The fleet's run directory.", panel=_FILES)
+    detach: bool = setting(
+        False, help="Run in the background.", names=("--detach",), panel=_SUPERVISION
+    )
+    log_level: LogLevel = setting("info", help="How much to log.", panel=_FILES)
 
     #: Several pools (YAML only); empty means one pool made of the fields above.
     pools: tuple[PoolConfig, ...] = ()
@@ -270,7 +317,13 @@ def load_fleet_config(
     config_path: str | Path | None = None,
     env: Mapping[str, str] | None = None,
 ) -> FleetConfig:
-    """Build :class:`FleetConfig` from flags, env and the file's ``fleet:`` section (with pools)."""
+    """Build :class:`FleetConfig` from flags, env and the file's ``fleet:`` section (with pools).
+
+    ``GPU_IDS`` in ``env`` fills ``gpus`` as a flag would (it is not a ``GPUFLEET_*``
+    variable, and a scheduler or a user sets it for this run).
+    """
+    if (flags or {}).get("gpus") is None and (ids := gpu_ids(env)) is not None:
+        flags = {**(flags or {}), "gpus": ids}
     data = read_yaml(config_path)
     section = data.get("fleet") or {}
     if not isinstance(section, dict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from gpufleet.config._setting import setting
 from gpufleet.errors import ConfigError
 
 #: Hard ceilings: a bench run is always bounded in count and in time.
@@ -16,40 +17,44 @@ MAX_DURATION_S = 3600.0
 class BenchConfig:
     """What ``gpufleet bench URL`` sends, how hard, and where it writes the results."""
 
+    #: ``gpufleet bench URL`` (an argument, not a flag).
     url: str = "http://127.0.0.1:8000"
-    #: Path the load goes to (``/predict``, ``/v1/embeddings``, …).
-    path: str = "/predict"
-    #: A JSON file (one body) or a JSONL file (bodies used in turn); None: fits the kind.
-    payload_file: str | None = None
-    #: Closed loop: this many requests in flight at all times …
-    concurrency: int = 8
-    #: … until this many were sent.
-    requests: int = 200
-    #: Open loop: requests per second (0 = closed loop) …
-    rate: float = 0.0
-    #: … for this many seconds.
-    duration_s: float = 10.0
-    #: Arrival process of the open loop.
-    arrival: Literal["poisson", "uniform"] = "poisson"
-    #: Open loop: requests beyond this many in flight are counted as not sent.
-    max_in_flight: int = 1024
-    #: ``--burst N``: send N requests at once, once (the seed set-ups' burst test).
-    burst: int = 0
-    #: ``--scaling``: the same load with 1, 2, … N workers (drains the others).
-    scaling: bool = False
-    #: Bearer token of the router's admin API (needed by ``--scaling``).
-    admin_token: str | None = None
-    #: Budget of one request.
-    timeout_s: float = 60.0
-    #: Whole run, every step included, stops after this many seconds.
-    max_duration_s: float = 600.0
-    #: Requests sent and discarded before measuring (warms caches and connections).
-    warmup: int = 0
-    #: Where to write the self-contained HTML report.
-    report: str | None = None
-    #: Print the results as JSON instead of tables.
-    json: bool = False
-    seed: int = 0
+    #: ``/predict``, ``/v1/embeddings``, …
+    path: str = setting("/predict", help="Path the requests go to.")
+    #: None: a body that fits the kind of server.
+    payload_file: str | None = setting(
+        None,
+        help="JSON (one body) or JSONL (bodies in turn) file.",
+        names=("--payload",),
+        metavar="PATH",
+    )
+    concurrency: int = setting(8, help="Closed loop: requests in flight.")
+    requests: int = setting(200, help="Closed loop: requests to send.")
+    #: 0: closed loop.
+    rate: float = setting(0.0, help="Open loop: requests per second.")
+    duration_s: float = setting(10.0, help="Open loop: seconds to send.")
+    arrival: Literal["poisson", "uniform"] = setting("poisson", help="Open loop: arrivals.")
+    #: Counted as not sent.
+    max_in_flight: int = setting(
+        1024, help="Open loop: arrivals past this many in flight are dropped."
+    )
+    #: The seed set-ups' burst test.
+    burst: int = setting(0, help="Send N requests at once, once.")
+    #: Drains the other workers.
+    scaling: bool = setting(
+        False, help="Same load with 1..N workers (drains).", names=("--scaling",)
+    )
+    #: Needed by ``--scaling``.
+    admin_token: str | None = setting(None, help="Router admin token (or GPUFLEET_ADMIN_TOKEN).")
+    timeout_s: float = setting(60.0, help="Seconds one request may take.")
+    #: Every step included.
+    max_duration_s: float = setting(600.0, help="Seconds the whole run may take.")
+    #: Warms caches and connections.
+    warmup: int = setting(0, help="Unmeasured requests sent first.")
+    report: str | None = setting(None, help="Write a self-contained HTML report.", metavar="PATH")
+    #: Instead of tables.
+    json: bool = setting(False, help="Print the results as JSON.", names=("--json",))
+    seed: int = setting(0, help="Seed of the open loop's arrivals.")
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
@@ -88,13 +93,11 @@ class BenchConfig:
 class MonitorConfig:
     """What ``gpufleet monitor`` watches and how often."""
 
+    #: ``gpufleet monitor [URL]`` (an argument, not a flag).
     url: str = "http://127.0.0.1:8000"
-    #: Seconds between two polls of /stats.
-    interval_s: float = 1.0
-    #: Print one snapshot and exit.
-    once: bool = False
-    #: Also list the recent errors of every worker.
-    errors: bool = False
+    interval_s: float = setting(1.0, help="Seconds between polls.")
+    once: bool = setting(False, help="Print one snapshot and exit.", names=("--once",))
+    errors: bool = setting(False, help="List the recent errors per worker.", names=("--errors",))
     #: Budget of one poll.
     timeout_s: float = 3.0
 

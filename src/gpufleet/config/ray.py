@@ -8,11 +8,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gpufleet.config._load import build, read_yaml
+from gpufleet.config._setting import setting
 from gpufleet.errors import ConfigError
 
 #: Env of this section: ``GPUFLEET_RAY_ADDRESS``, ``GPUFLEET_RAY_WORKERS`` … (plain
 #: ``GPUFLEET_WORKERS`` is the router's list of upstreams).
 ENV_PREFIX = "GPUFLEET_RAY_"
+#: ``gpufleet up --help`` lists the Ray options in this panel.
+_RAY = "Ray (more than one machine)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,14 +27,28 @@ class RayConfig:
     GCS; ``ray://HOST:10001`` goes through Ray Client.
     """
 
-    address: str | None = None
-    #: GPUs each worker actor asks Ray for (fractions share a GPU; 0: CPU workers).
-    gpus_per_worker: float = 1.0
+    address: str | None = setting(
+        None,
+        help="Place the workers on a Ray cluster: --ray alone joins the one this machine"
+        " belongs to; --ray ADDRESS (HOST:PORT, ray://HOST:10001) names it.",
+        names=("--ray", "--ray-address"),
+        metavar="[ADDRESS]",
+        panel=_RAY,
+        flag_value="auto",
+    )
+    #: Fractions share a GPU; 0: CPU workers.
+    gpus_per_worker: float = setting(1.0, help="--ray: GPUs per worker actor (0: CPU).", panel=_RAY)
     cpus_per_worker: float = 1.0
-    #: How many workers; None: as many as the cluster's GPUs allow.
-    workers: int | None = None
-    #: How often Ray restarts a dead actor (-1: always; 0: never, the fleet makes a new one).
-    max_restarts: int = -1
+    workers: int | None = setting(
+        None, help="--ray: worker count (unset: the cluster's GPUs).", panel=_RAY
+    )
+    #: 0: never, the fleet makes a new one.
+    max_restarts: int = setting(
+        -1,
+        help="--ray: Ray restarts of a dead actor (-1: always).",
+        names=("--ray-max-restarts",),
+        panel=_RAY,
+    )
     #: ``SPREAD`` puts workers on as many nodes as it can; ``DEFAULT`` packs them.
     strategy: Literal["SPREAD", "DEFAULT"] = "SPREAD"
     namespace: str = "gpufleet"

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from gpufleet.config._load import LogLevel
+from gpufleet.config._setting import setting
 from gpufleet.errors import ConfigError
 
 PolicyName = Literal[
@@ -31,101 +32,143 @@ class RouterConfig:
     ``PREFIX=POOL`` (see ``gpufleet.router.pool.parse_worker`` and ``parse_route``).
     """
 
-    workers: tuple[str, ...] = ()
-    routes: tuple[str, ...] = ()
-    #: ``prefix``: by prompt prefix for LLM bodies (the engines' KV caches), else as
-    #: ``capacity`` (shortest expected wait from each upstream's measured rate).
-    policy: PolicyName = "prefix"
-    #: Memory bound of each pool's prompt-prefix index (LRU past it).
-    prefix_cache_mb: float = 64.0
-    #: Prefix index entries unused this long are dropped (engines evict old prefixes).
-    prefix_ttl_s: float = 600.0
-    host: str = "127.0.0.1"
-    port: int = 8000
-    #: Host names served besides loopback ones when bound to loopback (DNS rebinding);
-    #: bound elsewhere, the only names served (empty: any). ``*`` any, ``*.x.com``
-    #: subdomains. Also the browser origins that may send non-GET requests.
-    allowed_hosts: tuple[str, ...] = ()
-    port_file: str | None = None
-    #: Cap of outstanding requests per upstream; 0: twice a gpufleet worker's batch size
-    #: (one batch running, the next one queued), else 4.
-    max_outstanding: int = 0
-    #: Requests that may wait at the router when every upstream is at its cap.
-    max_queue: int = 1024
-    queue_timeout_s: float = 30.0
-    #: One deadline for a request, all attempts and its whole answer included.
-    timeout_s: float = 300.0
-    connect_timeout_s: float = 2.0
-    #: How long one attempt waits for its answer to begin; 0: learned per upstream
-    #: (10 x its p99 time to first byte, at least 1 s; the deadline until 20 answers).
-    first_byte_timeout_s: float = 0.0
-    #: A streamed answer that sends nothing for this long is cut (SSE: an error event).
-    stream_idle_timeout_s: float = 60.0
-    #: A client that takes longer than this to accept one write of an answer is dropped,
-    #: and its upstream slot freed.
-    client_write_timeout_s: float = 30.0
-    #: Attempts after the first, on other upstreams (each drawn from the retry budget).
-    retries: int = 2
-    #: Retry requests that were sent and lost (the connection closed, no answer) also for
-    #: non-idempotent methods on servers other than gpufleet workers.
-    retry_lost: bool = False
-    #: Retries may be at most this percentage of requests over 10 s ...
-    retry_budget_percent: float = 20.0
-    #: ... except while fewer than this many retries are under way.
-    retry_budget_min: int = 3
-    health_interval_s: float = 1.0
-    health_timeout_s: float = 1.0
-    health_path: str = "/health"
-    #: Consecutive failed probes that eject, and good ones that re-admit.
-    eject_after: int = 3
-    readmit_after: int = 2
-    #: Passive ejection: this many failures within fail_timeout_s eject for fail_timeout_s.
-    max_fails: int = 3
-    fail_timeout_s: float = 10.0
-    #: Passive ejection takes at most this share of a pool at once (always at least one
-    #: upstream, never the last ready one for a 5xx that may have come from the request).
-    max_ejection_percent: float = 50.0
-    sticky_header: str = "X-Session-Id"
-    admin_token: str | None = None
-    #: Serve the admin API on a listener of its own at ``admin_host:admin_port`` (then
-    #: the main endpoint answers every /admin path 404); unset: on the main endpoint.
-    admin_port: int | None = None
-    admin_host: str = "127.0.0.1"
-    #: A file holding the admin token (first line), read once at start: unlike
-    #: ``--admin-token``, it never shows in process arguments.
-    admin_token_file: str | None = None
-    #: Networks (CIDR) that upstreams added through the admin API may resolve into besides
-    #: loopback (never link-local, metadata, multicast, unspecified); empty: loopback only.
-    #: ``--worker`` URLs are the operator's own and not limited. ``gpufleet up`` gives its
-    #: router the private ranges its nodes live in.
-    allowed_upstreams: tuple[str, ...] = ()
-    #: Pass the client's ``Authorization`` and ``Cookie`` on to upstreams (an engine
-    #: started with ``--api-key``); off: they stay at the router.
-    forward_auth: bool = False
-    max_body_mb: float = 32.0
-    max_header_kb: int = 16
-    drain_timeout_s: float = 30.0
-    log_level: LogLevel = "info"
-    #: Share of each upstream's cap that ``batch``-class requests may hold (at least one
-    #: slot): ``X-Gpufleet-Priority: batch`` and the Batch API's own requests. The rest
-    #: of the cap stays free for interactive bursts.
-    batch_share_percent: float = 75.0
-    #: The Batch API's store: a directory (SQLite ``batches.sqlite3`` + ``files/``).
-    #: Unset: a standalone router has no Batch API (``/v1/files`` and ``/v1/batches`` are
-    #: proxied like any path); ``gpufleet up`` sets ``<run_dir>/batches``.
-    batch_store: str | None = None
-    #: Largest uploaded batch input file.
-    batch_max_file_mb: float = 200.0
-    #: Most requests (lines) in one batch input file.
-    batch_max_lines: int = 50_000
-    #: Files kept (inputs and outputs) may hold at most this much; uploads past it: 413.
-    batch_max_store_gb: float = 20.0
-    #: Files and finished batches older than this are deleted (inputs of unfinished
-    #: batches are kept).
-    batch_retention_h: float = 720.0
-    #: Most batch requests the Batch API keeps in flight at once (its window follows
-    #: the fleet's free batch capacity up to this).
-    batch_max_in_flight: int = 512
+    workers: tuple[str, ...] = setting(
+        (),
+        help="Upstream [POOL@]URL[=WEIGHT] (repeat).",
+        names=("--worker", "-w"),
+        metavar="URL",
+    )
+    routes: tuple[str, ...] = setting(
+        (),
+        help="PREFIX=POOL: paths under PREFIX go to POOL, prefix stripped.",
+        metavar="PREFIX=POOL",
+    )
+    #: ``capacity``: shortest expected wait from each upstream's measured rate.
+    policy: PolicyName = setting(
+        "prefix", help="Routing policy (prefix: by prompt prefix for LLM bodies, else as capacity)."
+    )
+    #: LRU past it.
+    prefix_cache_mb: float = setting(64.0, help="Memory bound of each pool's prompt-prefix index.")
+    #: Engines evict old prefixes too.
+    prefix_ttl_s: float = setting(600.0, help="Forget prefixes unused this long.")
+    host: str = setting("127.0.0.1", help="Address to bind.")
+    port: int = setting(8000, help="Port to bind; 0 picks a free one.")
+    #: Bound elsewhere than loopback, the only names served (empty: any). Also the
+    #: browser origins that may send non-GET requests.
+    allowed_hosts: tuple[str, ...] = setting(
+        (),
+        help="Host name served besides loopback ones (repeat; bound to a non-loopback"
+        " address: the only names served, unset: any; * any, *.x.com subdomains).",
+    )
+    port_file: str | None = setting(None, help="Write the bound port here once listening.")
+    #: One batch running, the next one queued.
+    max_outstanding: int = setting(
+        0, help="Cap per upstream; 0: 2 x a gpufleet worker's batch size, else 4."
+    )
+    max_queue: int = setting(
+        1024, help="Requests that may wait when all upstreams are at their cap."
+    )
+    queue_timeout_s: float = setting(30.0, help="Longest wait in the admission queue.")
+    timeout_s: float = setting(300.0, help="Deadline of a request, all attempts included.")
+    connect_timeout_s: float = setting(2.0, help="Connect timeout per attempt.")
+    #: Learned: 10 x the upstream's p99 time to first byte, at least 1 s; the deadline
+    #: until 20 answers.
+    first_byte_timeout_s: float = setting(
+        0.0,
+        help="Longest wait for an attempt's answer to begin; 0: learned per upstream"
+        " (10 x its p99, at least 1 s).",
+    )
+    #: SSE: an error event ends it.
+    stream_idle_timeout_s: float = setting(60.0, help="Cut a streamed answer silent this long.")
+    #: Its upstream slot is freed.
+    client_write_timeout_s: float = setting(
+        30.0, help="Drop a client that accepts no answer bytes this long."
+    )
+    #: Each retry is drawn from the retry budget.
+    retries: int = setting(2, help="Attempts after the first, on other upstreams.")
+    #: Sent and lost: the connection closed, no answer.
+    retry_lost: bool = setting(
+        False,
+        help="Also retry requests lost after sending on non-idempotent methods of servers"
+        " other than gpufleet workers.",
+    )
+    retry_budget_percent: float = setting(
+        20.0, help="Retries as a % of requests over 10 s, at most.", names=("--retry-budget",)
+    )
+    retry_budget_min: int = setting(3, help="Retries always allowed concurrently.")
+    health_interval_s: float = setting(1.0, help="Seconds between probes.")
+    health_timeout_s: float = setting(1.0, help="Probe timeout.")
+    health_path: str = setting("/health", help="Probe path.")
+    eject_after: int = setting(3, help="Consecutive failed probes that eject.")
+    readmit_after: int = setting(2, help="Consecutive good probes that re-admit.")
+    max_fails: int = setting(3, help="Passive: failures within --fail-timeout that eject.")
+    fail_timeout_s: float = setting(10.0, help="Passive: failure window and ejection time.")
+    max_ejection_percent: float = setting(
+        50.0,
+        help="Passive: most of a pool ejected at once, % (at least one; never the last ready"
+        " for a 5xx the upstream does not call its own).",
+    )
+    sticky_header: str = setting("X-Session-Id", help="Header the sticky policy hashes.")
+    admin_token: str | None = setting(
+        None,
+        help="Bearer token of /admin; visible to every local user in ps: prefer"
+        " GPUFLEET_ADMIN_TOKEN or --admin-token-file; unset: admin API off.",
+    )
+    #: Then the main endpoint answers every /admin path 404.
+    admin_port: int | None = setting(
+        None,
+        help="Serve /admin on a listener of its own on this port (the endpoint then answers"
+        " /admin 404); unset: on the endpoint.",
+    )
+    admin_host: str = setting("127.0.0.1", help="Address of the admin listener.")
+    #: Read once at start: unlike ``--admin-token``, it never shows in process arguments.
+    admin_token_file: str | None = setting(
+        None, help="File whose first line is the /admin Bearer token."
+    )
+    #: Never link-local, metadata, multicast, unspecified. ``--worker`` URLs are the
+    #: operator's own and not limited. ``gpufleet up`` gives its router the private
+    #: ranges its nodes live in.
+    allowed_upstreams: tuple[str, ...] = setting(
+        (),
+        help="CIDR that admin-added upstreams may resolve into besides loopback (repeat);"
+        " unset: loopback only.",
+        names=("--allow-upstream",),
+        metavar="CIDR",
+    )
+    #: For an engine started with ``--api-key``.
+    forward_auth: bool = setting(
+        False,
+        help="Pass clients' Authorization and Cookie headers on to upstreams (an engine"
+        " with --api-key); off: they stay at the router.",
+    )
+    max_body_mb: float = setting(32.0, help="Largest request body.")
+    max_header_kb: int = setting(16, help="Largest header line.")
+    drain_timeout_s: float = setting(30.0, help="How long SIGTERM waits for in-flight work.")
+    log_level: LogLevel = setting("info", help="How much to log.")
+    #: ``X-Gpufleet-Priority: batch`` and the Batch API's own requests.
+    batch_share_percent: float = setting(
+        75.0,
+        help="Most of each upstream's cap batch-class requests may hold, % (at least one"
+        " slot; the rest stays free for interactive bursts).",
+        names=("--batch-share",),
+    )
+    #: SQLite ``batches.sqlite3`` + ``files/``. ``gpufleet up`` sets ``<run_dir>/batches``.
+    batch_store: str | None = setting(
+        None,
+        help="Directory of the Batch API's store (SQLite + files); unset: no Batch API"
+        " (/v1/files and /v1/batches are proxied).",
+        metavar="PATH",
+    )
+    batch_max_file_mb: float = setting(200.0, help="Largest batch input file.")
+    batch_max_lines: int = setting(50_000, help="Most requests in one batch.")
+    #: Uploads past it: 413.
+    batch_max_store_gb: float = setting(20.0, help="Most bytes of files the store keeps.")
+    #: Inputs of unfinished batches are kept.
+    batch_retention_h: float = setting(
+        720.0, help="Delete files and finished batches older than this."
+    )
+    #: The window follows the fleet's free batch capacity up to this.
+    batch_max_in_flight: int = setting(512, help="Most batch requests in flight per pool.")
 
     def __post_init__(self) -> None:
         if self.admin_port is not None and not 1 <= self.admin_port <= 65535:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gpufleet.config._load import LogLevel
+from gpufleet.config._setting import setting
 from gpufleet.errors import ConfigError
 
 
@@ -29,36 +30,55 @@ class BatchConfig:
 class WorkerConfig:
     """Everything ``gpufleet worker`` takes (flags, ``GPUFLEET_*`` env, YAML ``worker:``)."""
 
-    model: str = "minilm"
-    #: Keyword arguments for the model class (``--model-arg key=value``).
-    model_args: dict[str, str] = field(default_factory=dict)
+    model: str = setting(
+        "minilm",
+        help="Model to serve: minilm | synthetic | image-demo | pkg.module:Class | file.py:Class.",
+        names=("--model", "-m"),
+        metavar="MODEL",
+    )
+    model_args: dict[str, str] = setting(
+        factory=dict, help="key=value passed to the model class (repeat).", metavar="KEY=VALUE"
+    )
     #: ``auto`` picks ``cuda`` when torch sees a GPU, else ``cpu``.
-    device: str = "auto"
-    host: str = "127.0.0.1"
-    port: int = 8000
-    #: Host names served besides loopback ones when bound to loopback (DNS rebinding);
-    #: bound elsewhere, the only names served (empty: any). ``*`` any, ``*.x.com``
-    #: subdomains. Also the browser origins that may send non-GET requests.
-    allowed_hosts: tuple[str, ...] = ()
-    #: Where to write the bound port (useful with ``--port 0``).
-    port_file: str | None = None
-    #: 0 means: the model's own ``max_batch_size``, else 32.
-    max_batch_size: int = 0
-    max_wait_ms: float = 5.0
-    max_queue: int = 1024
-    max_body_mb: float = 32.0
-    drain_timeout_s: float = 30.0
-    #: Budget of one request when the caller sends no deadline.
-    request_timeout_s: float = 600.0
-    #: When a batch fails in ``predict``, halve it until the failing items stand alone, so
-    #: one bad input fails only its own request (costs extra predict calls on failures).
-    isolate_failures: bool = True
-    #: Seconds the device thread may go without finishing a batch (or a stream step)
-    #: while work waits or runs before the worker reports itself stalled: ``/health``
-    #: answers 503 ``stalled``, new requests 503, and ``gpufleet up`` restarts it. Set it
-    #: above the longest batch the model may take; 0 turns the detector off.
-    stall_timeout_s: float = 60.0
-    log_level: LogLevel = "info"
+    device: str = setting("auto", help="auto | cpu | cuda | cuda:N.")
+    host: str = setting("127.0.0.1", help="Address to bind.")
+    port: int = setting(8000, help="Port to bind; 0 picks a free one.")
+    #: Bound elsewhere than loopback, the only names served (empty: any). Also the
+    #: browser origins that may send non-GET requests.
+    allowed_hosts: tuple[str, ...] = setting(
+        (),
+        help="Host name served besides loopback ones (repeat; bound to a non-loopback"
+        " address: the only names served, unset: any; * any, *.x.com subdomains).",
+    )
+    #: Useful with ``--port 0``.
+    port_file: str | None = setting(None, help="Write the bound port here once listening.")
+    max_batch_size: int = setting(0, help="Largest batch; 0: the model's own, else 32.")
+    max_wait_ms: float = setting(5.0, help="Longest wait after a batch's first item.")
+    max_queue: int = setting(1024, help="Queued items before answering 503.")
+    max_body_mb: float = setting(32.0, help="Largest request body.")
+    drain_timeout_s: float = setting(
+        30.0,
+        help="Seconds SIGTERM waits for in-flight work.",
+        names=("--drain-timeout", "--drain-timeout-s"),
+    )
+    request_timeout_s: float = setting(
+        600.0,
+        help="Budget of a request that sends no deadline header.",
+        names=("--request-timeout", "--request-timeout-s"),
+    )
+    #: Costs extra predict calls on failures only.
+    isolate_failures: bool = setting(
+        True, help="Halve a failed batch until the bad items stand alone."
+    )
+    #: While work waits or runs: ``/health`` answers 503 ``stalled``, new requests 503,
+    #: and ``gpufleet up`` restarts the worker.
+    stall_timeout_s: float = setting(
+        60.0,
+        help="Seconds the device may go without finishing a batch while work waits before"
+        " /health turns 503 'stalled' (a wedged GPU); above your longest batch; 0: off.",
+        names=("--stall-timeout", "--stall-timeout-s"),
+    )
+    log_level: LogLevel = setting("info", help="How much to log.")
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from gpufleet.config._setting import setting
 from gpufleet.operate.export.layout import ExportLayout
 
 
@@ -22,15 +23,14 @@ class ExportOptions:
     up_args: tuple[str, ...] = ()
     #: ``GPUFLEET_*`` and device variables to carry into the service (systemd).
     env: Mapping[str, str] = field(default_factory=dict)
-    #: Container image (compose, k8s).
-    image: str = "gpufleet:latest"
-    #: Name of the application: the prefix of units, services, objects.
-    name: str = "gpufleet"
-    #: Kubernetes namespace (None: the current one).
-    namespace: str | None = None
+    image: str = setting("gpufleet:latest", help="compose, k8s: container image.")
+    #: The prefix of units, services, objects.
+    name: str = setting("gpufleet", help="Unit, project, job or object name prefix.")
+    #: None: the current one.
+    namespace: str | None = setting(None, help="k8s: namespace.")
     #: systemd: WorkingDirectory= and User=.
     workdir: str = "/var/lib/gpufleet"
-    user: str | None = None
+    user: str | None = setting(None, help="systemd: User= of the service.")
     #: The ``gpufleet export …`` command line, quoted in the header comment.
     command: str = "gpufleet export"
 

@@ -1,0 +1,355 @@
+"""Command-line options generated from the settings dataclasses, so each is declared once.
+
+``@from_settings(WorkerConfig)`` adds an option for every field of ``WorkerConfig`` that
+carries a :class:`~gpufleet.config._setting.Flag` to the command it decorates, and hands
+the command what was given as one ``flags`` mapping (field -> value, None when not given:
+a flag beats ``GPUFLEET_*`` env, which beats the file, only when it was given). Its name,
+metavar, help, and the default its help shows all come from the field:
+
+- names: ``--`` and the field's name with ``_`` as ``-``, a seconds suffix ``_s``
+  dropped, and a list or mapping (``model_args``) singular (``--model-arg``, repeated);
+- metavar: a ``Literal``'s choices (``[pull|round-robin]``, or ``NAME`` with the choices
+  in the help when they are many), else a plain word for what it takes (``SECONDS``,
+  ``N``, ``PORT``, ``PATH``…), none for an on/off flag;
+- the default shown: the field's own (``[default: 600]``), ``--x`` for a flag that is on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from typing import Annotated, Any, Literal, TypeVar
+
+import typer
+
+from gpufleet.config._setting import Flag, default_of, flag_of
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: What a command gets: each setting's value as given on the command line, None if not.
+Flags = dict[str, Any]
+
+#: The attribute of a decorated command listing its generated options (param -> option).
+OPTIONS_ATTR = "gpufleet_options"
+
+#: Choices wider than this are listed in the help text instead (``NAME`` as metavar).
+_MAX_CHOICES_WIDTH = 30
+_UNITS = (
+    ("_ms", "MS"),
+    ("_mb", "MB"),
+    ("_gb", "GB"),
+    ("_kb", "KB"),
+    ("_h", "HOURS"),
+    ("_percent", "PERCENT"),
+)
+_SECONDS = re.compile(r"(^|_)(timeout|backoff|deadline|duration|interval|ttl|s)$")
+#: Plain words for what a string setting takes, by the last word of its name.
+_WORDS = {
+    "host": "HOST",
+    "hosts": "HOST",
+    "port": "PORT",
+    "file": "PATH",
+    "dir": "PATH",
+    "path": "PATH",
+    "url": "URL",
+    "token": "TOKEN",
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Option:
+    """One generated option: the setting it fills and how the command line spells it."""
+
+    field: str
+    names: tuple[str, ...]
+    kind: Literal["value", "list", "pairs", "switch"]
+    flag: Flag
+
+    @property
+    def name(self) -> str:
+        """The option's first (long) name, e.g. ``--model``."""
+        return self.names[0].split("/")[0]
+
+
+def _strip_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _kind(tp: Any) -> Literal["value", "list", "pairs", "switch"]:
+    inner = _strip_optional(tp)
+    origin = typing.get_origin(inner)
+    if inner is bool:
+        return "switch"
+    if origin is tuple:
+        return "list"
+    if origin is dict:
+        return "pairs"
+    return "value"
+
+
+def option_names(field: dataclasses.Field[Any], tp: Any, flag: Flag) -> tuple[str, ...]:
+    """The option names of ``field`` (its :class:`Flag`'s, else from its name)."""
+    if flag.names:
+        return flag.names
+    name = field.name.removesuffix("_s") if field.name.endswith("_s") else field.name
+    if _kind(tp) in ("list", "pairs"):
+        name = name.removesuffix("s")
+    dashed = name.replace("_", "-")
+    if _kind(tp) == "switch":
+        return (f"--{dashed}/--no-{dashed}",)
+    return (f"--{dashed}",)
+
+
+def choices(tp: Any) -> tuple[str, ...]:
+    """The values a ``Literal`` setting takes (empty for any other type)."""
+    inner = _strip_optional(tp)
+    if typing.get_origin(inner) is Literal:
+        return tuple(str(a) for a in typing.get_args(inner))
+    return ()
+
+
+def metavar(name: str, tp: Any, flag: Flag) -> str:
+    """The word ``--help`` shows for what setting ``name`` of type ``tp`` takes."""
+    if flag.metavar is not None:
+        return flag.metavar
+    kind = _kind(tp)
+    if kind == "switch":
+        return ""
+    listed = choices(tp)
+    if listed:
+        shown = "[" + "|".join(listed) + "]"
+        return shown if len(shown) <= _MAX_CHOICES_WIDTH else "NAME"
+    for suffix, word in _UNITS:
+        if name.endswith(suffix):
+            return word
+    last = name.rsplit("_", 1)[-1]
+    if kind in ("list", "pairs"):
+        last = last.removesuffix("s")
+    inner = _strip_optional(tp)
+    if last in _WORDS:
+        return _WORDS[last]
+    if inner is float and _SECONDS.search(name):
+        return "SECONDS"
+    if inner in (int, float):
+        return "N"
+    return last.upper()
+
+
+def shown_default(field: dataclasses.Field[Any], names: tuple[str, ...]) -> str | None:
+    """The default ``--help`` shows for ``field``; None when there is none worth showing."""
+    value = default_of(field)
+    if value is dataclasses.MISSING or value is None or value in ((), {}, ""):
+        return None
+    if isinstance(value, bool):  # the form that sets it: isolate-failures, no-retry-lost
+        on, _, off = names[0].partition("/")
+        return (on if value else off).lstrip("-") or None
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _help(flag: Flag, tp: Any) -> str:
+    listed = choices(tp)
+    if listed and metavar("", tp, flag) == "NAME":
+        return f"{flag.help.rstrip('.')}. Choices: {', '.join(listed)}."
+    return flag.help
+
+
+def _cli_type(kind: str, tp: Any) -> Any:
+    if kind == "switch":
+        return bool | None
+    if kind in ("list", "pairs"):
+        return list[str] | None
+    inner = _strip_optional(tp)
+    if inner in (int, float):
+        return inner | None
+    return str | None
+
+
+def options_of(cls: type[Any], only: Iterable[str] | None = None) -> dict[str, Option]:
+    """The options of ``cls``'s flagged fields (``only`` these, in their order), by field."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = list(fields) if only is None else list(only)
+    out: dict[str, Option] = {}
+    for name in names:
+        field = fields[name]
+        flag = flag_of(field)
+        if flag is None:
+            if only is not None:
+                raise TypeError(f"{cls.__name__}.{name} has no command-line flag")
+            continue
+        out[name] = Option(
+            field=name,
+            names=option_names(field, hints[name], flag),
+            kind=_kind(hints[name]),
+            flag=flag,
+        )
+    return out
+
+
+def _parameters(cls: type[Any], options: Mapping[str, Option]) -> list[inspect.Parameter]:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    params = []
+    for name, option in options.items():
+        field, tp = fields[name], hints[name]
+        shown = shown_default(field, option.names)
+        info = typer.Option(
+            *option.names,
+            help=_help(option.flag, tp),
+            metavar=metavar(name, tp, option.flag),
+            show_default=shown if shown is not None else False,
+            rich_help_panel=option.flag.panel,
+        )
+        params.append(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[_cli_type(option.kind, tp), info],
+            )
+        )
+    return params
+
+
+def _value(option: Option, given: Any) -> Any:
+    """A given option's value as the setting takes it (lists as tuples, pairs as a dict)."""
+    if given is None or given == []:
+        return None
+    if option.kind == "list":
+        return tuple(given)
+    if option.kind == "pairs":
+        from gpufleet.errors import ConfigError
+
+        out: dict[str, str] = {}
+        for pair in given:
+            key, sep, value = pair.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"{option.name} takes key=value, got {pair!r}")
+            out[key.strip()] = value.strip()
+        return out
+    return given
+
+
+def from_settings(
+    cls: type[Any], *, into: str = "flags", only: Iterable[str] | None = None
+) -> Callable[[F], F]:
+    """Give the decorated command an option per flagged field of ``cls``.
+
+    The command takes a parameter named ``into`` (a :data:`Flags`) where the options go:
+    they are listed in its place. ``only`` picks some fields (in that order).
+
+    Raises:
+        TypeError: a generated option's name is a parameter of the command already.
+    """
+    options = options_of(cls, only)
+
+    def decorate(command: F) -> F:
+        own = inspect.signature(command, eval_str=True)
+        clash = set(own.parameters) & set(options)
+        if into not in own.parameters or clash:
+            raise TypeError(f"{command.__name__}: needs a parameter {into!r}, none of {clash}")
+        generated = _parameters(cls, options)
+        params: list[inspect.Parameter] = []
+        for param in own.parameters.values():
+            if param.name == into:
+                params += generated
+            else:
+                params.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+
+        def run(**kwargs: Any) -> Any:
+            from gpufleet.cli._common import config_errors_exit
+
+            with config_errors_exit():
+                flags = {n: _value(o, kwargs.pop(n, None)) for n, o in options.items()}
+            return command(**kwargs, **{into: flags})
+
+        run.__name__, run.__qualname__ = command.__name__, command.__qualname__
+        run.__doc__, run.__module__ = command.__doc__, command.__module__
+        run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        known: dict[str, Option] = dict(getattr(command, OPTIONS_ATTR, {}))
+        setattr(run, OPTIONS_ATTR, {**known, **options})
+        return typing.cast(F, run)
+
+    return decorate
+
+
+def allow_bare_values(command: Any) -> None:
+    """Let each generated option with a ``flag_value`` be given without its value.
+
+    ``gpufleet up --ray`` means ``--ray auto``; ``--ray HOST:PORT`` and ``--ray=HOST:PORT``
+    name the address. Click does this with ``is_flag=False, flag_value=…``; the parser
+    typer (0.2x) ships dropped it, so the option's parser entry is one that takes the next
+    word only when it is not an option (``up`` has no arguments for it to swallow).
+    """
+    options: Mapping[str, Option] = getattr(command.callback, OPTIONS_ATTR, {})
+    for param in command.params:
+        option = options.get(param.name or "")
+        if option is not None and option.flag.flag_value is not None:
+            _take_bare(param, option.flag.flag_value)
+
+
+def _take_bare(param: Any, bare: str) -> None:
+    from typer._click.parser import _Option
+
+    class _MaybeValued(_Option):
+        def process(self, value: Any, state: Any) -> None:
+            if value == ():  # nargs=0: the parser took nothing; take a word that is a value
+                ahead = state.rargs[0] if state.rargs else "-"
+                value = state.rargs.pop(0) if not ahead.startswith("-") else bare
+            state.opts[self.dest] = value
+            state.order.append(self.obj)
+
+    def add_to_parser(parser: Any, ctx: Any) -> None:
+        option = _MaybeValued(param, param.opts, param.name, action="store", nargs=0)
+        parser._opt_prefixes.update(option.prefixes)
+        for opt in option._short_opts:
+            parser._short_opt[opt] = option
+        for opt in option._long_opts:
+            parser._long_opt[opt] = option
+
+    param.add_to_parser = add_to_parser
+
+
+def given_args(options: Mapping[str, Option], flags: Flags) -> list[str]:
+    """The command line that gives ``flags`` again: ``--model m --model-arg k=v …``."""
+    args: list[str] = []
+    for name, option in options.items():
+        value = flags.get(name)
+        if value is None:
+            continue
+        if option.kind == "switch":
+            args.append(option.name if value else f"--no-{option.name.removeprefix('--')}")
+        elif option.kind == "list":
+            for item in value:
+                args += [option.name, str(item)]
+        elif option.kind == "pairs":
+            for key, item in value.items():
+                args += [option.name, f"{key}={item}"]
+        else:
+            args += [option.name, str(value)]
+    return args
+
+
+__all__ = [
+    "OPTIONS_ATTR",
+    "Flags",
+    "Option",
+    "allow_bare_values",
+    "choices",
+    "from_settings",
+    "given_args",
+    "metavar",
+    "option_names",
+    "options_of",
+    "shown_default",
+]
