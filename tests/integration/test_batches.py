@@ -71,6 +71,11 @@ def _workers(n: int, *args: str) -> Iterator[list[ServerProcess]]:
         yield [stack.enter_context(run_worker("synthetic", *args)) for _ in range(n)]
 
 
+async def _text(url: str) -> str:
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        return await resp.text()
+
+
 def _served(urls: list[str]) -> int:
     """Requests the workers at ``urls`` served (their own count)."""
     total = 0
@@ -135,6 +140,21 @@ def test_upload_create_poll_download_list(tmp_path: Path) -> None:
         assert page.has_more
         assert [b.id for b in client.batches.list(limit=1)] == [second.id, batch.id]
         _wait(client, second.id, lambda b: b.status == "completed", within=60, what="done")
+        # Counters: batches by status and requests by outcome, in /stats and /metrics (the
+        # counts are read again just after a batch's final state is stored).
+        deadline = time.monotonic() + 10
+        while True:
+            stats = asyncio.run(get_json(router.url + "/stats"))
+            if stats["batches"]["by_status"] == {"completed": 2}:
+                break
+            assert time.monotonic() < deadline, stats["batches"]
+            time.sleep(0.05)
+        assert stats["batches"]["requests"] == {"completed": 400, "failed": 0}
+        metrics = asyncio.run(_text(router.url + "/metrics"))
+        assert 'gpufleet_batches{status="completed"} 2.0' in metrics
+        assert 'gpufleet_batches{status="in_progress"} 0.0' in metrics
+        assert 'gpufleet_batch_requests_total{outcome="completed"} 400.0' in metrics
+        assert 'gpufleet_batch_requests_total{outcome="failed"} 0.0' in metrics
 
         out = client.files.retrieve(done.output_file_id or "")
         assert out.purpose == "batch_output"

@@ -224,3 +224,5 @@ async def test_batches_list_newest_first_with_a_cursor(store: BatchStore) -> Non
     page, more = await store.list_batches(limit=10, after="batch_3")
     assert [b.id for b in page] == ["batch_2", "batch_1", "batch_0"]
     assert not more
+    await store.update_batch("batch_0", status=COMPLETED)
+    assert await store.batch_counts() == {IN_PROGRESS: 4, COMPLETED: 1}

@@ -67,6 +67,7 @@ def extension(
         state.on_listen.append(runner.start)
         state.on_drain.append(runner.drain)
         state.stats_parts["batches"] = runner.stats
+        state.collector.parts.append(runner.metrics)
 
     return install
 

@@ -366,6 +366,14 @@ class PostgresStore:
             rows = await cur.fetchall()
         return [_batch(r) for r in rows]
 
+    async def batch_counts(self) -> dict[str, int]:
+        """How many batches are kept in each status."""
+        async with self._db.use() as conn:
+            cur = await conn.execute(
+                "SELECT status, count(*) FROM gpufleet_batches GROUP BY status"
+            )
+            return {row[0]: int(row[1]) for row in await cur.fetchall()}
+
     async def file_in_use(self, file_id: str) -> bool:
         """True when an unfinished batch reads ``file_id``."""
         async with self._db.use() as conn:

@@ -35,12 +35,13 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from gpufleet import wire
 from gpufleet.batches import output
@@ -52,8 +53,10 @@ from gpufleet.batches.records import (
     EXPIRED,
     FAILED,
     FINALIZING,
+    FINISHED,
     IN_PROGRESS,
     PURPOSE_OUTPUT,
+    UNFINISHED,
     VALIDATING,
     BatchRecord,
     FileRecord,
@@ -160,6 +163,11 @@ class BatchRunner:
         self._session: aiohttp.ClientSession | None = None
         self._base = ""
         self._draining = False
+        #: Batches kept in each status (read from the store after each change).
+        self._by_status: dict[str, int] = {}
+        #: Requests of batches that got their outcome since this router started.
+        self.requests_completed = 0
+        self.requests_failed = 0
 
     # Lifecycle ----------------------------------------------------------------------
 
@@ -173,6 +181,7 @@ class BatchRunner:
             (self._sweep(), "gpufleet-batch-sweep"),
         ):
             self._background.append(asyncio.create_task(_logged(coro, name), name=name))
+        await self._recount()
         unfinished = await self.store.unfinished_batches()
         if unfinished:
             log.info("resuming %d unfinished batch(es)", len(unfinished))
@@ -228,6 +237,7 @@ class BatchRunner:
         )
         if record is None:
             return None
+        await self._recount()
         run = self._runs.get(batch_id)
         if run is not None:
             run.record = record
@@ -245,7 +255,41 @@ class BatchRunner:
                 name: {"limit": w.limit, "in_flight": w.in_flight, "waiting": w.waiting}
                 for name, w in self._windows.items()
             },
+            "by_status": dict(sorted(self._by_status.items())),
+            "requests": {"completed": self.requests_completed, "failed": self.requests_failed},
         }
+
+    def metrics(self) -> Iterator[Metric]:
+        """The Batch API's Prometheus metrics (read at scrape time, like ``/stats``)."""
+        by_status = GaugeMetricFamily(
+            "gpufleet_batches", "Batches kept, by status.", labels=["status"]
+        )
+        for status in sorted(FINISHED | UNFINISHED):
+            by_status.add_metric([status], self._by_status.get(status, 0))
+        requests = CounterMetricFamily(
+            "gpufleet_batch_requests",
+            "Batch requests that got their outcome since the router started, by outcome.",
+            labels=["outcome"],
+        )
+        requests.add_metric(["completed"], self.requests_completed)
+        requests.add_metric(["failed"], self.requests_failed)
+        in_flight = GaugeMetricFamily(
+            "gpufleet_batch_requests_in_flight",
+            "Batch requests sent and not yet answered, by pool.",
+            labels=["pool"],
+        )
+        for name, window in sorted(self._windows.items()):
+            in_flight.add_metric([name], window.in_flight)
+        yield from (by_status, requests, in_flight)
+
+    async def _recount(self) -> None:
+        """Read the batches per status again (after a batch changed status)."""
+        try:
+            self._by_status = await self.store.batch_counts()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the counts wait for the next change; the batch goes on
+            log.exception("counting batches failed")
 
     # One batch ----------------------------------------------------------------------
 
@@ -258,6 +302,7 @@ class BatchRunner:
                     record = await self._set(
                         run, status=IN_PROGRESS, in_progress_at=int(self._clock())
                     )
+                await self._recount()
                 outcome, expired = await self._send_all(run)
             else:
                 outcome, expired = (CANCELLED if status == CANCELLING else COMPLETED), []
@@ -271,6 +316,7 @@ class BatchRunner:
                 await self.store.update_batch(
                     record.id, status=FAILED, failed_at=int(self._clock()), errors=[error]
                 )
+        await self._recount()
 
     async def _set(self, run: _Run, **fields: Any) -> BatchRecord:
         record = await self.store.update_batch(run.record.id, **fields)
@@ -396,8 +442,10 @@ class BatchRunner:
         run.done_here += 1
         if ok:
             run.completed += 1
+            self.requests_completed += 1
         else:
             run.failed += 1
+            self.requests_failed += 1
         self.writer.add(run.record.id, ResultRow(request.custom_id, request.line, ok, line))
 
     async def _attempt(self, run: _Run, request: Request, row_id: str) -> tuple[bool, bytes]:
@@ -516,6 +564,7 @@ class BatchRunner:
             batches, files = await self.store.sweep(int(self._clock() - retention_s))
             if batches or files:
                 log.info("retention: deleted %d batch(es) and %d file(s)", batches, files)
+                await self._recount()
             await asyncio.sleep(every_s)
 
 

@@ -358,6 +358,14 @@ class SqliteStore:
         ).fetchall()
         return [_batch(r) for r in rows]
 
+    async def batch_counts(self) -> dict[str, int]:
+        """How many batches are kept in each status."""
+        return await self._db(self._batch_counts)
+
+    def _batch_counts(self) -> dict[str, int]:
+        rows = self.conn.execute("SELECT status, count(*) FROM batches GROUP BY status")
+        return {row[0]: int(row[1]) for row in rows}
+
     async def file_in_use(self, file_id: str) -> bool:
         """True when an unfinished batch reads ``file_id``."""
         return await self._db(self._in_use, file_id)

@@ -90,6 +90,10 @@ class BatchStore(Protocol):
         """Batches not yet completed, failed, expired or cancelled, oldest first."""
         ...
 
+    async def batch_counts(self) -> dict[str, int]:
+        """How many batches are kept in each status (statuses with none left out)."""
+        ...
+
     async def file_in_use(self, file_id: str) -> bool:
         """True when an unfinished batch reads ``file_id``."""
         ...

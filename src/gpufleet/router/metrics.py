@@ -6,7 +6,7 @@ Nothing on the hot path touches prometheus-client: a collector reads the same co
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -30,6 +30,8 @@ class RouterCollector(Collector):
         self._registry = registry
         self._admissions = admissions
         self._totals = totals
+        #: More metrics from parts the router was given (the Batch API's), read at scrape.
+        self.parts: list[Callable[[], Iterable[Metric]]] = []
 
     def collect(self) -> Iterator[Metric]:
         """Yield one family per metric (called by prometheus-client at scrape time)."""
@@ -187,6 +189,8 @@ class RouterCollector(Collector):
                     wait_q.add_metric([name, p, str(q)], percentile_ms(waits, q) / 1000.0)
         yield from (requests, responses, retries, exhausted, broken, stalled, request_faults, held)
         yield from (bad, depth, rejected, class_depth, admitted, waited, wait_q)
+        for part in self.parts:
+            yield from part()
 
 
 def metrics_text(collector: RouterCollector) -> bytes:

@@ -180,6 +180,11 @@ class ExportLayout:
             argv += ["--route", f"{prefix}={pool}"]
         if self.fleet.policy:
             argv += ["--policy", self.fleet.policy]
+        if self.fleet.batch_store not in (None, "off"):
+            # Where ``up`` was given a store (a folder, or a PostgreSQL URL), its router
+            # keeps its batches there; unset, ``up`` picks a run-dir folder a deployment
+            # file has no equivalent of, so none is passed.
+            argv += ["--batch-store", str(self.fleet.batch_store)]
         return (*argv, *self.fleet.router_args)
 
 
