@@ -183,3 +183,14 @@ def test_stall_timeout_reaches_every_gpufleet_worker_but_not_a_cmd(tmp_path: Pat
     assert foreign == ("serve", "--port", foreign[-1])
     with pytest.raises(ConfigError, match="stall_timeout_s"):
         FleetConfig(stall_timeout_s=-1)
+
+
+def test_gpu_ids_is_a_list_that_only_a_flag_beats(tmp_path: Path) -> None:
+    f = tmp_path / "fleet.yaml"
+    f.write_text("fleet:\n  gpus: '0,1'\n")
+    ids = {"GPU_IDS": "3", "GPUFLEET_GPUS": "2"}
+    assert load_fleet_config(config_path=f, env=ids).gpus == "3,"  # GPU 3, not three GPUs
+    assert load_fleet_config(config_path=f, env={**ids, "GPU_IDS": "1,3"}).gpus == "1,3"
+    assert load_fleet_config(flags={"gpus": "0,"}, config_path=f, env=ids).gpus == "0,"
+    assert load_fleet_config(config_path=f, env={"GPU_IDS": " "}).gpus == "0,1"
+    assert load_fleet_config(config_path=f, env={"GPUFLEET_GPUS": "2"}).gpus == "2"

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from gpufleet.cli._common import config_errors_exit, run_async, setup_logging
-from gpufleet.cli._options import Flags, from_settings
+from gpufleet.cli._options import Flags, from_settings, options_of
 from gpufleet.config.fleet import FleetConfig
 from gpufleet.config.ray import RayConfig
 
@@ -52,7 +52,8 @@ def up(
 
         ray_cfg = load_ray_config(flags=ray_flags, config_path=config)
         if not ray_cfg.enabled and any(v is not None for v in ray_flags.values()):
-            raise ConfigError("--workers, --gpus-per-worker and --ray-max-restarts need --ray")
+            given = [o.name for n, o in options_of(RayConfig).items() if ray_flags[n] is not None]
+            raise ConfigError(f"{', '.join(given)}: need --ray (they place workers on Ray)")
         if ray_cfg.enabled:
             from gpufleet.fleet.ray_cluster import import_ray
 
