@@ -484,13 +484,16 @@ async def profile_router(
 #: Where a sample of the router's main thread was, by its innermost frame (first match).
 #: A C call (a socket write, a timer) shows as the Python line that made it.
 _PLACES = (
-    ("http1.py: write the request (send syscall)", "UpstreamPool.send (gpufleet/router/http1"),
+    ("http1.py: write the request (send syscall)", "ConnectionPool.send (gpufleet/router/http1/"),
     ("aiohttp: write the answer (send syscall)", "StreamWriter._writelines (aiohttp/"),
     ("event loop in C (epoll, recv, uvloop)", "Runner.run (asyncio/runners"),
     ("timers: call_later/cancel of _Watch", "_Watch."),
     ("timers: asyncio.timeout", "asyncio/timeouts.py"),
-    ("http1.py (Python, llhttp callbacks)", "gpufleet/router/http1.py"),
+    ("http1.py (Python, llhttp callbacks)", "gpufleet/router/http1/"),
+    # proxy.py was split (issue 15): one attempt and the relay count as the proxy still.
     ("proxy.py (Python)", "gpufleet/router/proxy.py"),
+    ("proxy.py (Python)", "gpufleet/router/attempt.py"),
+    ("proxy.py (Python)", "gpufleet/router/relay.py"),
     ("router, other (upstream, policy, admission, budget)", "gpufleet/router/"),
     ("aiohttp server side (Python)", "aiohttp/"),
 )

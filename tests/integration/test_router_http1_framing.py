@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from gpufleet.router.http1 import AnswerBroken, Client, Lost, NotSent, UpstreamPool
+from gpufleet.router.http1 import AnswerBroken, Client, ConnectionPool, Lost, NotSent
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 #: An answer (bytes), or a coroutine that writes whatever it likes.
@@ -31,7 +31,7 @@ class Upstream:
     closed: list[int] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def pool(self) -> UpstreamPool:
+    def pool(self) -> ConnectionPool:
         return Client(connect_timeout_s=2).pool(self.url)
 
     async def wait_closed(self, conn: int) -> None:
@@ -82,12 +82,12 @@ async def upstream(first: bytes | Script, rest: bytes = OK) -> AsyncIterator[Ups
 HEAD = b"GET /x HTTP/1.1\r\nHost: up\r\n\r\n"
 
 
-async def _body(pool: UpstreamPool) -> bytes:
+async def _body(pool: ConnectionPool) -> bytes:
     resp = await pool.request(HEAD, None, no_body=False)
     return await resp.read()
 
 
-async def _ok(pool: UpstreamPool) -> None:
+async def _ok(pool: ConnectionPool) -> None:
     resp = await pool.request(HEAD, None, no_body=False)
     assert (resp.status, await resp.read()) == (200, b"ok")
 

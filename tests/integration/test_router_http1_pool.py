@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from gpufleet.router.http1 import Client, Lost, NotSent, UpstreamPool
+from gpufleet.router.http1 import Client, ConnectionPool, Lost, NotSent
 
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -164,7 +164,7 @@ async def _wait_until(check: Callable[[], bool]) -> None:
 async def test_a_sweep_closes_only_connections_idle_past_the_keep_alive() -> None:
     server, url, connections, gone = await _keep_alive_server()
     now = [1000.0]
-    pool = UpstreamPool(url, connect_timeout_s=2, keepalive_s=30, clock=lambda: now[0])
+    pool = ConnectionPool(url, connect_timeout_s=2, keepalive_s=30, clock=lambda: now[0])
     head = b"GET /x HTTP/1.1\r\n" + pool.host_line + b"\r\n"
     try:
         # Two connections at once, both kept; one used again 20 s later.

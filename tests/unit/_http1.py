@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gpufleet.router.http1 import Response, UpstreamPool, _Connection
+from gpufleet.router.http1 import ConnectionPool, Response
+from gpufleet.router.http1.connection import _Connection
 
 HEAD = b"GET / HTTP/1.1\r\nHost: up\r\n\r\n"
 
@@ -56,7 +57,7 @@ class Link:
     """One pool with one connection over a ``FakeTransport``."""
 
     def __init__(self) -> None:
-        self.pool = UpstreamPool("http://up:80", connect_timeout_s=1)
+        self.pool = ConnectionPool("http://up:80", connect_timeout_s=1)
         self.conn = _Connection(self.pool)
         self.transport = FakeTransport(self.conn)
         self.conn.connection_made(self.transport)  # type: ignore[arg-type]
