@@ -70,13 +70,13 @@ def test_systemd_runs_up_with_the_up_flags_given(tmp_path: Path) -> None:
     done = _export(
         "systemd", "--model", "synthetic", "--model-arg", "dim=8", "--model-arg", "x=y",
         "--worker-arg", "--max-queue=9", "--port", "7200", "--drain-timeout", "5",
-        "--gpus", "none", "--name", "gf", "--image", "not-for-systemd",
+        "--gpus", "none", "--name", "gf", "--image", "not-for-systemd", "--batch-store", "/srv/b",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     exec_start = next(line for line in done.stdout.splitlines() if line.startswith("ExecStart="))
     assert exec_start.endswith(
         "up --model synthetic --model-arg dim=8 --model-arg x=y --gpus none --port 7200"
-        " --worker-arg --max-queue=9 --drain-timeout 5.0"
+        " --batch-store /srv/b --worker-arg --max-queue=9 --drain-timeout 5.0"
     )
     assert "not-for-systemd" not in exec_start
     assert "--name" not in exec_start  # export's own options stay out of up's command line

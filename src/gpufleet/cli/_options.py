@@ -31,7 +31,7 @@ from gpufleet.config._setting import Flag, default_of, flag_of
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: What a command gets: each setting's value as given on the command line, None if not.
-Flags = dict[str, Any]
+FlagValues = dict[str, Any]
 
 #: The attribute of a decorated command listing its generated options (param -> option).
 OPTIONS_ATTR = "gpufleet_options"
@@ -245,7 +245,7 @@ def from_settings(
 ) -> Callable[[F], F]:
     """Give the decorated command an option per flagged field of ``cls``.
 
-    The command takes a parameter named ``into`` (a :data:`Flags`) where the options go:
+    The command takes a parameter named ``into`` (a :data:`FlagValues`) where the options go:
     they are listed in its place. ``only`` picks some fields (in that order).
 
     Raises:
@@ -283,44 +283,7 @@ def from_settings(
     return decorate
 
 
-def allow_bare_values(command: Any) -> None:
-    """Let each generated option with a ``flag_value`` be given without its value.
-
-    ``gpufleet up --ray`` means ``--ray auto``; ``--ray HOST:PORT`` and ``--ray=HOST:PORT``
-    name the address. Click does this with ``is_flag=False, flag_value=…``; the parser
-    typer (0.2x) ships dropped it, so the option's parser entry is one that takes the next
-    word only when it is not an option (``up`` has no arguments for it to swallow).
-    """
-    options: Mapping[str, Option] = getattr(command.callback, OPTIONS_ATTR, {})
-    for param in command.params:
-        option = options.get(param.name or "")
-        if option is not None and option.flag.flag_value is not None:
-            _take_bare(param, option.flag.flag_value)
-
-
-def _take_bare(param: Any, bare: str) -> None:
-    from typer._click.parser import _Option
-
-    class _MaybeValued(_Option):
-        def process(self, value: Any, state: Any) -> None:
-            if value == ():  # nargs=0: the parser took nothing; take a word that is a value
-                ahead = state.rargs[0] if state.rargs else "-"
-                value = state.rargs.pop(0) if not ahead.startswith("-") else bare
-            state.opts[self.dest] = value
-            state.order.append(self.obj)
-
-    def add_to_parser(parser: Any, ctx: Any) -> None:
-        option = _MaybeValued(param, param.opts, param.name, action="store", nargs=0)
-        parser._opt_prefixes.update(option.prefixes)
-        for opt in option._short_opts:
-            parser._short_opt[opt] = option
-        for opt in option._long_opts:
-            parser._long_opt[opt] = option
-
-    param.add_to_parser = add_to_parser
-
-
-def given_args(options: Mapping[str, Option], flags: Flags) -> list[str]:
+def given_args(options: Mapping[str, Option], flags: FlagValues) -> list[str]:
     """The command line that gives ``flags`` again: ``--model m --model-arg k=v …``."""
     args: list[str] = []
     for name, option in options.items():
@@ -342,9 +305,8 @@ def given_args(options: Mapping[str, Option], flags: Flags) -> list[str]:
 
 __all__ = [
     "OPTIONS_ATTR",
-    "Flags",
+    "FlagValues",
     "Option",
-    "allow_bare_values",
     "choices",
     "from_settings",
     "given_args",

@@ -13,7 +13,7 @@ from typing import Any
 import typer
 
 from gpufleet.cli._common import config_errors_exit, run_async, setup_logging
-from gpufleet.cli._options import Flags, from_settings
+from gpufleet.cli._options import FlagValues, from_settings
 from gpufleet.config.client import ClientConfig
 
 _PROGRESS_MODES = ("auto", "bar", "plain", "none")
@@ -29,7 +29,7 @@ def generate(
         help="Text (one prompt or image URL per line) or JSONL (id, input, seed?, parameters?).",
     ),
     *,
-    flags: Flags,
+    flags: FlagValues,
     progress: str = typer.Option(
         "auto",
         metavar="[" + "|".join(_PROGRESS_MODES) + "]",

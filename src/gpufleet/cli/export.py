@@ -12,7 +12,7 @@ import typer
 
 from gpufleet._files import write_atomic
 from gpufleet.cli._common import config_errors_exit
-from gpufleet.cli._options import Flags, from_settings, given_args, options_of
+from gpufleet.cli._options import FlagValues, from_settings, given_args, options_of
 from gpufleet.config.fleet import FleetConfig
 from gpufleet.operate.export.options import ExportOptions
 
@@ -27,7 +27,7 @@ _ENV_DROPPED = ("GPUFLEET_ADMIN_TOKEN", "GPUFLEET_PORT_FILE", "GPUFLEET_DRY_RUN"
 _UP_FIELDS = (
     "model", "model_args", "cmd", "gpus", "workers_per_gpu", "cpu_workers", "discovery",
     "host", "port", "worker_host", "worker_base_port", "policy", "router_args",
-    "worker_args", "drain_timeout_s", "batch_store",
+    "batch_store", "worker_args", "drain_timeout_s", "batch_store",
 )  # fmt: skip
 
 
@@ -38,7 +38,7 @@ def export(
         str, typer.Argument(metavar="FORMAT", help="nginx | systemd | compose | k8s | slurm.")
     ],
     *,
-    flags: Flags,
+    flags: FlagValues,
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", metavar="PATH", help="Write here.", show_default="stdout"),
@@ -51,7 +51,7 @@ def export(
             show_default="gpufleet",
         ),
     ] = None,
-    export_flags: Flags,
+    export_flags: FlagValues,
     workdir: Annotated[
         str | None,
         typer.Option(metavar="PATH", help="systemd: WorkingDirectory.", show_default="here"),

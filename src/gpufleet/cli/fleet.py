@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from gpufleet.cli._common import config_errors_exit, run_async, setup_logging
-from gpufleet.cli._options import Flags, from_settings, options_of
+from gpufleet.cli._options import FlagValues, from_settings, options_of
 from gpufleet.config.fleet import FleetConfig
 from gpufleet.config.ray import RayConfig
 
@@ -30,8 +30,8 @@ RunDirOpt = Annotated[
 @from_settings(RayConfig, into="ray_flags")
 @from_settings(FleetConfig)
 def up(
-    flags: Flags,
-    ray_flags: Flags,
+    flags: FlagValues,
+    ray_flags: FlagValues,
     config: Annotated[
         Path | None,
         typer.Option(

@@ -15,7 +15,7 @@ from gpufleet.cli import operate as operate_cmds
 from gpufleet.cli import router as router_cmds
 from gpufleet.cli import worker as worker_cmds
 from gpufleet.cli._help import commands, polish_command
-from gpufleet.cli._options import allow_bare_values
+from gpufleet.cli._optional_value import allow_bare_values
 
 
 class _Gpufleet(TyperGroup):

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from gpufleet.cli._common import config_errors_exit, run_async
-from gpufleet.cli._options import Flags, from_settings
+from gpufleet.cli._options import FlagValues, from_settings
 from gpufleet.config.operate import BenchConfig, MonitorConfig
 from gpufleet.errors import RequestFailed
 
@@ -38,7 +38,7 @@ def bench(
         str, typer.Argument(metavar="URL", help="The router or worker to load (http://host:port).")
     ],
     *,
-    flags: Flags,
+    flags: FlagValues,
     config: ConfigOpt = None,
 ) -> None:
     """Measure a fleet: throughput, latency percentiles, errors, each worker's share."""
@@ -99,7 +99,7 @@ def monitor(
         ),
     ] = None,
     *,
-    flags: Flags,
+    flags: FlagValues,
     config: ConfigOpt = None,
 ) -> None:
     """Watch every worker live: state, load, latency, batch size, GPU."""

@@ -8,13 +8,13 @@ from pathlib import Path
 import typer
 
 from gpufleet.cli._common import config_errors_exit, run_async, setup_logging
-from gpufleet.cli._options import Flags, from_settings
+from gpufleet.cli._options import FlagValues, from_settings
 from gpufleet.config.router import RouterConfig
 
 
 @from_settings(RouterConfig)
 def router(
-    flags: Flags,
+    flags: FlagValues,
     config: Path | None = typer.Option(
         None, "--config", metavar="PATH", help="YAML file; its router: section."
     ),
