@@ -257,7 +257,10 @@ def from_settings(
         own = inspect.signature(command, eval_str=True)
         clash = set(own.parameters) & set(options)
         if into not in own.parameters or clash:
-            raise TypeError(f"{command.__name__}: needs a parameter {into!r}, none of {clash}")
+            raise TypeError(
+                f"{command.__name__} needs a parameter {into!r} and none named as an option"
+                f" of {cls.__name__} (it has {sorted(clash)})"
+            )
         generated = _parameters(cls, options)
         params: list[inspect.Parameter] = []
         for param in own.parameters.values():
