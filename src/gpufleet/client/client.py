@@ -26,6 +26,7 @@ from gpufleet.client._transport import HttpTransport, Transport, check
 from gpufleet.client.dispatch import Dispatcher, ProbeOutcome
 from gpufleet.client.endpoints import Endpoint, merge_endpoints
 from gpufleet.client.items import Answer, Item, Result, as_items
+from gpufleet.client.round_robin import RoundRobinDispatcher
 from gpufleet.config.client import DEFAULT_CONCURRENCY, MAX_AUTO_CONCURRENCY, ClientConfig
 from gpufleet.errors import ClientClosed, ClientError, ConfigError, JobFailed, RequestFailed
 
@@ -107,7 +108,8 @@ class Client:
         self._log_endpoints(len(work))
         if self._cond is None or self._active == 0:
             self._cond = asyncio.Condition()  # bound to this loop (sync calls make new ones)
-        dispatcher = Dispatcher(
+        kind = RoundRobinDispatcher if self.config.dispatch == "round-robin" else Dispatcher
+        dispatcher = kind(
             self.endpoints,
             self.config,
             self._attempt,

@@ -8,8 +8,8 @@ fails ``failure_threshold`` times in a row is cooled down and must pass a ``GET 
 probe before it takes items again. Near the end of a job a slow endpoint declines an item
 that the faster ones would finish sooner (the straggler problem of static splits).
 
-``round-robin`` mode is the old ``itertools.cycle`` split, kept for comparison: item i
-belongs to endpoint ``i mod n`` and only moves on when it fails there.
+``round_robin.RoundRobinDispatcher`` is the old ``itertools.cycle`` split, kept for
+comparison: the same machinery with another ``_choose``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ Probe = Callable[[Endpoint], Awaitable[ProbeOutcome]]
 class _Work:
     index: int
     item: Item
-    assigned: int | None = None
     attempts: int = 0
     not_before: float = 0.0
     avoid: Endpoint | None = None
@@ -55,7 +54,7 @@ class _Work:
 
 
 class Dispatcher:
-    """Runs one job's items over ``endpoints``; single use.
+    """Runs one job's items over ``endpoints``, each free slot pulling the next; single use.
 
     ``cond`` is shared by concurrent jobs over the same ``Endpoint`` objects; ``fresh``
     says that no other job is running, so per-job endpoint state may be reset.
@@ -79,7 +78,6 @@ class Dispatcher:
         self._probe = probe
         self._clock = clock
         self._rng = rng or random.Random()
-        self._rr = cfg.dispatch == "round-robin"
         # Shared by every job of one Client, so that the endpoints' slots are shared too:
         # a completion in one job wakes the slots of the others.
         self._cond = cond or asyncio.Condition()
@@ -94,11 +92,9 @@ class Dispatcher:
         """Yield one ``Result`` per item, in the order they finish."""
         if not items:
             return
-        n = len(self._eps)
         now = self._clock()
         self._deadline = None if self._cfg.deadline is None else now + self._cfg.deadline
-        for i, item in enumerate(items):
-            self._pending.append(_Work(i, item, assigned=i % n if self._rr else None))
+        self._queue([_Work(i, item) for i, item in enumerate(items)])
         self._left = len(items)
         if self._fresh:  # no other job of this client is running: forget stale state
             for ep in self._eps:
@@ -184,22 +180,38 @@ class Dispatcher:
             return None, ep.paused_until - now
         if not ep.has_room():
             return None, None  # a completion will wake this slot
+        return self._choose(ep, now)
+
+    # How items go to endpoints: the hooks ``RoundRobinDispatcher`` overrides. ------------
+
+    def _queue(self, works: list[_Work]) -> None:
+        """Queue a job's items."""
+        self._pending.extend(works)
+
+    def _choose(self, ep: Endpoint, now: float) -> tuple[_Work | None, float | None]:
+        """The first ready item, unless it avoids ``ep`` or ``ep`` is the straggler."""
         wake: float | None = None
         others_up = any(o is not ep and o.is_usable(now) for o in self._eps)
         for work in self._pending:
-            if self._rr and work.assigned != ep.index:
-                continue
             ready_at = work.not_before
-            if not self._rr and work.avoid is ep and others_up:
+            if work.avoid is ep and others_up:
                 ready_at = max(ready_at, work.avoid_until)
             if ready_at > now:
                 wake = ready_at - now if wake is None else min(wake, ready_at - now)
                 continue
-            if self._rr or self._should_take(ep, now):
+            if self._should_take(ep, now):
                 return work, None
             # Declined as a straggler: look again when a latency changes (a completion).
             return None, wake
         return None, wake
+
+    def _cooled(self, ep: Endpoint) -> None:
+        """``ep`` was just cooled down: nothing to move, as no item belongs to it."""
+
+    def _retry_elsewhere(self, work: _Work, ep: Endpoint, now: float, backoff: float) -> None:
+        """``work`` failed on ``ep``: prefer another endpoint for a while."""
+        work.avoid = ep
+        work.avoid_until = now + 2 * backoff + (ep.latency_s or 0.0)
 
     def _should_take(self, ep: Endpoint, now: float) -> bool:
         """False when the faster endpoints would finish the ready items before ``ep`` did."""
@@ -261,8 +273,8 @@ class Dispatcher:
                 base_s=cfg.cooldown_base_s,
                 max_s=cfg.cooldown_max_s,
             )
-            if cooled and self._rr:
-                self._reassign_from(ep)
+            if cooled:
+                self._cooled(ep)
         past_deadline = self._deadline is not None and now >= self._deadline
         if not exc.retryable or work.attempts >= cfg.max_attempts or past_deadline:
             error = exc.message
@@ -274,10 +286,7 @@ class Dispatcher:
         backoff = min(cfg.retry_base_s * 2 ** (work.attempts - 1), cfg.retry_max_s)
         backoff *= 0.5 + self._rng.random() / 2
         work.not_before = now + backoff
-        work.avoid = ep
-        work.avoid_until = now + 2 * backoff + (ep.latency_s or 0.0)
-        if self._rr:
-            work.assigned = self._next_reachable(ep.index)
+        self._retry_elsewhere(work, ep, now, backoff)
         self._pending.appendleft(work)
         log.info(
             "item %s failed on %s (%s); retry %d/%d in %.2fs",
@@ -305,18 +314,6 @@ class Dispatcher:
                 error = f"gave up after {work.attempts} attempt(s): {ep.last_error}"
                 log.warning("item %s failed: %s", work.item.id, error)
                 self._finish(work, "failed", ep.url, now, error=error)
-
-    def _next_reachable(self, index: int) -> int:
-        n = len(self._eps)
-        for step in range(1, n + 1):
-            if self._eps[(index + step) % n].is_reachable():
-                return (index + step) % n
-        return (index + 1) % n
-
-    def _reassign_from(self, ep: Endpoint) -> None:
-        for work in self._pending:
-            if work.assigned == ep.index:
-                work.assigned = self._next_reachable(ep.index)
 
     def _finish(
         self,
