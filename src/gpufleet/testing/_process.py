@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -60,7 +61,11 @@ def wait_healthy(
 
 @dataclass
 class ServerProcess:
-    """A running gpufleet process: its URL, its Popen, and its log file."""
+    """A running gpufleet process: its URL, its Popen, and its log file.
+
+    ``workdir`` (the port file and the log) is removed when the process's block ends;
+    ``log()`` still answers then, from the copy read just before.
+    """
 
     proc: subprocess.Popen[bytes]
     url: str
@@ -68,6 +73,7 @@ class ServerProcess:
     log_path: Path
     workdir: Path
     _closed: bool = field(default=False, repr=False)
+    _final_log: str | None = field(default=None, repr=False)
 
     @property
     def pid(self) -> int:
@@ -75,7 +81,15 @@ class ServerProcess:
 
     def log(self) -> str:
         """Everything the process wrote to stdout and stderr so far."""
+        if self._final_log is not None:
+            return self._final_log
         return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def remove_workdir(self) -> None:
+        """Keep the log in memory, then remove the temporary directory (the process ended)."""
+        with contextlib.suppress(OSError):
+            self._final_log = self.log()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the process."""
@@ -128,14 +142,16 @@ def run_module(
     cmd = [sys.executable, "-m", module, *args, "--port", str(port), "--port-file", str(port_file)]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = ServerProcess(proc, "", port, log_path, workdir)
     try:
         try:
             bound = _read_port(port_file, proc, timeout)
         except (RuntimeError, TimeoutError) as exc:
             raise RuntimeError(f"{module} did not start ({exc}): {log_path.read_text()}") from None
-        url = f"http://127.0.0.1:{bound}"
-        wait_healthy(url, timeout=timeout, proc=proc)
-        yield ServerProcess(proc, url, bound, log_path, workdir)
+        server.url = f"http://127.0.0.1:{bound}"
+        server.port = bound
+        wait_healthy(server.url, timeout=timeout, proc=proc)
+        yield server
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -144,6 +160,7 @@ def run_module(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+        server.remove_workdir()
 
 
 @contextlib.contextmanager
@@ -184,13 +201,12 @@ def run_server(
             cwd=cwd,
             start_new_session=True,
         )
-    server: ServerProcess | None = None
+    server = ServerProcess(proc, "", 0, log_path, workdir)
     try:
-        port = _read_port(port_file, proc, timeout)
-        url = f"http://127.0.0.1:{port}"
-        server = ServerProcess(proc, url, port, log_path, workdir)
+        server.port = _read_port(port_file, proc, timeout)
+        server.url = f"http://127.0.0.1:{server.port}"
         if ready:
-            wait_healthy(url, timeout=timeout, proc=proc)
+            wait_healthy(server.url, timeout=timeout, proc=proc)
         yield server
     except BaseException:
         if log_path.exists():
@@ -209,6 +225,7 @@ def run_server(
         # Children the process may have left behind (its own process group).
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
+        server.remove_workdir()
 
 
 def run_worker(
