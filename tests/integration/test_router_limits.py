@@ -11,7 +11,7 @@ import aiohttp
 
 from gpufleet.testing import run_router
 from gpufleet.testing.upstreams import run_upstream
-from tests.integration._router import get_json, wait_state, worker_entry
+from tests.integration._router import get_json, wait_for, wait_state, worker_entry
 
 
 async def _get(
@@ -67,7 +67,7 @@ async def test_the_admission_queue_is_fifo_bounded_and_times_out() -> None:
             "--max-queue",
             "2",
             "--queue-timeout",
-            "1.5",
+            "2.5",
         ) as router,
     ):
         await wait_state(router.url, upstream.url, "ready", within=10)
@@ -79,13 +79,21 @@ async def test_the_admission_queue_is_fifo_bounded_and_times_out() -> None:
                 done.append(tag)
                 return answer
 
-            holder = asyncio.create_task(call("hold", 700))
-            await asyncio.sleep(0.2)
+            async def reached(key: str, value: int) -> None:
+                # The router's own count orders the requests, not a sleep between them.
+                async def check() -> bool:
+                    return bool((await _totals(router.url))[key] == value)
+
+                await wait_for(check, within=2, what=f"{key} {value}")
+
+            # The holder keeps the one slot for 2 s: time to queue the others, each less
+            # than --queue-timeout behind it.
+            holder = asyncio.create_task(call("hold", 2000))
+            await reached("in_flight", 1)
             first = asyncio.create_task(call("a", 50))
-            await asyncio.sleep(0.05)
+            await reached("queue_depth", 1)
             second = asyncio.create_task(call("b", 50))
-            await asyncio.sleep(0.1)
-            assert (await _totals(router.url))["queue_depth"] == 2
+            await reached("queue_depth", 2)
             # The queue is full: the next one is refused at once.
             status, headers, body, took = await _get(session, router.url + "/slow?ms=10")
             assert status == 503, body
@@ -95,12 +103,12 @@ async def test_the_admission_queue_is_fifo_bounded_and_times_out() -> None:
             assert [a[0] for a in answers] == [200, 200, 200]
             assert done == ["hold", "a", "b"]  # in the order they came
             # A wait past --queue-timeout is a 503 too, after about that long.
-            holder = asyncio.create_task(call("hold2", 3000))
-            await asyncio.sleep(0.2)
+            holder = asyncio.create_task(call("hold2", 4500))
+            await reached("in_flight", 1)
             status, headers, body, took = await _get(session, router.url + "/slow?ms=10")
             assert status == 503, body
             assert "Retry-After" in headers
-            assert 1.2 < took < 2.8, took
+            assert 2.2 < took < 4.0, took
             assert (await holder)[0] == 200
         totals = await _totals(router.url)
         assert (totals["in_flight"], totals["queue_depth"], totals["active"]) == (0, 0, 0)

@@ -63,17 +63,22 @@ async def test_all_upstreams_down_answers_503_with_retry_after_at_once() -> None
         for u in ups:
             await wait_state(router.url, u.url, "ready", within=10)
             u.kill()
-        # Right after the kill (not yet ejected: the attempts are refused) and once ejected.
-        for _ in range(2):
+
+        async def refused_at_once() -> None:
             started = time.monotonic()
             status, headers, body = await _post(router.url + "/echo", json={})
             took = time.monotonic() - started
             assert status == 503, body
             assert int(headers["Retry-After"]) >= 1
             assert took < 0.5, took
-            await asyncio.sleep(1.0)
-        stats = await get_json(router.url + "/stats")
-        assert {w["state"] for w in stats["workers"]} == {"ejected"}
+
+        async def all_ejected() -> bool:
+            stats = await get_json(router.url + "/stats")
+            return {w["state"] for w in stats["workers"]} == {"ejected"}
+
+        await refused_at_once()  # right after the kill: the attempts are refused
+        await wait_for(all_ejected, within=10, what="both upstreams ejected")
+        await refused_at_once()  # and once they are ejected
         async with (
             aiohttp.ClientSession() as session,
             session.get(router.url + "/health") as resp,
@@ -236,11 +241,17 @@ async def test_cap_is_two_batches_of_a_gpufleet_worker_else_four() -> None:
         assert caps == {worker_like.url: (6, True), plain.url: (4, False)}
         # Ten slow requests at once fill both caps exactly: six on the worker, four on the other.
         calls = [
-            asyncio.create_task(_post(router.url + "/slow?ms=1500", json={})) for _ in range(10)
+            asyncio.create_task(_post(router.url + "/slow?ms=2500", json={})) for _ in range(10)
         ]
-        await asyncio.sleep(0.7)
-        stats = await get_json(router.url + "/stats")
-        assert [w["in_flight"] for w in stats["workers"]] == [6, 4]
-        assert stats["totals"]["queue_depth"] == 0
+        seen: dict[str, Any] = {}
+
+        async def all_arrived() -> bool:  # each one running upstream or queued
+            seen.update(await get_json(router.url + "/stats"))
+            running = sum(w["in_flight"] for w in seen["workers"])
+            return bool(running + seen["totals"]["queue_depth"] == 10)
+
+        await wait_for(all_arrived, within=2, what="the ten requests at the router")
+        assert [w["in_flight"] for w in seen["workers"]] == [6, 4]
+        assert seen["totals"]["queue_depth"] == 0
         results = await asyncio.gather(*calls)
         assert {status for status, _, _ in results} == {200}
