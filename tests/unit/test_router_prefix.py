@@ -123,6 +123,9 @@ def _pool(*rates: float, cap: int = 64) -> Pool:
         u = Upstream(f"w{i}", f"http://h{i}", max_outstanding=cap)
         u.state = READY
         u.rate = rate
+        # One answer seen: its latency is what a request takes there (1 / rate).
+        u.served = 1
+        u.latencies.append(1.0 / rate)
         pool.members.append(u)
     pool.refresh()
     return pool
@@ -222,3 +225,22 @@ def test_a_home_is_kept_while_another_upstream_is_empty_for_a_moment() -> None:
     spilled = policy.choose(pool.ready, None, 1, 0.0, _tenant(0, 2))
     assert spilled is empty
     assert policy.by_load == before + 1
+
+
+def test_a_flood_spreads_although_the_home_measures_fastest_by_rate() -> None:
+    # An engine that batches finishes more requests per second the more it runs: the
+    # home of a flooding tenant measures the highest rate, the idle engines a low one.
+    # Its latency per request is no better than theirs, and that is what the guard uses.
+    pool = _pool(10.0, 10.0, 10.0, 10.0)
+    policy = make_policy("prefix", pool, random.Random(8))
+    assert isinstance(policy, Prefix)
+    first = policy.choose(pool.ready, None, 1, 0.0, _tenant(0, 0))
+    assert isinstance(first, Upstream)
+    for u in pool.members:
+        u.rate = 100.0 if u is first else 3.0
+        u.served += 1
+        u.latencies.append(0.3)
+    got = Counter(_run(policy, pool, [_tenant(0, i) for i in range(1, 48)]))
+    got[first.id] += 1
+    assert set(got) == {"w0", "w1", "w2", "w3"}, got
+    assert got[first.id] <= BALANCE * (48 + 4) / 4 + SLACK, got
