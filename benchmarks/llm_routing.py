@@ -66,7 +66,7 @@ from typing import Any
 
 import aiohttp
 
-from gpufleet.testing import ServerProcess, free_port, run_engine, run_router
+from gpufleet.testing import free_port, run_engine, run_router
 
 _TICK = os.sysconf("SC_CLK_TCK")
 WORKLOADS = ("shared", "noprefix", "onetenant")
@@ -180,7 +180,9 @@ class Workload:
 
 def workload(name: str, args: argparse.Namespace) -> Workload:
     tenants = 1 if name == "onetenant" else args.tenants
-    return Workload(name, tenants, args.system_tokens, args.user_tokens, args.max_tokens)
+    return Workload(
+        name, tenants, args.system_tokens, args.user_tokens, args.max_tokens, args.model
+    )
 
 
 def kv_blocks(args: argparse.Namespace) -> int:
@@ -340,14 +342,48 @@ async def engine_ttft(url: str) -> tuple[float, float]:
     return (float(s.group(1)), float(c.group(1))) if s and c else (0.0, 0.0)
 
 
+def _metric_sum(text: bytes, name: str) -> float:
+    """The sum of every sample of ``name`` (any labels) in a Prometheus text page."""
+    pattern = re.compile(rb"^" + re.escape(name.encode()) + rb"(?:\{[^}]*\})? (\S+)", re.M)
+    return sum(float(m.group(1)) for m in pattern.finditer(text))
+
+
 async def engine_figures(urls: Sequence[str]) -> list[dict[str, Any]]:
-    """Each engine's ``/stats`` plus its TTFT sum and count."""
+    """Each engine's ``/stats`` plus its TTFT sum and count.
+
+    A real engine (``--engine-url``) has no ``/stats``: its counters come from vLLM's
+    ``/metrics`` names (SGLang's are not read: its figures stay 0).
+    """
     out = []
     for u in urls:
-        stats = await get_json(u + "/stats")
+        try:
+            stats = await get_json(u + "/stats")
+        except (aiohttp.ClientError, ValueError):
+            stats = None
+        if not isinstance(stats, dict) or "served" not in stats:
+            async with aiohttp.ClientSession() as session, session.get(u + "/metrics") as resp:
+                text = await resp.read() if resp.status == 200 else b""
+            stats = {
+                "served": _metric_sum(text, "vllm:request_success_total"),
+                "prefix_cache_queries": _metric_sum(text, "vllm:prefix_cache_queries_total"),
+                "prefix_cache_hits": _metric_sum(text, "vllm:prefix_cache_hits_total"),
+                "evicted_blocks": 0,
+                "rejected": 0,
+            }
         stats["ttft_sum"], stats["ttft_count"] = await engine_ttft(u)
         out.append(stats)
     return out
+
+
+async def reset_caches(urls: Sequence[str]) -> None:
+    """Ask running engines to drop their prefix caches (vLLM and SGLang routes; the
+    simulated engine answers both), so that every router starts cold."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        for u in urls:
+            for path in ("/reset_prefix_cache", "/flush_cache"):
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.post(u + path) as resp:
+                        await resp.read()
 
 
 # routers --------------------------------------------------------------------------------
@@ -373,19 +409,19 @@ def _answers(url: str, body: bytes | None = None) -> bool:
     return False
 
 
-_PING = json.dumps(
-    {
-        "model": "sim-llm",
-        "messages": [{"role": "user", "content": "ping"}],
-        "max_tokens": 1,
-    }
-).encode()
+#: The model named in every body (``--model``: a real engine's served model name).
+MODEL = ["sim-llm"]
+
+
+def _ping() -> bytes:
+    body = {"model": MODEL[0], "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+    return json.dumps(body).encode()
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes] | None, log: Path | None) -> None:
     """Until a one-token chat completion answers 200 through the router (60 s at most)."""
     deadline = time.monotonic() + 60
-    while not _answers(url + "/v1/chat/completions", _PING):
+    while not _answers(url + "/v1/chat/completions", _ping()):
         if (proc is not None and proc.poll() is not None) or time.monotonic() > deadline:
             text = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
             raise RuntimeError(f"router at {url} did not get ready:\n{text}")
@@ -471,9 +507,13 @@ def engine_flags(speed: float, args: argparse.Namespace) -> list[str]:
 
 
 @contextlib.contextmanager
-def engines(speeds: Sequence[float], args: argparse.Namespace) -> Iterator[list[ServerProcess]]:
+def engines(speeds: Sequence[float], args: argparse.Namespace) -> Iterator[list[str]]:
+    """Fresh simulated engines' URLs, or the ``--engine-url`` ones (running already)."""
+    if args.engine_url:
+        yield list(args.engine_url)
+        return
     with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(run_engine(*engine_flags(s, args))) for s in speeds]
+        yield [stack.enter_context(run_engine(*engine_flags(s, args))).url for s in speeds]
 
 
 async def run_one(
@@ -482,8 +522,9 @@ async def run_one(
     """Fresh engines, the router in front, warm-up, measured loop; the figures."""
     warm = wl.bodies(args.warmup, seed=10_000 + seed)
     bodies = wl.bodies(args.requests, seed=seed)
-    with engines(speeds, args) as fleet:
-        urls = [e.url for e in fleet]
+    with engines(speeds, args) as urls:
+        if args.engine_url:
+            await reset_caches(urls)
         with start_router(router_name, urls, args) as router:
             target = router.url + "/v1/chat/completions"
             await closed_loop(target, warm, args.concurrency)
@@ -867,6 +908,16 @@ def main() -> None:
     parser.add_argument("--block-tokens", type=int, default=16)
     parser.add_argument("--max-running", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--engine-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="run against these engines (real vLLM or SGLang ones, started already) instead "
+        "of fresh simulated ones; their prefix caches are reset before each router's run "
+        "(vLLM needs VLLM_SERVER_DEV_MODE=1 for that); --speeds only labels the table",
+    )
+    parser.add_argument("--model", default="sim-llm", help="the model named in the bodies")
     parser.add_argument("--json", type=Path, help="write the raw figures here")
     parser.add_argument(
         "--from-json", type=Path, help="run nothing: print the tables of a --json file again"
@@ -878,7 +929,10 @@ def main() -> None:
             run["rows"] = {r: _mean_row(v) for r, v in run["all"].items()}
         print(report(results))
         return
-    args.speeds = args.speeds or [[1.0, 1.0, 1.0, 1.0]]
+    MODEL[0] = args.model
+    args.speeds = args.speeds or [[1.0] * (len(args.engine_url) or 4)]
+    if args.engine_url and any(len(sp) != len(args.engine_url) for sp in args.speeds):
+        parser.error("with --engine-url, --speeds needs one entry per engine")
     args.gpufleet = dict(args.gpufleet)
     for name in args.routers:
         if name != "gpufleet" and name not in args.gpufleet:
