@@ -49,7 +49,9 @@ def _upstream(calls: Counter[str]) -> web.Application:
             return web.json_response({"error": "ModelError", "message": "always"}, status=500)
         if x == "busy" and calls[x] <= 6:
             full = wire.error_payload("WorkerOverloaded", "full", retry_after_s=0.05)
-            return web.json_response(full, status=503, headers={"Retry-After": "0.05"})
+            return web.json_response(
+                wire.to_builtins(full), status=503, headers={"Retry-After": "0.05"}
+            )
         if x == "slow":
             await asyncio.sleep(60)
         return web.json_response({"output": x})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import re
 from dataclasses import dataclass
 
@@ -90,9 +91,15 @@ def test_codes_are_the_class_names_so_the_wire_is_unchanged() -> None:
 
 def test_the_wire_payload_carries_the_code() -> None:
     exc = errors.WorkerOverloaded("queue full", retry_after_s=2.0)
-    payload = wire.payload_from_exception(exc)
-    assert payload == {"error": "WorkerOverloaded", "message": "queue full", "retry_after_s": 2.0}
-    assert error_class(payload["error"]) is errors.WorkerOverloaded
+    body = wire.encode(wire.payload_from_exception(exc))
+    assert json.loads(body) == {
+        "error": "WorkerOverloaded",
+        "message": "queue full",
+        "retry_after_s": 2.0,
+    }
+    decoded = wire.decode(body, wire.ErrorBody)
+    assert decoded.code is ErrorCode.WORKER_OVERLOADED
+    assert error_class(decoded.error) is errors.WorkerOverloaded
 
 
 def test_requests_refused_by_the_router_are_not_worker_errors() -> None:
@@ -103,10 +110,8 @@ def test_requests_refused_by_the_router_are_not_worker_errors() -> None:
 
 def test_classes_kept_where_they_were_are_the_tree_s() -> None:
     # Moved into errors.py; their old homes still export the same class.
-    from gpufleet.fleet.admin import AdminError
     from gpufleet.fleet.devices import DiscoveryUnavailable
     from gpufleet.router.http1 import Lost
 
-    assert AdminError is errors.AdminError
     assert DiscoveryUnavailable is errors.DiscoveryUnavailable
     assert issubclass(Lost, errors.UpstreamError)

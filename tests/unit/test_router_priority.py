@@ -134,15 +134,15 @@ async def test_class_stats_count_waits() -> None:
     waiter = asyncio.create_task(adm.acquire(None, (), _far()))
     await asyncio.sleep(0.02)
     stats = class_stats(adm)
-    assert stats[INTERACTIVE]["queue_depth"] == 1
+    assert stats[INTERACTIVE].queue_depth == 1
     u.give_back(0.01)
     adm.dispatch()
     await waiter
     stats = class_stats(adm)
-    assert stats[BATCH]["admitted"] == 1
-    assert stats[BATCH]["wait_p99_ms"] == 0.0
-    assert stats[INTERACTIVE]["admitted"] == 1
-    assert stats[INTERACTIVE]["wait_p99_ms"] >= 15.0
+    assert stats[BATCH].admitted == 1
+    assert stats[BATCH].wait_p99_ms == 0.0
+    assert stats[INTERACTIVE].admitted == 1
+    assert stats[INTERACTIVE].wait_p99_ms >= 15.0
 
 
 def test_priority_header_values() -> None:

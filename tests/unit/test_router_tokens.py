@@ -32,5 +32,5 @@ def test_a_streams_usage_is_its_last_chunk_else_its_events() -> None:
     assert counts.ttft[0] == 0.05
     assert abs(counts.itl[0] - 0.1) < 1e-9  # 0.3 s over the 3 gaps between 4 tokens
     snap = counts.snapshot()
-    assert snap["answers"] == 1
-    assert snap["ttft_ms"] == {"p50": 50.0, "p99": 50.0}
+    assert snap.answers == 1
+    assert (snap.ttft_ms.p50, snap.ttft_ms.p99) == (50.0, 50.0)

@@ -19,22 +19,23 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Final
 
+import msgspec
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from gpufleet import wire
 from gpufleet._server import refuse_and_close
-from gpufleet.errors import ConfigError
+from gpufleet.errors import ConfigError, ErrorCode
 from gpufleet.router.pool import (
-    DEFAULT_POOL,
     Registry,
     WorkerSpec,
     address_problem,
     check_url,
     parse_weight,
 )
-from gpufleet.router.upstream import DRAINING, STARTING, Upstream
+from gpufleet.router.upstream import Upstream
+from gpufleet.wire import UpstreamState
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: The largest admin request body.
@@ -47,8 +48,12 @@ _METHODS: Final = (
 )
 
 
-def _error(status: int, error: str, message: str) -> web.Response:
-    return web.json_response({"error": error, "message": message}, status=status)
+def _error(status: int, error: ErrorCode, message: str) -> web.Response:
+    return _answer(wire.error_payload(error, message), status)
+
+
+def _answer(body: object, status: int = 200) -> web.Response:
+    return web.Response(body=wire.encode(body), status=status, content_type=wire.JSON_CONTENT_TYPE)
 
 
 class AdminAPI:
@@ -83,13 +88,15 @@ class AdminAPI:
     def _guard(self, handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
             if self._token is None:
-                return _error(404, "NotFound", "the admin API is off (no admin token set)")
+                return _error(404, ErrorCode.NOT_FOUND, "the admin API is off (no admin token set)")
             auth = request.headers.get("Authorization", "")
             scheme, _, given = auth.partition(" ")
             # Header bytes that are not UTF-8 come as surrogates: back to the same bytes.
             given_bytes = given.strip().encode("utf-8", "surrogateescape")
             if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, self._token):
-                response = _error(401, "Unauthorized", "admin calls need a valid Bearer token")
+                response = _error(
+                    401, ErrorCode.UNAUTHORIZED, "admin calls need a valid Bearer token"
+                )
                 response.headers["WWW-Authenticate"] = 'Bearer realm="gpufleet-router"'
                 return response
             return await handler(request)
@@ -102,15 +109,17 @@ class AdminAPI:
         for pattern, allow in _METHODS:
             if pattern.fullmatch(path):
                 response = _error(
-                    405, "MethodNotAllowed", f"{path} takes {allow}, not {request.method}"
+                    405, ErrorCode.METHOD_NOT_ALLOWED, f"{path} takes {allow}, not {request.method}"
                 )
                 response.headers["Allow"] = allow
                 return await _unread_body(request, response)
-        return await _unread_body(request, _error(404, "NotFound", f"no admin call at {path}"))
+        return await _unread_body(
+            request, _error(404, ErrorCode.NOT_FOUND, f"no admin call at {path}")
+        )
 
     async def list(self, request: web.Request) -> web.Response:
         """``GET /admin/workers``."""
-        return web.json_response({"workers": [u.snapshot() for u in self.registry.all()]})
+        return _answer(wire.UpstreamList([u.snapshot() for u in self.registry.all()]))
 
     async def add(self, request: web.Request) -> web.StreamResponse:
         """``POST /admin/workers`` ``{"url", "weight"?, "pool"?, "labels"?}``."""
@@ -118,44 +127,37 @@ class AdminAPI:
         if isinstance(raw, web.StreamResponse):
             return raw
         try:
-            body = wire.decode_json(raw)
-        except ValueError:
-            return _error(400, "BadRequest", "the body must be JSON")
-        if not isinstance(body, dict) or not isinstance(body.get("url"), str):
-            return _error(400, "BadRequest", 'the body must be {"url": ..., "weight"?, "pool"?}')
-        pool = body.get("pool", DEFAULT_POOL)
-        weight = body.get("weight", 1.0)
-        if not isinstance(pool, str) or not pool or "@" in pool:
-            return _error(400, "BadRequest", "pool must be a non-empty name")
-        if isinstance(weight, bool) or not isinstance(weight, int | float | str):
-            return _error(400, "BadRequest", "weight must be a number")
-        labels = body.get("labels")
-        if labels is not None and not (
-            isinstance(labels, dict)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())
-        ):
-            return _error(400, "BadRequest", "labels must map strings to strings")
+            body = msgspec.json.decode(raw, type=wire.AddUpstream)
+        except msgspec.ValidationError as exc:
+            shape = '{"url", "pool"?, "weight"?, "labels"?}'
+            return _error(400, ErrorCode.BAD_REQUEST, f"the body must be {shape}: {exc}")
+        except (msgspec.DecodeError, RecursionError):
+            return _error(400, ErrorCode.BAD_REQUEST, "the body must be JSON")
+        pool = body.pool
+        if not pool or "@" in pool:
+            return _error(400, ErrorCode.BAD_REQUEST, "pool must be a non-empty name")
+        labels = body.labels
         try:
-            url = check_url(body["url"])
-            weight_value = parse_weight(str(weight))
+            url = check_url(body.url)
+            weight_value = parse_weight(str(1.0 if body.weight is None else body.weight))
         except ConfigError as exc:
-            return _error(400, "BadRequest", str(exc))
+            return _error(400, ErrorCode.BAD_REQUEST, str(exc))
         problem = await self._target_problem(url)
         if problem is not None:
-            return _error(400, "BadRequest", f"upstream {url!r} refused: {problem}")
+            return _error(400, ErrorCode.BAD_REQUEST, f"upstream {url!r} refused: {problem}")
         existing = self.registry.find(url, pool)
         if existing is not None:
             existing.weight = weight_value
             if labels is not None:
                 existing.labels = dict(labels)
-            if existing.state == DRAINING:  # added again: back into rotation after a probe
-                self.registry.set_state(existing, STARTING)
+            if existing.state == UpstreamState.DRAINING:  # added again: back into rotation
+                self.registry.set_state(existing, UpstreamState.STARTING)
                 self._on_add(existing)
-            return web.json_response(existing.snapshot(), status=200)
+            return _answer(existing.snapshot(), status=200)
         upstream = self.registry.add(WorkerSpec(url, pool, weight_value))
         upstream.labels = dict(labels or {})
         self._on_add(upstream)
-        return web.json_response(upstream.snapshot(), status=201)
+        return _answer(upstream.snapshot(), status=201)
 
     async def _target_problem(self, url: str) -> str | None:
         """Why the admin API will not add ``url`` (what its host resolves to), or None.
@@ -192,24 +194,26 @@ class AdminAPI:
         """``POST /admin/workers/{id}/drain``: no new requests; in-flight ones finish."""
         upstream = self._lookup(request)
         if upstream is None:
-            return _error(404, "NotFound", f"no worker {request.match_info['id']!r}")
-        self.registry.set_state(upstream, DRAINING)
-        return web.json_response(upstream.snapshot())
+            return _error(404, ErrorCode.NOT_FOUND, f"no worker {request.match_info['id']!r}")
+        self.registry.set_state(upstream, UpstreamState.DRAINING)
+        return _answer(upstream.snapshot())
 
     async def remove(self, request: web.Request) -> web.Response:
         """``DELETE /admin/workers/{id}``: out of the pool now; in-flight ones finish."""
         upstream = self._lookup(request)
         if upstream is None:
-            return _error(404, "NotFound", f"no worker {request.match_info['id']!r}")
+            return _error(404, ErrorCode.NOT_FOUND, f"no worker {request.match_info['id']!r}")
         self.registry.remove(upstream)
         if self._on_remove is not None:
             self._on_remove(upstream)
-        return web.json_response(upstream.snapshot())
+        return _answer(upstream.snapshot())
 
 
 async def _read_body(request: web.Request) -> bytes | web.StreamResponse:
     """The request body, or the 413 that refused it (over ``MAX_BODY``)."""
-    too_large = _error(413, "PayloadTooLarge", f"admin bodies are at most {MAX_BODY} bytes")
+    too_large = _error(
+        413, ErrorCode.PAYLOAD_TOO_LARGE, f"admin bodies are at most {MAX_BODY} bytes"
+    )
     length = request.content_length
     if length is not None and length > MAX_BODY:
         return await refuse_and_close(request, too_large)
@@ -223,7 +227,7 @@ async def _read_body(request: web.Request) -> bytes | web.StreamResponse:
             chunks.append(chunk)
     except HttpProcessingError as exc:
         return await refuse_and_close(
-            request, _error(400, "BadRequest", f"malformed request body: {exc.message}")
+            request, _error(400, ErrorCode.BAD_REQUEST, f"malformed request body: {exc.message}")
         )
     return b"".join(chunks)
 

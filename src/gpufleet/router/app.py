@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
 
 from aiohttp import web
 
 from gpufleet import wire
 from gpufleet._server import HostGuard
 from gpufleet.config.router import RouterConfig
+from gpufleet.errors import ErrorCode
 from gpufleet.router import dashboard
 from gpufleet.router.admin import MAX_BODY as ADMIN_MAX_BODY
 from gpufleet.router.admin import AdminAPI
@@ -78,7 +77,7 @@ class RouterState:
         #: when it starts draining, and for more ``/stats`` fields.
         self.on_listen: list[Callable[[str], Awaitable[None]]] = []
         self.on_drain: list[Callable[[], None]] = []
-        self.stats_parts: dict[str, Callable[[], Any]] = {}
+        self.stats_parts: dict[str, Callable[[], object]] = {}
         self.collector = RouterCollector(self.registry, self.admissions, self.totals)
         self.models = ModelCatalog(self.registry)
 
@@ -186,7 +185,7 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
         if exc.status < 400:
             raise
         payload = wire.error_payload(exc.reason.replace(" ", ""), exc.text or exc.reason)
-        return web.json_response(wire.openai_error(payload, exc.status), status=exc.status)
+        return _json(wire.openai_error(payload, exc.status), status=exc.status)
     if (
         response.status >= 400
         and isinstance(response, web.Response)
@@ -194,11 +193,15 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
         and wire.UPSTREAM_HEADER not in response.headers
         and isinstance(response.body, bytes)
     ):
-        with contextlib.suppress(ValueError):
-            payload = json.loads(response.body)
-            if isinstance(payload, dict) and isinstance(payload.get("error"), str):
-                response.body = json.dumps(wire.openai_error(payload, response.status)).encode()
+        with contextlib.suppress(wire.WireDecodeError):
+            payload = wire.decode(response.body, wire.ErrorBody)
+            response.body = wire.encode(wire.openai_error(payload, response.status))
     return response
+
+
+def _json(body: object, status: int = 200) -> web.Response:
+    """``body`` (a wire type) as a JSON answer."""
+    return web.Response(body=wire.encode(body), status=status, content_type=wire.JSON_CONTENT_TYPE)
 
 
 def create_app(
@@ -225,8 +228,11 @@ def create_app(
 
     async def health(request: web.Request) -> web.Response:
         ready = state.registry.is_ready() and not state.draining
-        status = "draining" if state.draining else ("ready" if ready else "no ready upstream")
-        return web.json_response({"status": status}, status=200 if ready else 503)
+        if state.draining:
+            status = wire.RouterState.DRAINING
+        else:
+            status = wire.RouterState.READY if ready else wire.RouterState.NO_READY_UPSTREAM
+        return _json(wire.HealthBody(status=status), status=200 if ready else 503)
 
     async def stats(request: web.Request) -> web.Response:
         payload = stats_payload(
@@ -237,9 +243,12 @@ def create_app(
             draining=state.draining,
             active=state.proxy.active if state.proxy is not None else 0,
         )
-        for name, part in state.stats_parts.items():
-            payload[name] = part()
-        return web.json_response(payload)
+        if not state.stats_parts:
+            return _json(payload)
+        # Parts others add (the Batch API's ``batches``) join the typed body as they are.
+        body = wire.to_builtins(payload)
+        body.update({name: part() for name, part in state.stats_parts.items()})
+        return _json(body)
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(
@@ -266,10 +275,8 @@ def create_app(
         # The admin plane on a listener of its own (``main.serve`` runs it); here every
         # /admin path is answered, never proxied.
         async def elsewhere(request: web.Request) -> web.Response:
-            return web.json_response(
-                {"error": "NotFound", "message": "the admin API listens on its own port"},
-                status=404,
-            )
+            message = "the admin API listens on its own port"
+            return _json(wire.error_payload(ErrorCode.NOT_FOUND, message), status=404)
 
         app.router.add_route("*", "/admin", elsewhere)
         app.router.add_route("*", "/admin/{tail:.*}", elsewhere)
@@ -280,10 +287,8 @@ def create_app(
         admin.register(admin_app)
 
         async def not_admin(request: web.Request) -> web.Response:
-            return web.json_response(
-                {"error": "NotFound", "message": "this listener serves /admin only"},
-                status=404,
-            )
+            message = "this listener serves /admin only"
+            return _json(wire.error_payload(ErrorCode.NOT_FOUND, message), status=404)
 
         admin_app.router.add_route("*", "/{tail:.*}", not_admin)
         app[ADMIN_APP_KEY] = admin_app

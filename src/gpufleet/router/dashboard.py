@@ -41,7 +41,7 @@ STATS_PATH = "/dashboard/stats"
 HISTORY_S = 300.0
 HISTORY_EVERY_S = 2.0
 #: What ``/dashboard/stats`` passes on of a worker's own ``/stats``.
-_WORKER_FIELDS = frozenset(wire.WorkerStats.__required_keys__ | wire.WorkerStats.__optional_keys__)
+_WORKER_FIELDS = frozenset(wire.WorkerStats.__struct_fields__)
 
 
 def page() -> bytes:
@@ -187,13 +187,15 @@ def register(app: web.Application, state: RouterState) -> None:
 
     async def dashboard_stats(request: web.Request) -> web.Response:
         own = await reader.read()
-        data = stats_payload(
-            state.registry,
-            state.admissions,
-            state.totals,
-            policy=state.cfg.policy,
-            draining=state.draining,
-            active=state.proxy.active if state.proxy is not None else 0,
+        data = wire.to_builtins(
+            stats_payload(
+                state.registry,
+                state.admissions,
+                state.totals,
+                policy=state.cfg.policy,
+                draining=state.draining,
+                active=state.proxy.active if state.proxy is not None else 0,
+            )
         )
         for entry in data["workers"]:
             with contextlib.suppress(KeyError):

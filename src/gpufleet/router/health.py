@@ -206,12 +206,12 @@ class HealthChecker:
         if self._http is None:
             return
         try:
-            stats = await self._http.get(upstream.base + "/stats", into=wire.WorkerStats)
+            stats = await self._http.get(upstream.base + "/stats", into=wire.WorkerCapacity)
         except RequestFailed as exc:
             log.warning("could not read /stats of %s: %s", upstream.url, exc.message)
             return
-        size = stats.get("max_batch_size", 0)
-        if size >= 1 and stats.get("server") == wire.WORKER_SERVER_NAME:
+        size = stats.max_batch_size
+        if size >= 1 and stats.server == wire.WORKER_SERVER_NAME:
             upstream.max_outstanding = BATCHES_IN_FLIGHT * size
 
 
@@ -239,4 +239,4 @@ def _reason(body: bytes) -> str:
         health = msgspec.json.decode(body, type=wire.HealthBody)
     except (msgspec.DecodeError, RecursionError):  # another server's page, not ours
         return body[:300].decode("utf-8", "replace").strip()[:120]
-    return " ".join(v for v in (health.get("status"), health.get("reason")) if v)[:200]
+    return " ".join(v for v in (health.status, health.reason) if v)[:200]

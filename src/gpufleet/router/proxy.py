@@ -315,12 +315,15 @@ def _priority(value: str | None) -> str:
 
 def error_response(exc: GpufleetError, rid: str | None = None) -> web.Response:
     """The JSON answer for one of our errors, with ``Retry-After`` where it applies."""
-    payload = wire.payload_from_exception(exc)
-    if rid:
-        payload["request_id"] = rid
+    payload = wire.payload_from_exception(exc, request_id=rid or None)
     headers = {}
     if rid:
         headers[wire.REQUEST_ID_HEADER] = rid
     if exc.retry_after_s is not None:
         headers["Retry-After"] = wire.retry_after_header(exc.retry_after_s)
-    return web.json_response(payload, status=exc.http_status, headers=headers)
+    return web.Response(
+        body=wire.encode(payload),
+        status=exc.http_status,
+        headers=headers,
+        content_type=wire.JSON_CONTENT_TYPE,
+    )

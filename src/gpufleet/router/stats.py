@@ -1,11 +1,11 @@
-"""Router-wide counters and the JSON of ``GET /stats``."""
+"""Router-wide counters and ``GET /stats`` (``wire.RouterStats``)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
 
+from gpufleet import wire
 from gpufleet._percentile import percentile_ms
 from gpufleet.router.admission import PRIORITIES, Admission
 from gpufleet.router.policies.prefix import Prefix
@@ -72,84 +72,87 @@ def stats_payload(
     draining: bool,
     active: int = 0,
     now: float | None = None,
-) -> dict[str, Any]:
+) -> wire.RouterStats:
     """The body of ``GET /stats``: a ``workers`` list and the router's totals."""
-    workers = [u.snapshot() for u in registry.all()]
+    ups = registry.all()
     now = time.time() if now is None else now
-    return {
-        "server": "gpufleet-router",
-        "policy": policy,
-        "state": "draining" if draining else ("ready" if registry.is_ready() else "starting"),
-        "uptime_s": round(now - totals.started, 3),
-        "workers": workers,
-        "pools": {
-            name: {
-                "workers": [u.id for u in pool.members],
-                "ready": len(pool.ready),
-                "queue_depth": admissions[name].depth if name in admissions else 0,
-                "classes": class_stats(admissions.get(name)),
-                "prefix": _prefix_stats(admissions.get(name)),
-            }
+    if draining:
+        state = wire.RouterState.DRAINING
+    else:
+        state = wire.RouterState.READY if registry.is_ready() else wire.RouterState.STARTING
+    return wire.RouterStats(
+        server=wire.ROUTER_SERVER_NAME,
+        policy=policy,
+        state=state,
+        uptime_s=round(now - totals.started, 3),
+        workers=[u.snapshot() for u in ups],
+        pools={
+            name: wire.PoolStats(
+                workers=[u.id for u in pool.members],
+                ready=len(pool.ready),
+                queue_depth=admissions[name].depth if name in admissions else 0,
+                classes=class_stats(admissions.get(name)),
+                prefix=_prefix_stats(admissions.get(name)),
+            )
             for name, pool in registry.pools.items()
         },
-        "routes": [{"prefix": prefix, "pool": pool} for prefix, pool in registry.routes],
-        "totals": {
-            "requests": totals.requests,
-            "responses": {f"{i}xx": totals.by_class[i] for i in range(1, 6)},
-            "retries": totals.retries,
-            "retries_by_reason": dict(totals.retries_by),
-            "retry_budget_exhausted": totals.budget_exhausted,
-            "broken_answers": totals.broken,
-            "clients_stalled": totals.client_stalled,
-            "request_faults": totals.request_faults,
-            "bad_requests": totals.bad_requests,
-            "ejections_held": totals.ejections_held,
-            "in_flight": sum(u.in_flight for u in registry.all()),
-            "active": active,
-            "queue_depth": sum(a.depth for a in admissions.values()),
-            "queue_depth_by_priority": {
+        routes=[wire.RouteView(prefix, pool) for prefix, pool in registry.routes],
+        totals=wire.RouterTotals(
+            requests=totals.requests,
+            responses={f"{i}xx": totals.by_class[i] for i in range(1, 6)},
+            retries=totals.retries,
+            retries_by_reason=dict(totals.retries_by),
+            retry_budget_exhausted=totals.budget_exhausted,
+            broken_answers=totals.broken,
+            clients_stalled=totals.client_stalled,
+            request_faults=totals.request_faults,
+            bad_requests=totals.bad_requests,
+            ejections_held=totals.ejections_held,
+            in_flight=sum(u.in_flight for u in ups),
+            active=active,
+            queue_depth=sum(a.depth for a in admissions.values()),
+            queue_depth_by_priority={
                 p: sum(a.depth_of(p) for a in admissions.values()) for p in PRIORITIES
             },
-            "rejected": sum(a.rejected for a in admissions.values()),
-            "queue_timeouts": sum(a.timed_out for a in admissions.values()),
-            "ready_workers": sum(1 for u in registry.all() if u.state == "ready"),
-        },
-    }
+            rejected=sum(a.rejected for a in admissions.values()),
+            queue_timeouts=sum(a.timed_out for a in admissions.values()),
+            ready_workers=sum(1 for u in ups if u.state == wire.UpstreamState.READY),
+        ),
+    )
 
 
-def class_stats(admission: Admission | None) -> dict[str, dict[str, Any]]:
+def class_stats(admission: Admission | None) -> dict[str, wire.ClassStats]:
     """Per priority class of a pool: waiting now, admitted, and how long they waited."""
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, wire.ClassStats] = {}
     for p in PRIORITIES:
         if admission is None:
-            out[p] = {"queue_depth": 0, "admitted": 0, "wait_mean_ms": 0.0}
-            out[p] |= {"wait_p50_ms": 0.0, "wait_p99_ms": 0.0}
+            out[p] = wire.ClassStats(0, 0, 0.0, 0.0, 0.0)
             continue
         c = admission.classes[p]
         waits = sorted(c.waits)
-        out[p] = {
-            "queue_depth": admission.depth_of(p),
-            "admitted": c.admitted,
-            "wait_mean_ms": round(c.wait_total_s / c.admitted * 1000.0, 3) if c.admitted else 0.0,
-            "wait_p50_ms": percentile_ms(waits, 0.5),
-            "wait_p99_ms": percentile_ms(waits, 0.99),
-        }
+        out[p] = wire.ClassStats(
+            queue_depth=admission.depth_of(p),
+            admitted=c.admitted,
+            wait_mean_ms=round(c.wait_total_s / c.admitted * 1000.0, 3) if c.admitted else 0.0,
+            wait_p50_ms=percentile_ms(waits, 0.5),
+            wait_p99_ms=percentile_ms(waits, 0.99),
+        )
     return out
 
 
-def _prefix_stats(admission: Admission | None) -> dict[str, Any] | None:
+def _prefix_stats(admission: Admission | None) -> wire.PrefixStats | None:
     """The pool's prompt-prefix index, when its policy routes by prefix."""
     policy = admission.policy if admission is not None else None
     if not isinstance(policy, Prefix):
         return None
     index = policy.index
-    return {
-        "entries": len(index),
-        "approx_bytes": index.approx_bytes,
-        "max_entries": index.max_entries,
-        "lookups": index.lookups,
-        "hits": index.hits,
-        "evicted": index.evicted,
-        "affine": policy.affine,
-        "by_load": policy.by_load,
-    }
+    return wire.PrefixStats(
+        entries=len(index),
+        approx_bytes=index.approx_bytes,
+        max_entries=index.max_entries,
+        lookups=index.lookups,
+        hits=index.hits,
+        evicted=index.evicted,
+        affine=policy.affine,
+        by_load=policy.by_load,
+    )

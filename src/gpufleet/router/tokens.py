@@ -16,6 +16,7 @@ from typing import Final
 import msgspec
 
 from gpufleet._percentile import percentile_ms
+from gpufleet.wire import LatencyMs, TokenStats
 
 #: Samples of TTFT and inter-token latency kept per upstream.
 WINDOW: Final = 512
@@ -96,14 +97,14 @@ class TokenCounts:
             if usage[1] > 1:
                 self.itl.append(rest_s / (usage[1] - 1))
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self) -> TokenStats:
         """The ``tokens`` entry of an upstream in ``/stats``."""
         ttft = sorted(self.ttft)
         itl = sorted(self.itl)
-        return {
-            "answers": self.answers,
-            "prompt": self.prompt,
-            "completion": self.completion,
-            "ttft_ms": {"p50": percentile_ms(ttft, 0.5), "p99": percentile_ms(ttft, 0.99)},
-            "itl_ms": {"p50": percentile_ms(itl, 0.5), "p99": percentile_ms(itl, 0.99)},
-        }
+        return TokenStats(
+            answers=self.answers,
+            prompt=self.prompt,
+            completion=self.completion,
+            ttft_ms=LatencyMs(p50=percentile_ms(ttft, 0.5), p99=percentile_ms(ttft, 0.99)),
+            itl_ms=LatencyMs(p50=percentile_ms(itl, 0.5), p99=percentile_ms(itl, 0.99)),
+        )

@@ -1,16 +1,28 @@
-"""What crosses a process boundary: header names, error payloads, the shape of /stats.
+"""What crosses a process boundary: header names, typed bodies, states and error codes.
 
-The router and the worker never import each other; this module is their contract, and
-the client's. Everything here is plain JSON-able data.
+The router and the worker never import each other; this package is their contract, and
+the client's. Bodies are ``msgspec.Struct``s (``bodies``: errors and /health; ``stats``:
+/stats of a worker and the router; ``admin``: the admin API), states are ``StrEnum``s
+(``states``), error codes are ``gpufleet.errors.ErrorCode``. Producers build these types
+and ``encode`` them; readers ``decode`` a peer's body once into the type they expect.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Any, Final, TypedDict
+from typing import Any, Final
 
 from gpufleet.errors import ErrorCode, GpufleetError
+from gpufleet.wire.admin import AddUpstream, UpstreamList
+from gpufleet.wire.bodies import (
+    AnyErrorBody,
+    ErrorBody,
+    HealthBody,
+    OpenAIError,
+    OpenAIErrorBody,
+)
+from gpufleet.wire.codec import WireDecodeError, decode, encode, to_builtins
 from gpufleet.wire.states import (
     FleetPhase,
     MemberOutcome,
@@ -19,6 +31,24 @@ from gpufleet.wire.states import (
     RouterState,
     UpstreamState,
     WorkerState,
+)
+from gpufleet.wire.stats import (
+    ROUTER_SERVER_NAME,
+    WORKER_SERVER_NAME,
+    ClassStats,
+    EngineLoad,
+    GpuReading,
+    LatencyMs,
+    PoolStats,
+    PrefixStats,
+    RecentError,
+    RouterStats,
+    RouterTotals,
+    RouteView,
+    TokenStats,
+    UpstreamView,
+    WorkerCapacity,
+    WorkerStats,
 )
 
 # Headers -------------------------------------------------------------------------------
@@ -51,9 +81,6 @@ FAULT_REQUEST: Final = "request"
 FAULT_WORKER: Final = "worker"
 
 JSON_CONTENT_TYPE: Final = "application/json"
-
-#: ``server`` field of a gpufleet worker's /stats.
-WORKER_SERVER_NAME: Final = "gpufleet-worker"
 
 
 # JSON from another process ------------------------------------------------------------
@@ -101,48 +128,39 @@ def _is_deeper(data: Any, max_depth: int) -> bool:
     return False
 
 
-# Error payloads ------------------------------------------------------------------------
+# Error answers -------------------------------------------------------------------------
 
 
-class ErrorPayload(TypedDict, total=False):
-    """``{"error": "WorkerOverloaded", "message": "...", "retry_after_s": 1.0}``."""
-
-    error: str
-    message: str
-    retry_after_s: float
-    request_id: str
-
-
-def error_payload(error: str, message: str, *, retry_after_s: float | None = None) -> ErrorPayload:
-    """Build the JSON body every gpufleet process answers an error with."""
-    body: ErrorPayload = {"error": error, "message": message}
-    if retry_after_s is not None:
-        body["retry_after_s"] = retry_after_s
-    return body
+def error_payload(
+    error: str,
+    message: str,
+    *,
+    retry_after_s: float | None = None,
+    request_id: str | None = None,
+) -> ErrorBody:
+    """The body every gpufleet process answers an error with (``error``: an ErrorCode,
+    or an HTTP reason for what the HTTP layer refused)."""
+    return ErrorBody(
+        error=error, message=message, retry_after_s=retry_after_s, request_id=request_id
+    )
 
 
-def payload_from_exception(exc: GpufleetError) -> ErrorPayload:
-    """Turn one of our exceptions into its wire payload."""
-    return error_payload(exc.code, exc.message or str(exc), retry_after_s=exc.retry_after_s)
+def payload_from_exception(exc: GpufleetError, *, request_id: str | None = None) -> ErrorBody:
+    """One of our exceptions as its wire body: its ``code``, message and retry hint."""
+    return error_payload(
+        exc.code,
+        exc.message or str(exc),
+        retry_after_s=exc.retry_after_s,
+        request_id=request_id,
+    )
 
 
 #: Paths answered in OpenAI's shapes (errors included) by workers and the router.
 OPENAI_PREFIX: Final = "/v1/"
-#: OpenAI's ``code`` and ``param`` for those of our error names that have one of theirs.
+#: OpenAI's ``code`` and ``param`` for those of our error codes that have one of theirs.
 _OPENAI_CODES: Final[dict[str, tuple[str, str | None]]] = {
     ErrorCode.MODEL_NOT_FOUND: ("model_not_found", "model"),
 }
-
-
-class OpenAIErrorBody(TypedDict, total=False):
-    """The object under ``error`` in OpenAI's error answers (``retry_after_s`` is ours)."""
-
-    message: str
-    type: str
-    param: str | None
-    code: str | None
-    retry_after_s: float
-    request_id: str
 
 
 def is_openai_path(path: str) -> bool:
@@ -150,36 +168,45 @@ def is_openai_path(path: str) -> bool:
     return path.startswith(OPENAI_PREFIX)
 
 
-def openai_error(payload: ErrorPayload, status: int) -> dict[str, OpenAIErrorBody]:
-    """Our error payload in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
+def openai_error(payload: ErrorBody, status: int) -> OpenAIErrorBody:
+    """Our error body in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
 
-    ``code`` is OpenAI's where one fits (``model_not_found``), else our error name, so
+    ``code`` is OpenAI's where one fits (``model_not_found``), else our error code, so
     ``error_name`` reads it back; ``type`` is ``invalid_request_error`` for a 4xx and
     ``server_error`` for a 5xx.
     """
-    name = payload.get("error", "")
-    code, param = _OPENAI_CODES.get(name, (name or None, None))
-    body: OpenAIErrorBody = {
-        "message": payload.get("message", ""),
-        "type": "invalid_request_error" if status < 500 else "server_error",
-        "param": param,
-        "code": code,
-    }
-    if "retry_after_s" in payload:
-        body["retry_after_s"] = payload["retry_after_s"]
-    if "request_id" in payload:
-        body["request_id"] = payload["request_id"]
-    return {"error": body}
+    code, param = _OPENAI_CODES.get(payload.error, (payload.error or None, None))
+    return OpenAIErrorBody(
+        OpenAIError(
+            message=payload.message,
+            type="invalid_request_error" if status < 500 else "server_error",
+            param=param,
+            code=code,
+            retry_after_s=payload.retry_after_s,
+            request_id=payload.request_id,
+        )
+    )
 
 
 def error_name(data: Any) -> str | None:
-    """The error name of a decoded error answer, in our shape or OpenAI's (its ``code``)."""
+    """The error code of an error answer already decoded as plain JSON, ours or OpenAI's.
+
+    Prefer ``error_name_of(body)``, which decodes the body itself, once.
+    """
     if not isinstance(data, dict):
         return None
     error = data.get("error")
     if isinstance(error, dict):
         error = error.get("code")
     return error if isinstance(error, str) else None
+
+
+def error_name_of(body: bytes) -> str | None:
+    """The error code of an error answer's body, ours or OpenAI's; None for another body."""
+    try:
+        return decode(body, AnyErrorBody).name
+    except WireDecodeError:
+        return None
 
 
 def retry_after_header(seconds: float) -> str:
@@ -200,78 +227,24 @@ def parse_retry_after(value: str | None) -> float | None:
 
 def is_overloaded_body(body: bytes) -> bool:
     """True when a 503 body says the worker's queue was full (the request never ran)."""
-    try:
-        data = decode_json(body)
-    except ValueError:
-        return False
-    return error_name(data) in {ErrorCode.WORKER_OVERLOADED, ErrorCode.WORKER_UNAVAILABLE}
+    return error_name_of(body) in {ErrorCode.WORKER_OVERLOADED, ErrorCode.WORKER_UNAVAILABLE}
 
 
 # /health of a worker -------------------------------------------------------------------
 
 #: ``status`` of a worker's 503 ``/health`` while its device thread is stalled.
-HEALTH_STALLED: Final = "stalled"
-
-
-class HealthBody(TypedDict, total=False):
-    """A worker's ``GET /health``: 200 ``{"status": "ready"}``; 503 with ``status`` one of
-    ``loading``, ``draining``, ``failed`` (with ``message``) or ``stalled`` (with ``reason``)."""
-
-    status: str
-    reason: str
-    message: str
+HEALTH_STALLED: Final = WorkerState.STALLED
 
 
 def stall_reason(body: bytes) -> str | None:
     """Why a worker's ``/health`` says it is stalled; None for any other answer."""
     try:
-        data = decode_json(body)
-    except ValueError:
+        health = decode(body, HealthBody)
+    except WireDecodeError:
         return None
-    if not isinstance(data, dict) or data.get("status") != HEALTH_STALLED:
+    if health.status != WorkerState.STALLED:
         return None
-    return str(data.get("reason") or "no reason given")
-
-
-# /stats of a worker --------------------------------------------------------------------
-
-
-class LatencyMs(TypedDict):
-    p50: float
-    p99: float
-
-
-class WorkerStats(TypedDict, total=False):
-    """The JSON a worker answers on ``GET /stats`` (fields the router and tools rely on)."""
-
-    server: str  # always WORKER_SERVER_NAME
-    model: str
-    kind: str
-    device: str
-    pid: int
-    state: str  # "loading" | "ready" | "stalled" | "draining" | "failed"
-    queue_depth: int
-    in_flight: int
-    served: int
-    errors: int
-    rejected: int  # answered 503 (queue full) without running
-    dropped: int  # left the queue unserved (caller gone, deadline passed)
-    failed_items: int
-    batches: int
-    avg_batch_size: float
-    max_batch_size: int  # effective: lowered after an out-of-memory split
-    configured_max_batch_size: int
-    oom_splits: int
-    max_queue: int
-    streams: int  # open now, each holding one queue slot
-    streams_closed: int  # model generators closed because the caller left
-    latency_ms: LatencyMs
-    uptime_s: float
-    stall_reason: str | None  # why ``state`` is "stalled" (None otherwise)
-    stalls: int  # times the worker turned stalled
-    stall_timeout_s: float  # 0: the stall detector is off
-    gpu: dict[str, Any]  # only on a CUDA device with NVML
-    recent_errors: list[dict[str, Any]]
+    return health.reason or "no reason given"
 
 
 __all__ = [
@@ -285,28 +258,50 @@ __all__ = [
     "JSON_CONTENT_TYPE",
     "MAX_JSON_DEPTH",
     "OPENAI_PREFIX",
+    "PRIORITY_HEADER",
     "REQUEST_ID_HEADER",
+    "ROUTER_SERVER_NAME",
     "SERVER_HEADER",
     "SESSION_HEADER",
     "TIMEOUT_HEADER",
     "UPSTREAM_HEADER",
     "WORKER_SERVER_NAME",
+    "AddUpstream",
+    "AnyErrorBody",
+    "ClassStats",
+    "EngineLoad",
+    "ErrorBody",
     "ErrorCode",
-    "ErrorPayload",
     "FleetPhase",
+    "GpuReading",
     "HealthBody",
     "JSONTooDeep",
     "LatencyMs",
     "MemberOutcome",
     "MemberRole",
     "MemberState",
+    "OpenAIError",
     "OpenAIErrorBody",
+    "PoolStats",
+    "PrefixStats",
+    "RecentError",
+    "RouteView",
     "RouterState",
+    "RouterStats",
+    "RouterTotals",
+    "TokenStats",
+    "UpstreamList",
     "UpstreamState",
+    "UpstreamView",
+    "WireDecodeError",
+    "WorkerCapacity",
     "WorkerState",
     "WorkerStats",
+    "decode",
     "decode_json",
+    "encode",
     "error_name",
+    "error_name_of",
     "error_payload",
     "is_openai_path",
     "is_overloaded_body",
@@ -315,4 +310,5 @@ __all__ = [
     "payload_from_exception",
     "retry_after_header",
     "stall_reason",
+    "to_builtins",
 ]

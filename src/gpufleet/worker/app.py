@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import msgspec
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -23,7 +23,6 @@ from gpufleet import wire
 from gpufleet._server import HostGuard, refuse_and_close
 from gpufleet.errors import (
     BadRequest,
-    DeadlineExceeded,
     GpufleetError,
     ModelError,
     PayloadTooLarge,
@@ -52,11 +51,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def json_response(
-    data: Any, status: int = 200, headers: dict[str, str] | None = None
+    data: object, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
-    """A JSON answer (compact separators: embeddings are long lists of floats)."""
+    """A JSON answer: a wire type or plain data (compact: embeddings are long float lists)."""
     return web.Response(
-        body=json.dumps(data, separators=(",", ":")).encode(),
+        body=wire.encode(data),
         status=status,
         content_type=wire.JSON_CONTENT_TYPE,
         headers=headers,
@@ -72,7 +71,7 @@ def error_response(exc: GpufleetError, status: int | None = None) -> web.Respons
     if exc.retry_after_s is not None:
         headers["Retry-After"] = wire.retry_after_header(exc.retry_after_s)
     response = json_response(wire.payload_from_exception(exc), status=status, headers=headers)
-    response[ERROR_KEY] = type(exc).__name__
+    response[ERROR_KEY] = exc.code
     response[ERROR_MESSAGE_KEY] = exc.message or str(exc)
     return response
 
@@ -87,16 +86,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     REQUEST_PRIORITY.set(int(request.headers.get(wire.PRIORITY_HEADER) == "batch"))
     try:
         response = await handler(request)
-    except GpufleetError as exc:
+    except GpufleetError as exc:  # DeadlineExceeded (504) included
         response = error_response(exc)
-    except DeadlineExceeded as exc:
-        response = json_response(
-            wire.error_payload("DeadlineExceeded", str(exc)),
-            status=504,
-            headers={wire.FAULT_HEADER: wire.FAULT_WORKER},
-        )
-        response[ERROR_KEY] = "DeadlineExceeded"
-        response[ERROR_MESSAGE_KEY] = str(exc)
     except web.HTTPRequestEntityTooLarge as exc:
         response = error_response(PayloadTooLarge(exc.text or "request body too large"))
     except web.HTTPException as exc:
@@ -124,12 +115,10 @@ def _as_openai(response: web.StreamResponse) -> None:
     if not isinstance(response, web.Response) or not isinstance(response.body, bytes):
         return
     try:
-        payload = json.loads(response.body)
-    except ValueError:
+        payload = wire.decode(response.body, wire.ErrorBody)
+    except wire.WireDecodeError:
         return
-    if isinstance(payload, dict) and isinstance(payload.get("error"), str):
-        shaped = wire.openai_error(payload, response.status)  # type: ignore[arg-type]
-        response.body = json.dumps(shaped, separators=(",", ":")).encode()
+    response.body = wire.encode(wire.openai_error(payload, response.status))
 
 
 def _count(service: WorkerService, path: str, response: web.StreamResponse, took: float) -> None:
@@ -143,7 +132,7 @@ def _count(service: WorkerService, path: str, response: web.StreamResponse, took
         service.metrics.request_time.observe(took)
         return
     error = str(response.get(ERROR_KEY, status))
-    if status == 503 and error == "WorkerOverloaded":
+    if status == 503 and error == wire.ErrorCode.WORKER_OVERLOADED:
         c.rejected += 1
     else:
         c.errors += 1
@@ -213,25 +202,21 @@ async def health(request: web.Request) -> web.Response:
     body: wire.HealthBody
     stall = service.check_stall()
     if stall is not None:
-        body = {"status": wire.HEALTH_STALLED, "reason": stall.reason}
+        body = wire.HealthBody(status=wire.WorkerState.STALLED, reason=stall.reason)
     elif service.is_ready:
-        return json_response({"status": "ready"})
+        return json_response(wire.HealthBody(status=wire.WorkerState.READY))
     else:
-        body = {"status": service.state}
-        if service.load_error is not None:
-            body["message"] = str(service.load_error)
+        error = service.load_error
+        body = wire.HealthBody(status=service.state, message=None if error is None else str(error))
     return json_response(body, status=503, headers={"Retry-After": "1"})
 
 
 async def stats(request: web.Request) -> web.Response:
-    """The counters of ``wire.WorkerStats`` (with ``gpu`` when NVML reads the device)."""
+    """``wire.WorkerStats`` (with ``gpu`` when NVML reads the device)."""
     service = request.app[SERVICE]
-    data = service.stats()
-    data["recent_errors"] = service.counters.recent_errors()
     gpu = request.app[GPU].latest
-    if gpu is not None:
-        data["gpu"] = gpu
-    return json_response(data)
+    reading = None if gpu is None else msgspec.convert(gpu, wire.GpuReading)
+    return json_response(service.stats(gpu=reading))
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -336,37 +336,39 @@ class WorkerService:
 
     # /stats ------------------------------------------------------------------------------
 
-    def stats(self) -> dict[str, Any]:
-        """The /stats answer (``wire.WorkerStats`` plus a few worker-only counters)."""
+    def stats(self, gpu: wire.GpuReading | None = None) -> wire.WorkerStats:
+        """The /stats answer; ``gpu``: the device's last NVML reading, if any."""
         c = self.counters
         info = self.info
         stall = self.check_stall()
-        return {
-            "server": wire.WORKER_SERVER_NAME,
-            "model": info.name if info else self.cfg.model,
-            "kind": info.kind if info else "unknown",
-            "device": info.device if info else self.cfg.device,
-            "pid": os.getpid(),
-            "state": wire.HEALTH_STALLED if stall is not None else self.state,
-            "stall_reason": None if stall is None else stall.reason,
-            "stalls": c.stalls,
-            "stall_timeout_s": self.cfg.stall_timeout_s,
-            "queue_depth": self.batcher.depth if self.batcher else 0,
-            "in_flight": c.in_flight,
-            "served": c.served,
-            "errors": c.errors,
-            "rejected": c.rejected,
-            "dropped": c.dropped,
-            "failed_items": c.failed_items,
-            "batches": c.batches,
-            "avg_batch_size": round(c.avg_batch_size, 3),
-            "max_batch_size": self.batcher.max_batch_size if self.batcher else 0,
-            "configured_max_batch_size": self.batcher.cfg.max_batch_size if self.batcher else 0,
-            "oom_splits": c.oom_splits,
-            "isolation_splits": self.runner.isolation_splits,
-            "max_queue": self.cfg.max_queue,
-            "streams": c.streams,
-            "streams_closed": self.runner.streams_closed,
-            "latency_ms": c.latency_ms(),
-            "uptime_s": round(self.clock() - self.started_at, 3),
-        }
+        return wire.WorkerStats(
+            server=wire.WORKER_SERVER_NAME,
+            model=info.name if info else self.cfg.model,
+            kind=info.kind if info else "unknown",
+            device=info.device if info else self.cfg.device,
+            pid=os.getpid(),
+            state=wire.WorkerState.STALLED if stall is not None else self.state,
+            stall_reason=None if stall is None else stall.reason,
+            stalls=c.stalls,
+            stall_timeout_s=self.cfg.stall_timeout_s,
+            queue_depth=self.batcher.depth if self.batcher else 0,
+            in_flight=c.in_flight,
+            served=c.served,
+            errors=c.errors,
+            rejected=c.rejected,
+            dropped=c.dropped,
+            failed_items=c.failed_items,
+            batches=c.batches,
+            avg_batch_size=round(c.avg_batch_size, 3),
+            max_batch_size=self.batcher.max_batch_size if self.batcher else 0,
+            configured_max_batch_size=self.batcher.cfg.max_batch_size if self.batcher else 0,
+            oom_splits=c.oom_splits,
+            isolation_splits=self.runner.isolation_splits,
+            max_queue=self.cfg.max_queue,
+            streams=c.streams,
+            streams_closed=self.runner.streams_closed,
+            latency_ms=c.latency_ms(),
+            uptime_s=round(self.clock() - self.started_at, 3),
+            recent_errors=c.recent_errors(),
+            gpu=gpu,
+        )

@@ -1,4 +1,4 @@
-"""Counters behind a worker's ``GET /stats`` (see ``gpufleet.wire.WorkerStats``).
+"""Counters behind a worker's ``GET /stats`` (``gpufleet.wire.WorkerStats``).
 
 On a GPU, ``GpuSampler`` adds the device's utilisation and memory (NVML), read on a
 thread every few seconds so that neither /stats nor the loop ever waits on the driver.
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gpufleet._percentile import percentile_ms
+from gpufleet.wire import LatencyMs, RecentError
 
 log = logging.getLogger("gpufleet.worker")
 
@@ -48,22 +49,14 @@ class WorkerCounters:
     #: Latency (seconds) of the last ``window`` served requests.
     window: int = 2048
     _latencies: deque[float] = field(default_factory=deque)
-    _errors: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_ERRORS))
+    _errors: deque[RecentError] = field(default_factory=lambda: deque(maxlen=RECENT_ERRORS))
 
     def record_error(self, error: str, message: str, *, status: int, path: str, at: float) -> None:
         """Remember one failed request (``at``: Unix time) for /stats ``recent_errors``."""
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
-        self._errors.append(
-            {
-                "time": stamp,
-                "error": error,
-                "message": message[:300],
-                "status": status,
-                "path": path,
-            }
-        )
+        self._errors.append(RecentError(stamp, error, message[:300], status, path))
 
-    def recent_errors(self) -> list[dict[str, Any]]:
+    def recent_errors(self) -> list[RecentError]:
         """The last ``RECENT_ERRORS`` failed requests, oldest first."""
         return list(self._errors)
 
@@ -83,13 +76,10 @@ class WorkerCounters:
         """Mean items per predict call since start."""
         return self.batched_items / self.batches if self.batches else 0.0
 
-    def latency_ms(self) -> dict[str, float]:
+    def latency_ms(self) -> LatencyMs:
         """p50 and p99 over the recent window, in milliseconds."""
         values = sorted(self._latencies)
-        return {
-            "p50": percentile_ms(values, 0.50),
-            "p99": percentile_ms(values, 0.99),
-        }
+        return LatencyMs(p50=percentile_ms(values, 0.50), p99=percentile_ms(values, 0.99))
 
 
 # GPU utilisation and memory (NVML) ------------------------------------------------------
@@ -126,7 +116,7 @@ def nvml_target(device: str, visible: str | None) -> int | str | None:
 
 
 class GpuReader(Protocol):
-    """One reading of a GPU: ``wire.WorkerStats["gpu"]`` (blocking: call it off the loop)."""
+    """One reading of a GPU: ``wire.GpuReading`` as plain data (blocking: call it off the loop)."""
 
     def read(self) -> dict[str, Any]: ...
 

@@ -63,9 +63,9 @@ async def serve_stream(
                     await response.write(render(piece))
         except TimeoutError:
             exc = DeadlineExceeded("deadline passed while streaming")
-            await response.write(sse(wire.error_payload("DeadlineExceeded", str(exc)), "error"))
+            await response.write(sse(wire.to_builtins(wire.payload_from_exception(exc)), "error"))
         except GpufleetError as err:
-            await response.write(sse(wire.payload_from_exception(err), "error"))
+            await response.write(sse(wire.to_builtins(wire.payload_from_exception(err)), "error"))
         else:
             await response.write(tail())
         await response.write_eof()
