@@ -80,3 +80,17 @@ def test_systemd_runs_up_with_the_up_flags_given(tmp_path: Path) -> None:
     )
     assert "not-for-systemd" not in exec_start
     assert "--name" not in exec_start  # export's own options stay out of up's command line
+
+
+def test_systemd_carries_the_environment_settings_are_read_from() -> None:
+    done = _export(
+        "systemd", "--gpus", "none", GPU_IDS="1,3", GPUFLEET_MAX_QUEUE="9",
+        GPUFLEET_ADMIN_TOKEN="secret-token", CUDA_VISIBLE_DEVICES="1,3", OTHER_VAR="x",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    env = [line for line in done.stdout.splitlines() if line.startswith("Environment=")]
+    said = " ".join(env)
+    for kept in ("GPU_IDS=1,3", "GPUFLEET_MAX_QUEUE=9", "CUDA_VISIBLE_DEVICES=1,3"):
+        assert kept in said, said
+    assert "secret-token" not in done.stdout
+    assert "OTHER_VAR" not in said

@@ -16,9 +16,10 @@ from gpufleet.cli._options import FlagValues, from_settings, given_args, options
 from gpufleet.config.fleet import FleetConfig
 from gpufleet.operate.export.options import ExportOptions
 
-#: Environment a systemd unit carries over: what changes the effective settings of `up`.
-#: The admin token is a secret and the port file is per process: neither is written out.
-_ENV_KEPT = ("GPU_IDS", "CUDA_VISIBLE_DEVICES")
+#: Environment a systemd unit carries over: what settings are read from (config's
+#: settings_env()) and the device mask. The admin token is a secret and the port file is
+#: per process: neither is written out.
+_ENV_KEPT = ("CUDA_VISIBLE_DEVICES",)
 _ENV_DROPPED = ("GPUFLEET_ADMIN_TOKEN", "GPUFLEET_PORT_FILE", "GPUFLEET_DRY_RUN", "GPUFLEET_DETACH")
 
 
@@ -63,6 +64,7 @@ def export(
 ) -> None:
     """Write a deployment file generated from the settings `gpufleet up` would use."""
     from gpufleet.config import load
+    from gpufleet.config._load import settings_env
     from gpufleet.config.fleet import load_fleet_config
     from gpufleet.config.router import RouterConfig
     from gpufleet.fleet.devices import default_probes, discover
@@ -87,11 +89,8 @@ def export(
             exe_argv = (sys.executable, "-m", "gpufleet")
         else:
             exe_argv = ("gpufleet",)
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if (k.startswith("GPUFLEET_") or k in _ENV_KEPT) and k not in _ENV_DROPPED
-        }
+        kept = {k: os.environ[k] for k in _ENV_KEPT if k in os.environ}
+        env = {k: v for k, v in {**settings_env(), **kept}.items() if k not in _ENV_DROPPED}
         command = ["gpufleet", "export", fmt, *(["--config", str(config)] if config else [])]
         given = {k: v for k, v in export_flags.items() if v is not None}
         opts = ExportOptions(

@@ -262,16 +262,26 @@ def build(
     return cls(**kwargs)
 
 
+#: The one variable outside ``GPUFLEET_*`` that a setting is read from (``gpus``).
+GPU_IDS = "GPU_IDS"
+
+
 def gpu_ids(env: Mapping[str, str] | None = None) -> str | None:
     """The GPUs ``GPU_IDS`` names, as a ``gpus`` setting; None when it is unset or empty.
 
     ``GPU_IDS`` (a variable other tools set too) is a list, never a count: ``GPU_IDS=3``
     is GPU 3, so a single index gets the list's comma (``3,``).
     """
-    text = (os.environ if env is None else env).get("GPU_IDS", "").strip()
+    text = (os.environ if env is None else env).get(GPU_IDS, "").strip()
     if not text:
         return None
     return f"{text}," if text.isdigit() else text
+
+
+def settings_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables of ``env`` that settings are read from: ``GPUFLEET_*`` and ``GPU_IDS``."""
+    source = os.environ if env is None else env
+    return {k: v for k, v in source.items() if k.startswith(ENV_PREFIX) or k == GPU_IDS}
 
 
 def _where(section: Mapping[str, Any], key: str) -> str:
