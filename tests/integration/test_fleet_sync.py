@@ -19,10 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
-from gpufleet.fleet.admin import Membership, PoolSync, RouterAdmin
+from gpufleet.fleet.admin import Membership, PoolSync
 from gpufleet.testing import run_router, run_server, run_worker
+from gpufleet.wire.http import PeerClient
 from tests.integration._fleet import gpufleet, post, table_row, wait_state
 from tests.integration.test_dashboard import Browser, cells, needs_chromium, rows_of
 
@@ -65,8 +64,8 @@ async def test_sync_undoes_only_its_own_drains_and_removes_stale_addresses() -> 
     ):
         url_a, url_c = a.url.rstrip("/"), c.url.rstrip("/")
         now = [0.0]
-        async with aiohttp.ClientSession() as http:
-            sync = PoolSync(RouterAdmin(http, TOKEN), stale_drain_s=10.0, clock=lambda: now[0])
+        async with PeerClient() as http:
+            sync = PoolSync(http, TOKEN, stale_drain_s=10.0, clock=lambda: now[0])
             up = {"fleet_state": "ready", "restarts": "0"}
             members = [
                 Membership(url_a, "default", True, up),

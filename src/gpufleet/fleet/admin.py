@@ -15,87 +15,17 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-import aiohttp
+import msgspec
 
-from gpufleet.errors import AdminError
+from gpufleet.errors import AdminError, RequestFailed
+from gpufleet.wire.admin_client import AdminClient, UpstreamView
+from gpufleet.wire.http import PeerClient
 
 log = logging.getLogger("gpufleet.fleet")
 
 #: Router states in which an upstream takes no new requests for good (until added again).
 _OUT = frozenset({"draining", "removed"})
-
-
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    """One entry of the router's pool as ``GET /admin/workers`` lists it."""
-
-    id: str
-    url: str
-    pool: str
-    state: str = "ready"
-    labels: Mapping[str, str] = field(default_factory=dict)
-    in_flight: int = 0
-
-
-def _entries(data: Any) -> list[Upstream]:
-    items = data.get("workers", []) if isinstance(data, Mapping) else data
-    out = []
-    for item in items if isinstance(items, list) else []:
-        if isinstance(item, Mapping) and "id" in item and "url" in item:
-            pool, state = str(item.get("pool", "default")), str(item.get("state", "ready"))
-            raw = item.get("labels")
-            labels = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, Mapping) else {}
-            url = str(item["url"]).rstrip("/")
-            busy = item.get("in_flight")
-            in_flight = busy if isinstance(busy, int) and not isinstance(busy, bool) else 0
-            out.append(Upstream(str(item["id"]), url, pool, state, labels, in_flight))
-    return out
-
-
-class RouterAdmin:
-    """A small client of the router's ``/admin/workers`` API."""
-
-    def __init__(self, session: aiohttp.ClientSession, token: str, timeout_s: float = 5.0):
-        self._session = session
-        self._headers = {"Authorization": f"Bearer {token}"}
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-
-    async def _call(self, method: str, url: str, body: Any | None = None) -> Any:
-        try:
-            async with self._session.request(
-                method, url, json=body, headers=self._headers, timeout=self._timeout
-            ) as resp:
-                if resp.status >= 300:
-                    text = (await resp.text())[:200]
-                    raise AdminError(f"{method} {url}: {resp.status} {text}")
-                if resp.content_type == "application/json":
-                    return await resp.json()
-                return None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise AdminError(f"{method} {url}: {exc!r}") from exc
-
-    async def list(self, base: str) -> list[Upstream]:
-        """The router's upstreams."""
-        return _entries(await self._call("GET", f"{base}/admin/workers"))
-
-    async def add(
-        self, base: str, url: str, pool: str, labels: Mapping[str, str] | None = None
-    ) -> None:
-        """Add ``url`` to ``pool`` (again: back into rotation, or only new labels)."""
-        body: dict[str, Any] = {"url": url, "pool": pool}
-        if labels:
-            body["labels"] = dict(labels)
-        await self._call("POST", f"{base}/admin/workers", body)
-
-    async def drain(self, base: str, upstream_id: str) -> None:
-        """No new requests to ``upstream_id``; its in-flight ones finish."""
-        await self._call("POST", f"{base}/admin/workers/{upstream_id}/drain")
-
-    async def remove(self, base: str, upstream_id: str) -> None:
-        """Take ``upstream_id`` out of the router's pool for good."""
-        await self._call("DELETE", f"{base}/admin/workers/{upstream_id}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,12 +66,14 @@ class PoolSync:
 
     def __init__(
         self,
-        admin: RouterAdmin,
+        http: PeerClient,
+        token: str,
         *,
         stale_drain_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._admin = admin
+        self._http = http
+        self._token = token
         self._stale_drain_s = stale_drain_s
         self._clock = clock
         #: Every address a member had, until it is removed from the router.
@@ -152,10 +84,22 @@ class PoolSync:
         self.stale_since: dict[str, float] = {}
 
     async def sync(self, base: str, members: Iterable[Membership]) -> SyncResult:
-        """One reconciliation of the router at ``base`` with ``members``."""
+        """One reconciliation of the router at ``base`` with ``members``.
+
+        Raises:
+            AdminError: the router's admin API did not answer as expected (the next sync
+                starts from what the router lists then).
+        """
+        admin = AdminClient(self._http, base, self._token)
+        try:
+            return await self._sync(admin, members)
+        except RequestFailed as exc:
+            raise AdminError(exc.message) from exc
+
+    async def _sync(self, admin: AdminClient, members: Iterable[Membership]) -> SyncResult:
         by_url = {m.url.rstrip("/"): m for m in members}
         self.managed.update(by_url)
-        have = await self._admin.list(base)
+        have = [_normal(u) for u in await admin.list()]
         admitted = drained = removed = 0
         pending = False
         present = {(u.pool, u.url) for u in have if u.state != "removed"}
@@ -164,7 +108,7 @@ class PoolSync:
                 continue
             member = by_url.get(up.url)
             if member is None:  # its member moved on (a restarted Ray actor)
-                if await self._retire(base, up):
+                if await self._retire(admin, up):
                     removed += 1
                 else:
                     pending = True
@@ -176,23 +120,23 @@ class PoolSync:
             if not member.is_ready:
                 if up.state not in _OUT:
                     if labels and labels != up.labels:  # say why it left (crash-looping…)
-                        await self._admin.add(base, up.url, up.pool, labels)
-                    await self._admin.drain(base, up.id)
+                        await admin.add(up.url, up.pool, labels=labels)
+                    await admin.drain(up.id)
                     self.drained.add(up.url)
                     drained += 1
             elif up.state in _OUT:
                 if up.url in self.drained:  # back from the fleet's own drain
-                    await self._admin.add(base, up.url, up.pool, labels)
+                    await admin.add(up.url, up.pool, labels=labels)
                     self.drained.discard(up.url)
                     admitted += 1
                 # else: an operator drained a healthy member; theirs to undo.
             else:
                 self.drained.discard(up.url)
                 if labels and labels != up.labels:  # started with --worker, or restarts
-                    await self._admin.add(base, up.url, up.pool, labels)
+                    await admin.add(up.url, up.pool, labels=labels)
         for url, member in sorted(by_url.items()):
             if member.is_ready and (member.pool, url) not in present:
-                await self._admin.add(base, url, member.pool, member.labels)
+                await admin.add(url, member.pool, labels=member.labels)
                 self.drained.discard(url)
                 admitted += 1
         # Stale addresses the router no longer lists (it restarted) are simply forgotten.
@@ -201,15 +145,15 @@ class PoolSync:
             self._forget(url)
         return SyncResult(admitted, drained, removed, pending)
 
-    async def _retire(self, base: str, up: Upstream) -> bool:
+    async def _retire(self, admin: AdminClient, up: UpstreamView) -> bool:
         """Drain a stale upstream; remove it once idle or overdue. True when removed."""
         now = self._clock()
         since = self.stale_since.setdefault(up.url, now)
         if up.in_flight > 0 and now - since < self._stale_drain_s:
             if up.state != "draining":
-                await self._admin.drain(base, up.id)
+                await admin.drain(up.id)
             return False
-        await self._admin.remove(base, up.id)
+        await admin.remove(up.id)
         log.info("router pool: removed %s (no member serves there any more)", up.url)
         self._forget(up.url)
         return True
@@ -220,4 +164,10 @@ class PoolSync:
         self.stale_since.pop(url, None)
 
 
-__all__ = ["AdminError", "Membership", "PoolSync", "RouterAdmin", "SyncResult", "Upstream"]
+def _normal(up: UpstreamView) -> UpstreamView:
+    """``up`` with its URL as members name theirs (no trailing ``/``)."""
+    url = up.url.rstrip("/")
+    return up if url == up.url else msgspec.structs.replace(up, url=url)
+
+
+__all__ = ["AdminError", "Membership", "PoolSync", "SyncResult"]

@@ -5,20 +5,20 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import aiohttp
-
+from gpufleet.errors import RequestFailed
 from gpufleet.fleet.rundir import RunDir, is_gpufleet
+from gpufleet.wire.http import PeerClient
+
+#: Seconds a /stats of a process that may be gone gets.
+_STATS_TIMEOUT_S = 2.0
 
 
-async def _get_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
+async def _get_stats(http: PeerClient, url: str) -> dict[str, Any] | None:
+    """A /stats answer as a JSON object; None when nothing (or something else) answered."""
     try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=2.0)) as resp:
-            if resp.status != 200:
-                return None
-            data = await resp.json(content_type=None)
-    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return await http.get(url, into=dict[str, Any], timeout_s=_STATS_TIMEOUT_S)
+    except RequestFailed:
         return None
-    return data if isinstance(data, dict) else None
 
 
 async def collect(run_dir: RunDir) -> dict[str, Any] | None:
@@ -33,10 +33,10 @@ async def collect(run_dir: RunDir) -> dict[str, Any] | None:
     pid = state.get("pid")
     state["alive"] = isinstance(pid, int) and is_gpufleet(pid)
     workers: list[dict[str, Any]] = state.get("workers", [])
-    async with aiohttp.ClientSession() as session:
+    async with PeerClient() as http:
         router_stats, *worker_stats = await asyncio.gather(
-            _get_json(session, f"{state.get('endpoint', '')}/stats"),
-            *(_get_json(session, f"{w.get('url', '')}/stats") for w in workers),
+            _get_stats(http, f"{state.get('endpoint', '')}/stats"),
+            *(_get_stats(http, f"{w.get('url', '')}/stats") for w in workers),
         )
     by_url: dict[str, dict[str, Any]] = {}
     for up in (router_stats or {}).get("workers", []):

@@ -27,7 +27,8 @@ import aiohttp
 
 from gpufleet import wire
 from gpufleet.config.fleet import FleetConfig
-from gpufleet.fleet.admin import AdminError, Membership, PoolSync, RouterAdmin
+from gpufleet.errors import AdminError
+from gpufleet.fleet.admin import Membership, PoolSync
 from gpufleet.fleet.launcher import ChildHandle, Launcher
 from gpufleet.fleet.logfile import last_lines, log_size
 from gpufleet.fleet.member import (
@@ -42,6 +43,7 @@ from gpufleet.fleet.member import (
 )
 from gpufleet.fleet.process import ChildSpec
 from gpufleet.fleet.rundir import write_atomic
+from gpufleet.wire.http import PeerClient
 
 log = logging.getLogger("gpufleet.fleet")
 
@@ -491,8 +493,8 @@ class Supervisor:
     async def _sync_loop(self) -> None:
         if self._http is None:
             return
-        admin = RouterAdmin(self._http, self._token)
-        pool = PoolSync(admin, stale_drain_s=self.cfg.drain_timeout_s)
+        admin = PeerClient(session=self._http)  # the supervisor's session: closed by it
+        pool = PoolSync(admin, self._token, stale_drain_s=self.cfg.drain_timeout_s)
         recheck: float | None = None
         while not self._stop.is_set():
             await _first(self._changed.wait(), self._stop.wait(), within=recheck)
