@@ -9,10 +9,11 @@ import sys
 from typing import Any
 
 import pytest
+import typer
 
 from gpufleet.cli import export as export_cmds
 from gpufleet.cli._options import options_of, shown_default
-from gpufleet.cli.main import main
+from gpufleet.cli.main import app, main
 from gpufleet.config import WorkerConfig
 from gpufleet.config.client import ClientConfig
 from gpufleet.config.fleet import FleetConfig
@@ -21,19 +22,23 @@ from gpufleet.config.ray import RayConfig
 from gpufleet.config.router import RouterConfig
 from gpufleet.operate.export.options import ExportOptions
 
-COMMANDS = [
-    ["up"],
-    ["worker"],
-    ["router"],
-    ["generate"],
-    ["bench"],
-    ["monitor"],
-    ["down"],
-    ["status"],
-    ["export"],
-    ["config", "show"],
-    [],
-]
+
+def _command_paths(group: Any, path: tuple[str, ...] = ()) -> list[list[str]]:
+    """Every command and group under ``group``, as the words that name it."""
+    out = [list(path)]
+    for name, command in getattr(group, "commands", {}).items():
+        out += _command_paths(command, (*path, name))
+    return out
+
+
+#: Every command of ``gpufleet`` (and the groups), read from the app itself.
+COMMANDS = _command_paths(typer.main.get_command(app))
+
+
+def test_the_command_list_is_whole() -> None:
+    for words in (["up"], ["worker"], ["router"], ["generate"], ["config", "show"], []):
+        assert words in COMMANDS
+    assert ["batches", "list"] in COMMANDS
 
 
 def _help(
@@ -59,6 +64,7 @@ def test_no_type_names_and_one_way_of_defaults(
 ) -> None:
     text = _help(args, monkeypatch, capsys)
     assert re.findall(r"<[a-z\[\]]+>", text) == []  # no <str>, <bool>, <list[str]>
+    assert re.findall(r"\b(?:TEXT|INTEGER|FLOAT|BOOLEAN)\b", text) == []  # plain metavars
     assert "(default" not in text.replace("(defaults <", "")
     assert "[default: (" not in text
 
