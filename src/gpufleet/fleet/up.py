@@ -24,7 +24,8 @@ from gpufleet.fleet.member import Member
 from gpufleet.fleet.plan import FleetPlan, WorkerPlan, make_plan, router_spec
 from gpufleet.fleet.process import ChildSpec
 from gpufleet.fleet.rundir import RunDir
-from gpufleet.fleet.supervisor import Supervisor
+from gpufleet.fleet.supervisor import Output, RouterLaunch, Supervisor
+from gpufleet.wire.states import MemberRole
 
 
 def startup_lines(cfg: FleetConfig, plan: FleetPlan) -> list[str]:
@@ -76,7 +77,7 @@ def _members(plan: FleetPlan) -> list[Member]:
     return [
         Member(
             name=w.spec.name,
-            role="worker",
+            role=MemberRole.WORKER,
             spec=w.spec,
             ready_path=w.ready_path,
             pool=w.pool,
@@ -145,7 +146,9 @@ async def run_up(
                 config_path=config_path,
             )
 
-        router = Member("router", "router", make_router([], cfg.port), "/health", device="-")
+        router = Member(
+            "router", MemberRole.ROUTER, make_router([], cfg.port), "/health", device="-"
+        )
         started = time.time()
 
         def publish(state: dict[str, Any]) -> None:
@@ -158,13 +161,13 @@ async def run_up(
             _members(plan),
             router,
             launcher=launcher or LocalLauncher(),
-            router_spec=make_router,
-            token=token,
-            router_port_file=run_dir.router_port_file,
-            endpoint_port_file=Path(cwd, cfg.port_file) if cfg.port_file else None,
-            publish=publish,
-            report=report,
-            ready_hint=ready_hint(cfg, plan),
+            router_launch=RouterLaunch(
+                spec=make_router,
+                token=token,
+                port_file=run_dir.router_port_file,
+                endpoint_port_file=Path(cwd, cfg.port_file) if cfg.port_file else None,
+            ),
+            output=Output(publish=publish, report=report, ready_hint=ready_hint(cfg, plan)),
         )
         return await supervisor.run()
     finally:
