@@ -23,13 +23,15 @@ from typing import Any
 import aiohttp
 
 from gpufleet.config.fleet import FleetConfig
-from gpufleet.fleet.admin import AdminError, Membership, PoolSync, RouterAdmin
+from gpufleet.errors import AdminError
+from gpufleet.fleet.admin import Membership, PoolSync
 from gpufleet.fleet.keeper import Fleet, Keeper, Prober, describe_exit, first
 from gpufleet.fleet.launcher import Launcher
 from gpufleet.fleet.logfile import last_lines
 from gpufleet.fleet.member import Member
 from gpufleet.fleet.roles import RouterLaunch, RouterRole, RouterSpecFactory, WorkerRole
 from gpufleet.fleet.rundir import write_atomic
+from gpufleet.wire.http import PeerClient
 from gpufleet.wire.states import FleetPhase, MemberState
 
 log = logging.getLogger("gpufleet.fleet")
@@ -245,8 +247,8 @@ class Supervisor:
         return Membership(m.url, m.router_pool, m.state == MemberState.READY, labels)
 
     async def _sync_loop(self, http: aiohttp.ClientSession) -> None:
-        admin = RouterAdmin(http, self._launch.token)
-        pool = PoolSync(admin, stale_drain_s=self.cfg.drain_timeout_s)
+        admin = PeerClient(session=http)  # the supervisor's session: closed by it
+        pool = PoolSync(admin, self._launch.token, stale_drain_s=self.cfg.drain_timeout_s)
         recheck: float | None = None
         while not self._stop.is_set():
             await first(self._changed.wait(), self._stop.wait(), within=recheck)
