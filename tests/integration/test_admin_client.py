@@ -7,7 +7,8 @@ import pytest
 from gpufleet.errors import RequestFailed
 from gpufleet.testing import run_router
 from gpufleet.testing.upstreams import run_upstream
-from gpufleet.wire.admin_client import AdminClient, UpstreamView
+from gpufleet.wire import UpstreamState, UpstreamView
+from gpufleet.wire.admin_client import AdminClient
 from gpufleet.wire.http import PeerClient
 from tests.integration._router import TOKEN
 
@@ -27,9 +28,9 @@ async def test_list_add_drain_remove_decode_the_routers_answers() -> None:
             assert (first.url, first.pool, first.weight) == (upstream.url, "default", 1.0)
             added = await admin.add(NOWHERE, "spare", weight=2.0, labels={"node": "n1"})
             assert (added.url, added.pool, added.weight) == (NOWHERE, "spare", 2.0)
-            assert (added.state, added.labels) == ("starting", {"node": "n1"})
+            assert (added.state, added.labels) == (UpstreamState.STARTING, {"node": "n1"})
             assert {u.id for u in await admin.list()} == {first.id, added.id}
-            assert (await admin.drain(added.id)).state == "draining"
+            assert (await admin.drain(added.id)).state is UpstreamState.DRAINING
             assert (await admin.remove(added.id)).id == added.id
             assert [u.id for u in await admin.list()] == [first.id]
             with pytest.raises(RequestFailed) as info:

@@ -19,13 +19,14 @@ from dataclasses import dataclass, field
 import msgspec
 
 from gpufleet.errors import AdminError, RequestFailed
-from gpufleet.wire.admin_client import AdminClient, UpstreamView
+from gpufleet.wire import UpstreamState, UpstreamView
+from gpufleet.wire.admin_client import AdminClient
 from gpufleet.wire.http import PeerClient
 
 log = logging.getLogger("gpufleet.fleet")
 
 #: Router states in which an upstream takes no new requests for good (until added again).
-_OUT = frozenset({"draining", "removed"})
+_OUT = frozenset({UpstreamState.DRAINING, UpstreamState.REMOVED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +103,9 @@ class PoolSync:
         have = [_normal(u) for u in await admin.list()]
         admitted = drained = removed = 0
         pending = False
-        present = {(u.pool, u.url) for u in have if u.state != "removed"}
+        present = {(u.pool, u.url) for u in have if u.state != UpstreamState.REMOVED}
         for up in have:
-            if up.url not in self.managed or up.state == "removed":
+            if up.url not in self.managed or up.state == UpstreamState.REMOVED:
                 continue
             member = by_url.get(up.url)
             if member is None:  # its member moved on (a restarted Ray actor)
@@ -112,7 +113,7 @@ class PoolSync:
                     removed += 1
                 else:
                     pending = True
-                    drained += int(up.state != "draining")
+                    drained += int(up.state != UpstreamState.DRAINING)
                 continue
             if member.pool != up.pool:
                 continue
@@ -140,7 +141,7 @@ class PoolSync:
                 self.drained.discard(url)
                 admitted += 1
         # Stale addresses the router no longer lists (it restarted) are simply forgotten.
-        listed = {u.url for u in have if u.state != "removed"}
+        listed = {u.url for u in have if u.state != UpstreamState.REMOVED}
         for url in [u for u in self.managed if u not in by_url and u not in listed]:
             self._forget(url)
         return SyncResult(admitted, drained, removed, pending)
@@ -150,7 +151,7 @@ class PoolSync:
         now = self._clock()
         since = self.stale_since.setdefault(up.url, now)
         if up.in_flight > 0 and now - since < self._stale_drain_s:
-            if up.state != "draining":
+            if up.state != UpstreamState.DRAINING:
                 await admin.drain(up.id)
             return False
         await admin.remove(up.id)

@@ -19,11 +19,12 @@ from gpufleet.operate.bench import BenchResult, ScalingStep, run_load, shares_be
 from gpufleet.operate.fleetview import read_fleet
 from gpufleet.operate.load import Target
 from gpufleet.operate.summary import LoadSummary, summarize
-from gpufleet.wire.admin_client import AdminClient, UpstreamView
+from gpufleet.wire import UpstreamState, UpstreamView
+from gpufleet.wire.admin_client import AdminClient
 from gpufleet.wire.http import PeerClient
 
 #: States in which a router sends requests to an upstream.
-SERVING = {"healthy", "ready", "up", "active"}
+SERVING = frozenset({UpstreamState.READY})
 
 
 async def _wait_for(
@@ -71,7 +72,7 @@ async def run_scaling(
         raise RequestFailed("--scaling needs --admin-token")
     http = PeerClient(session=session)
     admin = AdminClient(http, cfg.url, cfg.admin_token)
-    ups = [u for u in await admin.list() if u.state in SERVING or u.state == "unknown"]
+    ups = [u for u in await admin.list() if u.state in SERVING]
     if not ups:
         raise RequestFailed("the router has no serving worker to scale over")
     per_step_s = cfg.max_duration_s / len(ups)

@@ -4,8 +4,8 @@ The server is ``gpufleet.router.admin.AdminAPI``; this is its one client: the fl
 sync (``fleet/admin.py``) and ``bench --scaling`` both call it. Every call carries the
 router's admin token (and only these calls do: a ``PeerClient`` shared with ``/stats``
 reads of workers never sends it there), goes through :class:`~gpufleet.wire.http.PeerClient`
-(budget, no redirects, bounded answer) and decodes the router's answer once into
-:class:`UpstreamView`.
+(budget, no redirects, bounded answer) and decodes the router's answer once into the
+wire types (``wire.UpstreamView``, ``wire.UpstreamList``).
 """
 
 from __future__ import annotations
@@ -14,33 +14,15 @@ from collections.abc import Mapping
 from typing import Final, TypeVar
 from urllib.parse import quote
 
-import msgspec
-
 from gpufleet.errors import RequestFailed
+from gpufleet.wire.admin import DEFAULT_POOL, AddUpstream, UpstreamList
 from gpufleet.wire.http import PeerClient
+from gpufleet.wire.stats import UpstreamView
 
 T = TypeVar("T")
 
-#: The pool an upstream joins when none is named (the router's ``DEFAULT_POOL``).
-DEFAULT_POOL: Final = "default"
 #: Where the admin API lives on a router.
 ADMIN_PATH: Final = "/admin/workers"
-
-
-class UpstreamView(msgspec.Struct, frozen=True, kw_only=True):
-    """One upstream as a router's admin API and ``/stats`` list it (the fields read here)."""
-
-    id: str
-    url: str
-    pool: str = DEFAULT_POOL
-    state: str = "unknown"
-    weight: float | None = None
-    in_flight: int = 0
-    labels: dict[str, str] = msgspec.field(default_factory=dict)
-
-
-class _Listing(msgspec.Struct, frozen=True):
-    workers: list[UpstreamView]
 
 
 class AdminClient:
@@ -54,7 +36,7 @@ class AdminClient:
 
     async def list(self) -> list[UpstreamView]:
         """Every upstream the router knows (draining ones included)."""
-        return (await self._call("GET", "", into=_Listing)).workers
+        return (await self._call("GET", "", into=UpstreamList)).workers
 
     async def add(
         self,
@@ -65,11 +47,9 @@ class AdminClient:
         labels: Mapping[str, str] | None = None,
     ) -> UpstreamView:
         """Add ``url`` to ``pool`` (again: back into rotation, new weight or labels)."""
-        body: dict[str, object] = {"url": url, "pool": pool}
-        if weight is not None:
-            body["weight"] = weight
-        if labels:
-            body["labels"] = dict(labels)
+        body = AddUpstream(
+            url=url, pool=pool, weight=weight, labels=dict(labels) if labels else None
+        )
         return await self._call("POST", "", into=UpstreamView, body=body)
 
     async def drain(self, upstream_id: str) -> UpstreamView:
@@ -99,4 +79,4 @@ class AdminClient:
             raise
 
 
-__all__ = ["ADMIN_PATH", "DEFAULT_POOL", "AdminClient", "UpstreamView"]
+__all__ = ["ADMIN_PATH", "AdminClient"]

@@ -25,7 +25,6 @@ from types import TracebackType
 from typing import Any, Final, TypeVar, overload
 
 import aiohttp
-import msgspec
 
 from gpufleet import wire
 from gpufleet.errors import ClientClosed, ConfigError, RequestFailed
@@ -77,23 +76,20 @@ class PeerAnswer:
             RequestFailed: the body is not JSON or not of that shape.
         """
         try:
-            return msgspec.json.decode(self.body, type=into)
-        except (msgspec.DecodeError, RecursionError) as exc:
-            # ValidationError is a DecodeError: a wrong shape is as unreadable as bad JSON.
+            return wire.decode(self.body, into)
+        except wire.WireDecodeError as exc:
             raise self._undecodable(exc) from exc
 
     def failure(self) -> RequestFailed:
         """This answer as the error its status means (for a status the caller refuses)."""
-        data: Any = None
-        if self.headers.get("Content-Type", "").startswith(wire.JSON_CONTENT_TYPE):
-            try:
-                data = wire.decode_json(self.body)
-            except ValueError:
-                data = None
-        name = wire.error_name(data)
-        detail = _error_message(data) if name else None
-        if detail is None:
+        name = detail = None
+        try:
+            error = wire.decode(self.body, wire.AnyErrorBody)
+        except wire.WireDecodeError:  # not ours: an HTML page, a proxy's text
             detail = self.body[:200].decode("utf-8", "replace").strip()
+        else:
+            name = error.name
+            detail = error.message if isinstance(error.error, str) else error.error.message
         if 300 <= self.status < 400:
             where = self.headers.get("Location", "?")
             detail = f"redirected to {where}; redirects are not followed"
@@ -113,16 +109,6 @@ class PeerAnswer:
             f"{self.method} {self.url}: the answer is not the JSON expected ({exc})",
             status=self.status,
         )
-
-
-def _error_message(data: Any) -> str | None:
-    """``message`` of an error answer, ours (``{"error", "message"}``) or OpenAI's."""
-    if not isinstance(data, dict):
-        return None
-    inner = data.get("error")
-    source = inner if isinstance(inner, dict) else data
-    message = source.get("message")
-    return message if isinstance(message, str) else None
 
 
 class PeerClient:
@@ -194,7 +180,7 @@ class PeerClient:
         method: str,
         url: str,
         *,
-        json: Any = None,
+        json: object = None,
         headers: Mapping[str, str] | None = None,
         token: str | None = None,
         timeout_s: float | None = None,
@@ -213,6 +199,10 @@ class PeerClient:
         bearer = token if token is not None else self._token
         if bearer:
             sent["Authorization"] = f"Bearer {bearer}"
+        data = None
+        if json is not None:  # plain data or wire Structs, one encoder for both
+            data = wire.encode(json)
+            sent.setdefault("Content-Type", wire.JSON_CONTENT_TYPE)
         session = self.session
         try:
             async with (
@@ -220,7 +210,7 @@ class PeerClient:
                 session.request(
                     method,
                     url,
-                    json=json,
+                    data=data,
                     headers=sent,
                     allow_redirects=follow_redirects,
                     max_redirects=MAX_REDIRECTS,
@@ -251,7 +241,7 @@ class PeerClient:
         url: str,
         *,
         into: type[T],
-        json: Any = ...,
+        json: object = ...,
         token: str | None = ...,
         timeout_s: float | None = ...,
         max_bytes: int | None = ...,
@@ -264,7 +254,7 @@ class PeerClient:
         url: str,
         *,
         into: None = ...,
-        json: Any = ...,
+        json: object = ...,
         token: str | None = ...,
         timeout_s: float | None = ...,
         max_bytes: int | None = ...,
@@ -276,7 +266,7 @@ class PeerClient:
         url: str,
         *,
         into: type[Any] | None = None,
-        json: Any = None,
+        json: object = None,
         token: str | None = None,
         timeout_s: float | None = None,
         max_bytes: int | None = None,
