@@ -25,7 +25,10 @@ def allow_bare_values(command: Any) -> None:
 
 
 def _take_bare(param: Any, bare: str) -> None:
-    from typer._click.parser import _Option
+    try:  # typer 0.2x parses with its own copy of click's parser …
+        from typer._click.parser import _Option
+    except ImportError:  # … older ones with click's (the same class)
+        from click.parser import _Option  # type: ignore[assignment,unused-ignore]
 
     class _MaybeValued(_Option):
         def process(self, value: Any, state: Any) -> None:
