@@ -143,6 +143,7 @@ def main() -> None:
         help="torch threads for the model, in-process and in the workers (0: torch's default); "
         "1 leaves a core for HTTP and the load generator, as a GPU host would",
     )
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0, … (in-process and workers)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     a = p.parse_args()
     from gpufleet.models.minilm import MiniLM
@@ -150,11 +151,11 @@ def main() -> None:
     corpus = texts(max(a.requests, 512))
     unbatched_n = a.unbatched_requests or a.requests // 3
     model = MiniLM(threads=a.threads)
-    model.setup("cpu")
+    model.setup(a.device)
     # Warm-up: every sequence length once, so no phase pays first-shape costs.
     for i in range(0, len(corpus), a.batch):
         model.predict(corpus[i : i + a.batch])
-    common = ["--max-queue", "4096", "--device", "cpu"]
+    common = ["--max-queue", "4096", "--device", a.device]
     if a.threads:
         common += ["--model-arg", f"threads={a.threads}"]
     results: dict[str, list[dict[str, Any]]] = {
