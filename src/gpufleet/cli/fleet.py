@@ -22,7 +22,10 @@ ConfigOpt = Annotated[
 RunDirOpt = Annotated[
     str | None,
     typer.Option(
-        "--run-dir", metavar="PATH", help="The fleet's run directory.", show_default=".gpufleet"
+        "--run-dir",
+        metavar="PATH",
+        help="The fleet's run directory.",
+        show_default=FleetConfig().run_dir,
     ),
 ]
 
@@ -125,7 +128,7 @@ def down(
     from gpufleet.fleet.control import stop_fleet
     from gpufleet.fleet.rundir import RunDir
 
-    rd = RunDir(Path(os.getcwd(), run_dir or ".gpufleet"))
+    rd = RunDir(Path(os.getcwd(), run_dir or FleetConfig().run_dir))
     pid, stopped = stop_fleet(rd, timeout_s=timeout, force=force)
     if pid is None:
         typer.echo(f"gpufleet: no fleet runs from {rd.path}")
@@ -146,7 +149,7 @@ def status(
     from gpufleet.fleet.rundir import RunDir
     from gpufleet.fleet.status import collect, format_status
 
-    rd = RunDir(Path(os.getcwd(), run_dir or ".gpufleet"))
+    rd = RunDir(Path(os.getcwd(), run_dir or FleetConfig().run_dir))
     state = run_async(collect(rd))
     if state is None:
         typer.echo(f"gpufleet: no fleet state in {rd.path} (start one with `gpufleet up`)")
