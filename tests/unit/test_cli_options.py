@@ -106,6 +106,14 @@ def test_given_args_read_back_give_the_same_settings() -> None:
     assert seen[0]["max_queue"] is None
 
 
+def test_given_args_write_each_flag_as_its_option_spells_it() -> None:
+    fleet = options_of(FleetConfig, ("detach", "gpus"))
+    assert given_args(fleet, {"detach": True, "gpus": "0,"}) == ["--detach", "--gpus", "0,"]
+    assert given_args(fleet, {"detach": False, "gpus": None}) == []  # no --no-detach
+    ray = options_of(RayConfig, ("address",))
+    assert given_args(ray, {"address": "auto"}) == ["--ray", "auto"]
+
+
 def test_a_pair_without_equals_is_one_clear_line() -> None:
     app = typer.Typer()
 

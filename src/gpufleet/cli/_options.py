@@ -293,8 +293,9 @@ def given_args(options: Mapping[str, Option], flags: FlagValues) -> list[str]:
         value = flags.get(name)
         if value is None:
             continue
-        if option.kind == "switch":
-            args.append(option.name if value else f"--no-{option.name.removeprefix('--')}")
+        if option.kind == "switch":  # a plain flag (--detach) has no form for off
+            on, _, off = option.names[0].partition("/")
+            args += [on] if value else [off] if off else []
         elif option.kind == "list":
             for item in value:
                 args += [option.name, str(item)]
