@@ -81,7 +81,12 @@ BUSY_MIN_S: Final = 0.05
 BUSY_MAX_S: Final = 10.0
 #: Error names of a 503 that mean "not started, come back" (the request never ran).
 _NOT_NOW: Final = frozenset(
-    {"AdmissionRejected", "NoHealthyBackend", "WorkerOverloaded", "WorkerUnavailable"}
+    {
+        wire.ErrorCode.ADMISSION_REJECTED,
+        wire.ErrorCode.NO_HEALTHY_BACKEND,
+        wire.ErrorCode.WORKER_OVERLOADED,
+        wire.ErrorCode.WORKER_UNAVAILABLE,
+    }
 )
 _EXPIRED_ERROR: Final = {
     "code": "batch_expired",

@@ -24,7 +24,7 @@ from gpufleet.errors import RequestFailed
 #: 4xx answers that mean "not now" rather than "never": retried like a 5xx.
 RETRYABLE_4XX = frozenset({408, 425, 429})
 #: 503 error names that mean "nothing can serve you" (down) rather than "full" (busy).
-_DOWN_ERRORS = frozenset({"NoHealthyBackend", "WorkerUnavailable"})
+_DOWN_ERRORS = frozenset({wire.ErrorCode.NO_HEALTHY_BACKEND, wire.ErrorCode.WORKER_UNAVAILABLE})
 
 
 class ServerBusy(RequestFailed):

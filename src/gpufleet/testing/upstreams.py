@@ -32,6 +32,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gpufleet import wire
+from gpufleet.errors import ErrorCode
 from gpufleet.testing._process import ServerProcess, run_module
 from gpufleet.wire import FAULT_HEADER, SERVER_HEADER, WORKER_SERVER_NAME
 
@@ -117,9 +119,11 @@ def make_app(*, gpufleet: bool = False, max_batch_size: int = 8) -> web.Applicat
         )
 
     async def overloaded(request: web.Request) -> web.Response:
-        return web.json_response(
-            {"error": "WorkerOverloaded", "message": "queue full", "retry_after_s": 1.0},
+        body = wire.error_payload(ErrorCode.WORKER_OVERLOADED, "queue full", retry_after_s=1.0)
+        return web.Response(
+            body=wire.encode(body),
             status=503,
+            content_type=wire.JSON_CONTENT_TYPE,
             headers={"Retry-After": "1"},
         )
 
