@@ -7,8 +7,10 @@ import math
 import re
 from pathlib import Path
 
+import msgspec
 import pytest
 
+from gpufleet import wire
 from gpufleet._percentile import percentile
 from gpufleet.config.operate import BenchConfig
 from gpufleet.errors import ConfigError
@@ -88,7 +90,7 @@ def test_default_bodies_fit_the_kind() -> None:
 
 
 def _view(*workers: WorkerView, at: float = 0.0) -> FleetView:
-    return FleetView("http://r", True, workers, {}, at, {})
+    return FleetView("http://r", workers, at)
 
 
 def test_shares_between_two_views() -> None:
@@ -186,20 +188,28 @@ def test_progress_line_says_sent_ok_errors_rate_and_eta() -> None:
 
 
 def test_monitor_says_the_routers_state_in_words() -> None:
+    counters = {f: 0 for f in wire.RouterTotals.__struct_fields__}
+    totals = {
+        **counters,
+        "requests": 1234,
+        "responses": {"2xx": 1230, "5xx": 4},
+        "retries_by_reason": {},
+        "queue_depth_by_priority": {},
+        "in_flight": 2,
+        "queue_depth": 0,
+        "retries": 3,
+    }
     data = {
         "server": "gpufleet-router",
         "policy": "prefix",
         "state": "ready",
         "uptime_s": 125.537,
-        "totals": {
-            "requests": 1234,
-            "responses": {"2xx": 1230, "5xx": 4},
-            "in_flight": 2,
-            "queue_depth": 0,
-            "retries": 3,
-        },
+        "workers": [],
+        "pools": {},
+        "routes": [],
+        "totals": totals,
     }
-    assert router_line(data) == (
+    assert router_line(msgspec.convert(data, wire.RouterStats)) == (
         "router ready · policy prefix · up 2m05s · 1,234 requests (2xx 1,230, 5xx 4)"
         " · 2 in flight · 0 queued · 3 retries"
     )

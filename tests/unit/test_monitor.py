@@ -7,20 +7,21 @@ from dataclasses import replace
 
 from rich.console import Console
 
+from gpufleet import wire
 from gpufleet.operate.fleetview import FleetView, WorkerView
 from gpufleet.operate.monitor import MonitorState, render, row_cells, where
 
-GPU = {
-    "index": 3,
-    "name": "NVIDIA H100 80GB HBM3",
-    "utilization_pct": 87,
-    "memory_used_mb": 40960.0,
-    "memory_total_mb": 81920.0,
-}
+GPU = wire.GpuReading(
+    index=3,
+    name="NVIDIA H100 80GB HBM3",
+    utilization_pct=87,
+    memory_used_mb=40960.0,
+    memory_total_mb=81920.0,
+)
 
 
 def view(*workers: WorkerView, at: float = 0.0) -> FleetView:
-    return FleetView("http://router", True, workers, {"policy": "capacity"}, at, {})
+    return FleetView("http://router", workers, at)
 
 
 def text(cells: Sequence[object]) -> list[str]:
@@ -33,7 +34,7 @@ def test_a_gpu_worker_shows_utilisation_and_memory() -> None:
     assert cells[0] == "w0"
     assert cells[7] == "12.5"
     assert cells[-2:] == ["87", "40.0/80 GiB"]
-    cpu = text(row_cells(replace(w, gpu={}), None, 0))
+    cpu = text(row_cells(replace(w, gpu=None), None, 0))
     assert cpu[-2:] == ["-", "-"]
     assert cpu[7] == "-"
 

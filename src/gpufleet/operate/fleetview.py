@@ -1,9 +1,10 @@
 """One snapshot of a fleet, read from a router's or a worker's ``/stats``.
 
-A router answers with a ``workers`` list; a worker answers with ``wire.WorkerStats``.
-With ``deep=True`` each upstream's own /stats is read as well (batch size, queue, GPU),
-which only a gpufleet worker answers: other upstreams (vLLM, TGI, …) keep what the router
-knows of them.
+A router answers ``wire.RouterStats`` (its ``workers`` are ``wire.UpstreamView``s); a
+worker answers ``wire.WorkerStats``. Each is decoded once, into its type. With
+``deep=True`` each upstream's own /stats is read as well (batch size, queue, GPU), which
+only a gpufleet worker answers: upstreams the router knows as inference engines (vLLM,
+SGLang) keep what the router knows of them.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
 
+import msgspec
+
+from gpufleet import wire
 from gpufleet.errors import RequestFailed
-from gpufleet.wire import WORKER_SERVER_NAME
 from gpufleet.wire.http import PeerClient
 
 
@@ -40,10 +42,9 @@ class WorkerView:
     max_batch_size: int | None = None
     device: str | None = None
     pid: int | None = None
-    restarts: int | None = None
     model: str | None = None
     kind: str | None = None
-    gpu: dict[str, Any] = field(default_factory=dict)
+    gpu: wire.GpuReading | None = None
     #: Where the fleet says it runs (router ``labels``: ``placement``, ``node``, ``device``…).
     labels: dict[str, str] = field(default_factory=dict)
     recent_errors: tuple[str, ...] = ()
@@ -61,11 +62,15 @@ class FleetView:
     """A router's (or a single worker's) view of its workers at ``taken_at``."""
 
     url: str
-    is_router: bool
     workers: tuple[WorkerView, ...]
-    totals: dict[str, Any]
     taken_at: float
-    raw: dict[str, Any]
+    #: The router's own /stats (None when ``url`` is a single worker).
+    router: wire.RouterStats | None = None
+
+    @property
+    def is_router(self) -> bool:
+        """True when ``url`` is a router (its workers are its upstreams)."""
+        return self.router is not None
 
     @property
     def kind(self) -> str | None:
@@ -82,72 +87,65 @@ class FleetView:
         return {w.id: w for w in self.workers}
 
 
-def _num(data: dict[str, Any], key: str) -> Any:
-    value = data.get(key)
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+class _Server(msgspec.Struct):
+    """Only the ``server`` field, which says whose /stats an answer is."""
+
+    server: str = ""
 
 
-def _recent_errors(data: dict[str, Any]) -> tuple[str, ...]:
-    items = data.get("recent_errors") or data.get("last_errors") or []
-    out: list[str] = []
-    if isinstance(items, list):
-        for item in items[-20:]:
-            if isinstance(item, dict):
-                parts = [str(item.get(k)) for k in ("time", "error", "message") if item.get(k)]
-                out.append(" ".join(parts))
-            else:
-                out.append(str(item))
-    last = data.get("last_error")
-    if last and not out:
-        out.append(str(last))
-    return tuple(out)
+def _recent_errors(stats: wire.WorkerStats) -> tuple[str, ...]:
+    return tuple(f"{e.time} {e.error} {e.message}" for e in stats.recent_errors[-20:])
 
 
-def _merge(view: WorkerView, data: dict[str, Any]) -> WorkerView:
-    """Fill a view with the fields a source reports (later sources win where they report)."""
-    raw_lat = data.get("latency_ms")
-    lat: dict[str, Any] = raw_lat if isinstance(raw_lat, dict) else {}
-    changes: dict[str, Any] = {}
-    for name in (
-        "in_flight", "queue_depth", "served", "errors", "ejections", "rate", "weight",
-        "batches", "avg_batch_size", "max_batch_size", "pid", "restarts",
-    ):  # fmt: skip
-        if (value := _num(data, name)) is not None:
-            changes[name] = value
-    for name in ("pool", "state", "device", "model", "kind"):
-        if isinstance(data.get(name), str):
-            changes[name] = data[name]
-    if isinstance(data.get("items"), int):
-        changes["items"] = data["items"]
-    if (p50 := _num(lat, "p50")) is not None:
-        changes["p50_ms"] = p50
-    if (p99 := _num(lat, "p99")) is not None:
-        changes["p99_ms"] = p99
-    if isinstance(data.get("gpu"), dict):
-        changes["gpu"] = dict(data["gpu"])
-    if isinstance(data.get("labels"), dict):
-        changes["labels"] = {str(k): str(v) for k, v in data["labels"].items()}
-    if errors := _recent_errors(data):
-        changes["recent_errors"] = errors
-    tokens = data.get("tokens")
-    if isinstance(tokens, dict):
-        if (completion := _num(tokens, "completion")) is not None:
-            changes["completion_tokens"] = int(completion)
-        ttft = tokens.get("ttft_ms")
-        if isinstance(ttft, dict) and (ttft_p50 := _num(ttft, "p50")) is not None:
-            changes["ttft_p50_ms"] = ttft_p50
-    return replace(view, **changes)
+def _from_upstream(up: wire.UpstreamView) -> WorkerView:
+    """What the router knows of one upstream."""
+    tokens = up.tokens
+    return WorkerView(
+        id=up.id,
+        url=up.url,
+        pool=up.pool,
+        state=up.state,
+        in_flight=up.in_flight,
+        served=up.served,
+        errors=up.errors,
+        ejections=up.ejections,
+        p50_ms=up.latency_ms.p50,
+        p99_ms=up.latency_ms.p99,
+        rate=up.rate,
+        weight=up.weight,
+        labels=dict(up.labels),
+        completion_tokens=None if tokens is None else tokens.completion,
+        ttft_p50_ms=None if tokens is None else tokens.ttft_ms.p50,
+    )
 
 
-def _items(data: dict[str, Any]) -> int | None:
-    """Items the worker put through predict (requests can carry several inputs)."""
-    value = _num(data, "batched_items")
-    value = _num(data, "served") if value is None else value
-    return None if value is None else int(value)
-
-
-def _worker_from_stats(url: str, data: dict[str, Any]) -> WorkerView:
-    return _merge(WorkerView(id=str(data.get("id") or url), url=url), data)
+def _from_worker(view: WorkerView, stats: wire.WorkerStats, *, own_counts: bool) -> WorkerView:
+    """``view`` with what a worker's own /stats adds (with ``own_counts``, its counts too)."""
+    view = replace(
+        view,
+        queue_depth=stats.queue_depth,
+        batches=stats.batches,
+        avg_batch_size=stats.avg_batch_size,
+        max_batch_size=stats.max_batch_size,
+        device=stats.device,
+        pid=stats.pid,
+        model=stats.model,
+        kind=stats.kind,
+        gpu=stats.gpu,
+        recent_errors=_recent_errors(stats),
+        items=stats.served,
+    )
+    if not own_counts:  # behind a router, the router's counts are the ones routed
+        return view
+    return replace(
+        view,
+        state=stats.state,
+        in_flight=stats.in_flight,
+        served=stats.served,
+        errors=stats.errors,
+        p50_ms=stats.latency_ms.p50,
+        p99_ms=stats.latency_ms.p99,
+    )
 
 
 async def read_fleet(
@@ -156,51 +154,41 @@ async def read_fleet(
     """Read ``url``'s /stats (and with ``deep``, every upstream's own /stats).
 
     Raises:
-        RequestFailed: ``url`` itself did not answer its /stats with JSON.
+        RequestFailed: ``url`` itself did not answer its /stats with a gpufleet router's
+            or worker's.
     """
     base = url.rstrip("/")
-    data = await http.get(base + "/stats", timeout_s=timeout_s)
-    if not isinstance(data, dict):
-        raise RequestFailed(f"{base}/stats did not answer a JSON object")
+    answer = await http.request("GET", base + "/stats", timeout_s=timeout_s)
+    if not answer.is_ok:
+        raise answer.failure()
     taken_at = time.monotonic()
-    if not isinstance(data.get("workers"), list):
-        if data.get("server") != WORKER_SERVER_NAME and "served" not in data:
-            raise RequestFailed(f"{base}/stats is neither a gpufleet router's nor a worker's")
-        view = _worker_from_stats(base, data)
-        view = replace(view, items=_items(data))
-        return FleetView(base, False, (view,), {}, taken_at, data)
-    views = [
-        _merge(WorkerView(id=str(w.get("id") or w.get("url")), url=str(w.get("url", ""))), w)
-        for w in data["workers"]
-        if isinstance(w, dict)
-    ]
+    server = answer.decode(_Server).server
+    if server == wire.WORKER_SERVER_NAME:
+        stats = answer.decode(wire.WorkerStats)
+        view = _from_worker(WorkerView(id=base, url=base), stats, own_counts=True)
+        return FleetView(base, (view,), taken_at)
+    if server != wire.ROUTER_SERVER_NAME:
+        raise RequestFailed(f"{base}/stats is neither a gpufleet router's nor a worker's")
+    router = answer.decode(wire.RouterStats)
+    views = [_from_upstream(up) for up in router.workers]
     if deep:
-        views = list(await asyncio.gather(*(_deepen(http, v, timeout_s) for v in views)))
-    totals = {k: v for k, v in data.items() if k != "workers"}
-    return FleetView(base, True, tuple(views), totals, taken_at, data)
+        # An upstream the router knows as an inference engine has no gpufleet /stats.
+        engines = {up.id for up in router.workers if up.engine}
+        reads = (_deepen(http, v, timeout_s, is_engine=v.id in engines) for v in views)
+        views = list(await asyncio.gather(*reads))
+    return FleetView(base, tuple(views), taken_at, router)
 
 
-async def _deepen(http: PeerClient, view: WorkerView, timeout_s: float) -> WorkerView:
-    if not view.url.startswith(("http://", "https://")):
+async def _deepen(
+    http: PeerClient, view: WorkerView, timeout_s: float, *, is_engine: bool
+) -> WorkerView:
+    if is_engine or not view.url.startswith(("http://", "https://")):
         return view
     try:
-        data = await http.get(view.url.rstrip("/") + "/stats", timeout_s=timeout_s)
+        stats = await http.get(view.url + "/stats", into=wire.WorkerStats, timeout_s=timeout_s)
     except RequestFailed as exc:
         return replace(view, stats_error=exc.message)
-    if not isinstance(data, dict) or data.get("server") != WORKER_SERVER_NAME:
-        return view
-    # The router's counts are the ones that matter for routing; keep them where it has them.
-    kept = {"state", "in_flight", "served", "errors"}
-    if view.p50_ms is not None:
-        kept.add("latency_ms")
-    own = {k: v for k, v in data.items() if k not in kept}
-    if view.state == "unknown" and isinstance(data.get("state"), str):
-        own["state"] = data["state"]
-    own["items"] = _items(data)
-    for key in ("in_flight", "served", "errors"):
-        if getattr(view, key) is None and key in data:
-            own[key] = data[key]
-    return _merge(view, own)
+    return _from_worker(view, stats, own_counts=False)
 
 
 def rates(before: FleetView | None, after: FleetView, field: str = "served") -> dict[str, float]:

@@ -16,40 +16,34 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from rich.console import Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from gpufleet import wire
 from gpufleet.config.operate import MonitorConfig
 from gpufleet.errors import RequestFailed
 from gpufleet.operate.fleetview import FleetView, WorkerView, rates, read_fleet
 from gpufleet.wire.http import PeerClient
 
-GOOD_STATES = {"healthy", "ready", "up", "active"}
+#: An upstream the router sends to, or a lone worker that serves.
+GOOD_STATES = frozenset({wire.UpstreamState.READY, wire.WorkerState.READY})
 
 
-def gpu_util(gpu: dict[str, Any]) -> float | None:
-    """GPU utilisation in percent from a worker's ``gpu`` stats (None: not reported)."""
-    for key in ("utilization_pct", "util_pct", "utilization", "util", "gpu_util"):
-        if isinstance(gpu.get(key), (int, float)):
-            return float(gpu[key])
-    return None
+def gpu_util(gpu: wire.GpuReading | None) -> float | None:
+    """GPU utilisation in percent from a worker's ``gpu`` reading (None: not reported)."""
+    if gpu is None or gpu.utilization_pct is None:
+        return None
+    return float(gpu.utilization_pct)
 
 
-def gpu_memory(gpu: dict[str, Any]) -> tuple[float, float] | None:
-    """(used, total) GPU memory in MiB from a worker's ``gpu`` stats."""
-    pairs = (
-        ("memory_used_mb", "memory_total_mb"),
-        ("mem_used_mb", "mem_total_mb"),
-        ("memory_used_mib", "memory_total_mib"),
-    )
-    for used, total in pairs:
-        if isinstance(gpu.get(used), (int, float)) and isinstance(gpu.get(total), (int, float)):
-            return float(gpu[used]), float(gpu[total])
-    return None
+def gpu_memory(gpu: wire.GpuReading | None) -> tuple[float, float] | None:
+    """(used, total) GPU memory in MiB from a worker's ``gpu`` reading."""
+    if gpu is None or gpu.memory_used_mb is None or gpu.memory_total_mb is None:
+        return None
+    return gpu.memory_used_mb, gpu.memory_total_mb
 
 
 @dataclass
@@ -98,8 +92,9 @@ def _n(value: float | None, fmt: str = "{:,.0f}") -> str:
 
 
 def _state(state: str, fleet_state: str | None = None) -> Text:
-    style = "green" if state in GOOD_STATES else "yellow" if state == "draining" else "red"
-    if fleet_state and fleet_state != "ready" and state not in GOOD_STATES:
+    draining = state == wire.UpstreamState.DRAINING
+    style = "green" if state in GOOD_STATES else "yellow" if draining else "red"
+    if fleet_state and fleet_state != wire.MemberState.READY and state not in GOOD_STATES:
         state = f"{state} ({fleet_state})"  # why the fleet took it out: backoff, crash-looping
     return Text(state, style=style)
 
@@ -146,7 +141,7 @@ def row_cells(w: WorkerView, rps: float | None, seen_restarts: int) -> list[str 
     mem = gpu_memory(w.gpu)
     restarts = fleet_restarts(w)
     if restarts is None:
-        restarts = (w.restarts or 0) if w.restarts is not None else seen_restarts
+        restarts = seen_restarts
     name = short_id(w)
     return [
         name,
@@ -166,31 +161,25 @@ def row_cells(w: WorkerView, rps: float | None, seen_restarts: int) -> list[str 
     ]
 
 
-def _uptime(seconds: Any) -> str:
-    if not isinstance(seconds, (int, float)):
-        return "-"
+def _uptime(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def _mapping(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def router_line(data: dict[str, Any]) -> str:
+def router_line(stats: wire.RouterStats) -> str:
     """The router's own state in words: ``router ready · policy prefix · up 2m05s · …``."""
-    totals = _mapping(data.get("totals"))
-    parts = [f"router {data.get('state', '?')}", f"policy {data.get('policy', '?')}"]
-    parts.append(f"up {_uptime(data.get('uptime_s'))}")
-    if isinstance(totals.get("requests"), int):
-        answers = _mapping(totals.get("responses"))
-        classes = ", ".join(f"{k} {_n(v)}" for k, v in answers.items() if v)
-        parts.append(f"{_n(totals['requests'])} requests" + (f" ({classes})" if classes else ""))
-    labels = {"in_flight": "in flight", "queue_depth": "queued", "retries": "retries"}
-    for key, label in labels.items():
-        if isinstance(totals.get(key), int):
-            parts.append(f"{_n(totals[key])} {label}")
+    totals = stats.totals
+    classes = ", ".join(f"{k} {_n(v)}" for k, v in totals.responses.items() if v)
+    parts = [
+        f"router {stats.state}",
+        f"policy {stats.policy}",
+        f"up {_uptime(stats.uptime_s)}",
+        f"{_n(totals.requests)} requests" + (f" ({classes})" if classes else ""),
+        f"{_n(totals.in_flight)} in flight",
+        f"{_n(totals.queue_depth)} queued",
+        f"{_n(totals.retries)} retries",
+    ]
     return " · ".join(parts)
 
 
@@ -199,8 +188,8 @@ def render(
 ) -> RenderableType:
     """The table, the router's totals, and with ``errors`` the recent errors per worker."""
     parts: list[RenderableType] = [worker_table(view, rps, state)]
-    if view.is_router:
-        parts.append(Text(router_line(view.totals), style="dim"))
+    if view.router is not None:
+        parts.append(Text(router_line(view.router), style="dim"))
     if errors:
         for w in view.workers:
             lines = list(w.recent_errors) + list(state.events.get(w.id, ()))
