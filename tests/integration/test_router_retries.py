@@ -204,6 +204,7 @@ async def test_a_stream_cut_by_a_dying_worker_ends_with_an_error_event() -> None
         assert len(events) > 2
         assert events[-1].startswith(b"event: error\ndata: "), events[-1]
         assert b"upstream_error" in events[-1]
+        assert b'"code": "UpstreamError"' in events[-1]  # an ErrorCode, not a class name
         stats = await get_json(router.url + "/stats")
         assert stats["totals"]["broken_answers"] == 1
         log = router.log_path.read_text()

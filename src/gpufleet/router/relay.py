@@ -15,9 +15,10 @@ from typing import Final
 from aiohttp import web
 from multidict import istr
 
+from gpufleet.errors import ErrorCode
 from gpufleet.router.http1 import Response
 from gpufleet.router.tokens import TokenCounts
-from gpufleet.router.watch import AttemptWatch, ClientStalled
+from gpufleet.router.watch import AttemptWatch, ClientStalled, DeadlinePassed
 
 _CT: Final = istr("Content-Type")
 #: Bytes of an LLM stream's end kept to find its ``usage``.
@@ -83,7 +84,7 @@ async def end_broken(
                 "error": {
                     "message": f"the answer from upstream {upstream_id} broke: {exc}",
                     "type": "upstream_error",
-                    "code": type(exc).__name__.strip("_"),
+                    "code": _broken_code(exc),
                 }
             }
         )
@@ -92,3 +93,10 @@ async def end_broken(
             await stream.write_eof()
             return
     transport.abort()
+
+
+def _broken_code(exc: Exception) -> ErrorCode:
+    """The code of an answer cut after it began: the deadline, or the upstream's fault."""
+    return (
+        ErrorCode.UPSTREAM_TIMEOUT if isinstance(exc, DeadlinePassed) else ErrorCode.UPSTREAM_ERROR
+    )
