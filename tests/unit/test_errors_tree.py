@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +117,26 @@ def test_classes_kept_where_they_were_are_the_tree_s() -> None:
 
     assert DiscoveryUnavailable is errors.DiscoveryUnavailable
     assert issubclass(Lost, errors.UpstreamError)
+
+
+def test_no_error_code_is_spelled_as_a_string_literal_in_the_package() -> None:
+    # A code compared as a literal would silently drift from the enum (issue 15).
+    package = Path(errors.__file__).parent
+    codes = {code.value for code in ErrorCode}
+    found = []
+    for path in package.rglob("*.py"):
+        if path == Path(errors.__file__):
+            continue
+        tree = ast.parse(path.read_text())
+        exported: set[int] = set()  # string nodes inside __all__ = [...] name classes, fine
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+            ):
+                exported |= {id(n) for n in ast.walk(node.value)}
+        found += [
+            f"{path.relative_to(package)}:{node.lineno} {node.value!r}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and node.value in codes and id(node) not in exported
+        ]
+    assert found == []

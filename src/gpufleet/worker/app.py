@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
@@ -53,9 +54,17 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def json_response(
     data: object, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
-    """A JSON answer: a wire type or plain data (compact: embeddings are long float lists)."""
+    """A JSON answer: a wire type or plain data (compact: embeddings are long float lists).
+
+    Plain data (a model's outputs) goes through ``json`` as it always did: a NaN stays
+    ``NaN``, as Python clients read it, where msgspec would write ``null``.
+    """
+    if isinstance(data, msgspec.Struct):
+        body = wire.encode(data)
+    else:
+        body = json.dumps(data, separators=(",", ":")).encode()
     return web.Response(
-        body=wire.encode(data),
+        body=body,
         status=status,
         content_type=wire.JSON_CONTENT_TYPE,
         headers=headers,
