@@ -75,6 +75,17 @@ class Option:
         return self.names[0].split("/")[0]
 
 
+#: Each settings class's field types, resolved once (the CLI builds its options at start).
+_HINTS: dict[type[Any], dict[str, Any]] = {}
+
+
+def _hints(cls: type[Any]) -> dict[str, Any]:
+    """``cls``'s field types (``typing.get_type_hints``, kept)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
 def _strip_optional(tp: Any) -> Any:
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -176,7 +187,7 @@ def _cli_type(kind: str, tp: Any) -> Any:
 
 def options_of(cls: type[Any], only: Iterable[str] | None = None) -> dict[str, Option]:
     """The options of ``cls``'s flagged fields (``only`` these, in their order), by field."""
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     names = list(fields) if only is None else list(only)
     out: dict[str, Option] = {}
@@ -197,7 +208,7 @@ def options_of(cls: type[Any], only: Iterable[str] | None = None) -> dict[str, O
 
 
 def _parameters(cls: type[Any], options: Mapping[str, Option]) -> list[inspect.Parameter]:
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     params = []
     for name, option in options.items():
