@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from gpufleet.config.worker import BatchConfig
 from gpufleet.errors import TooManyInputs, WorkerOverloaded
 from gpufleet.worker.batcher import Batcher, Item
+from tests.unit._virtual_time import on_virtual_time
 
 
 class FakeClock:
@@ -194,13 +195,15 @@ def test_lowered_max_batch_size_applies_to_the_next_batch() -> None:
     assert sizes == [3, 3, 2]
 
 
+@on_virtual_time  # the wait is exact, and takes no wall time
 async def test_next_batch_waits_for_max_wait_then_returns_a_partial_batch() -> None:
-    b = Batcher(BatchConfig(max_batch_size=4, max_wait_ms=30, max_queue=10))
-    started = time.monotonic()
+    loop = asyncio.get_running_loop()
+    b = Batcher(BatchConfig(max_batch_size=4, max_wait_ms=30, max_queue=10), clock=loop.time)
+    started = loop.time()
     b.put([Item("a", started)])
     batch = await asyncio.wait_for(b.next_batch(), 2)
     assert [i.payload for i in batch] == ["a"]
-    assert time.monotonic() - started >= 0.029
+    assert loop.time() - started == pytest.approx(0.030, abs=1e-6)
 
 
 async def test_next_batch_wakes_when_the_batch_fills() -> None:

@@ -1,11 +1,15 @@
-"""Dispatch rules of ``Client`` over an in-memory transport: retries, cool-down, bounds."""
+"""Dispatch rules of ``Client`` over an in-memory transport: retries, cool-down, bounds.
+
+The tests run on virtual time (``_virtual_time.VirtualTimeLoop``): sleeps and timeouts
+take no wall time, and the dispatcher reads the loop's clock, so the bounds below are
+exact, not wall-clock guesses.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
 
 import pytest
@@ -13,8 +17,14 @@ import pytest
 from gpufleet.client import Client, Item
 from gpufleet.client._transport import MemoryTransport, Reply, json_reply
 from gpufleet.errors import ClientClosed, ClientError, ConfigError, JobFailed
+from tests.unit._virtual_time import on_virtual_time
 
 A, B = "http://a", "http://b"
+
+
+def _now() -> float:
+    """The loop's (virtual) time."""
+    return asyncio.get_running_loop().time()
 
 
 class FakeServer:
@@ -36,7 +46,7 @@ class FakeServer:
         if path == "/stats":
             return json_reply(404, {})
         self.bodies.append(body)
-        self.times.append(time.monotonic())
+        self.times.append(_now())
         await asyncio.sleep(self.delay)
         if isinstance(body, dict) and str(body.get("input")) in self.fail_on:
             return self.fail_on[str(body["input"])]
@@ -50,6 +60,7 @@ def fast(**settings: Any) -> dict[str, Any]:
     return {**base, **settings}
 
 
+@on_virtual_time
 async def test_seeds_and_order() -> None:
     a = FakeServer()
     client = Client(A, transport=MemoryTransport({A: a}), seed=10)
@@ -62,6 +73,7 @@ async def test_seeds_and_order() -> None:
     assert all(r.ok and r.attempts == 1 and r.endpoint == A for r in results)
 
 
+@on_virtual_time
 async def test_retryable_failure_goes_to_another_endpoint() -> None:
     a, b = FakeServer(), FakeServer()
     a.fail_with = [json_reply(500, {"error": "ModelError", "message": "boom"})]
@@ -72,6 +84,7 @@ async def test_retryable_failure_goes_to_another_endpoint() -> None:
     assert result.tried[0] != result.tried[1]
 
 
+@on_virtual_time
 async def test_4xx_is_final_with_its_reason() -> None:
     a = FakeServer()
     a.fail_with = [json_reply(422, {"error": "Unprocessable", "message": "bad field"})]
@@ -84,6 +97,7 @@ async def test_4xx_is_final_with_its_reason() -> None:
     assert len(a.bodies) == 1
 
 
+@on_virtual_time
 async def test_max_attempts_then_failed_and_the_rest_still_done() -> None:
     a = FakeServer()
     boom = json_reply(500, {"error": "ModelError", "message": "boom"})
@@ -97,6 +111,7 @@ async def test_max_attempts_then_failed_and_the_rest_still_done() -> None:
     assert sum(r.ok for r in results) == 2
 
 
+@on_virtual_time
 async def test_dead_endpoint_is_cooled_down_and_reprobed() -> None:
     a = FakeServer()
     transport = MemoryTransport({A: a})  # B refuses connections
@@ -113,6 +128,7 @@ async def test_dead_endpoint_is_cooled_down_and_reprobed() -> None:
     assert ep_b.served == 0
 
 
+@on_virtual_time
 async def test_recovered_endpoint_takes_items_again() -> None:
     a, b = FakeServer(delay=0.02), FakeServer(delay=0.02)
     down = json_reply(502, {"error": "gone"})
@@ -125,6 +141,7 @@ async def test_recovered_endpoint_takes_items_again() -> None:
     assert b.probes >= 1
 
 
+@on_virtual_time
 async def test_retry_after_pauses_the_endpoint() -> None:
     a = FakeServer()
     busy = json_reply(503, {"error": "WorkerOverloaded", "retry_after_s": 0.3})
@@ -137,6 +154,7 @@ async def test_retry_after_pauses_the_endpoint() -> None:
     assert a.probes == 0
 
 
+@on_virtual_time
 async def test_all_endpoints_down_ends_within_the_bound() -> None:
     client = Client(
         [A, B],
@@ -146,19 +164,20 @@ async def test_all_endpoints_down_ends_within_the_bound() -> None:
         max_attempts=100,
         **fast(),
     )
-    start = time.monotonic()
+    start = _now()
     results = await client.run(range(5))
-    assert time.monotonic() - start < 3
+    assert 0.29 < _now() - start < 0.4  # --unavailable-timeout, on the loop's clock
     assert all(r.status == "failed" for r in results)
     assert any("no endpoint reachable" in (r.error or "") for r in results)
 
 
+@on_virtual_time
 async def test_max_attempts_bounds_an_item_against_silent_endpoints() -> None:
     # Nothing listens: every failed probe, while no endpoint is up, is a try for each item.
     client = Client([A, B], transport=MemoryTransport({}), max_attempts=3, **fast())
-    start = time.monotonic()
+    start = _now()
     results = await client.run(range(3))
-    assert time.monotonic() - start < 3
+    assert _now() - start < 0.5  # three probes at the cool-downs' pace
     assert [r.attempts for r in results] == [3, 3, 3]
     for r in results:
         assert r.error is not None
@@ -167,15 +186,17 @@ async def test_max_attempts_bounds_an_item_against_silent_endpoints() -> None:
         assert set(r.tried) == {A, B}
 
 
+@on_virtual_time
 async def test_deadline_bounds_the_job() -> None:
     a = FakeServer(delay=5)
     client = Client(A, transport=MemoryTransport({A: a}), deadline=0.3, **fast())
-    start = time.monotonic()
+    start = _now()
     results = await client.run(range(4))
-    assert time.monotonic() - start < 3
+    assert 0.29 < _now() - start < 0.4  # the deadline, not the endpoint's 5 s
     assert all(r.status == "failed" for r in results)
 
 
+@on_virtual_time
 async def test_round_robin_assigns_item_i_to_endpoint_i_mod_n() -> None:
     a, b = FakeServer(), FakeServer()
     client = Client([A, B], transport=MemoryTransport({A: a, B: b}), dispatch="round-robin")
@@ -183,6 +204,7 @@ async def test_round_robin_assigns_item_i_to_endpoint_i_mod_n() -> None:
     assert [r.endpoint for r in results] == [A, B, A, B, A, B]
 
 
+@on_virtual_time
 async def test_pull_gives_a_slow_endpoint_less() -> None:
     a, b = FakeServer(delay=0.005), FakeServer(delay=0.05)
     client = Client([A, B], transport=MemoryTransport({A: a, B: b}))
@@ -208,6 +230,7 @@ def test_bad_settings() -> None:
         Client(A, no_such_setting=1)
 
 
+@on_virtual_time
 async def test_predict_and_closed_client() -> None:
     a = FakeServer()
     a.fail_with = [json_reply(400, {"error": "BadRequest", "message": "nope"})]
@@ -230,12 +253,14 @@ def test_sync_wrappers() -> None:
     assert client.predict_sync("z") == {"input": "z", "seed": 0}
 
 
+@on_virtual_time
 async def test_sync_wrapper_inside_a_loop_says_what_to_do() -> None:
     client = Client(A, transport=MemoryTransport({}))
     with pytest.raises(ClientError, match="await"):
         client.run_sync(["x"])
 
 
+@on_virtual_time
 async def test_breaking_out_of_stream_leaves_no_tasks() -> None:
     a = FakeServer(delay=0.01)
     client = Client(A, transport=MemoryTransport({A: a}))
@@ -247,12 +272,13 @@ async def test_breaking_out_of_stream_leaves_no_tasks() -> None:
     assert len(asyncio.all_tasks()) == before
 
 
+@on_virtual_time
 async def test_a_straggler_declines_what_the_fast_endpoint_finishes_sooner() -> None:
     a, b = FakeServer(delay=0.01), FakeServer(delay=0.5)
     client = Client([A, B], transport=MemoryTransport({A: a, B: b}), per_endpoint_concurrency=1)
-    start = time.monotonic()
+    start = _now()
     results = await client.run(range(60))
-    wall = time.monotonic() - start
+    wall = _now() - start
     assert all(r.ok for r in results)
     # B's first answer (at 0.5 s) shows it is 50 times slower; A finishes the rest by
     # about 0.65 s, so B takes nothing more (taking one would end the job at 1 s), where
@@ -261,6 +287,7 @@ async def test_a_straggler_declines_what_the_fast_endpoint_finishes_sooner() -> 
     assert wall < 0.9
 
 
+@on_virtual_time
 async def test_an_item_that_is_not_json_fails_alone() -> None:
     a = FakeServer()
     client = Client(A, transport=MemoryTransport({A: a}))
@@ -270,6 +297,7 @@ async def test_an_item_that_is_not_json_fails_alone() -> None:
     assert results[1].attempts == 1
 
 
+@on_virtual_time
 async def test_concurrent_calls_share_the_endpoint_slots() -> None:
     in_flight, peak = 0, 0
 
@@ -291,6 +319,7 @@ async def test_concurrent_calls_share_the_endpoint_slots() -> None:
     assert peak == 2
 
 
+@on_virtual_time
 async def test_a_router_with_no_ready_worker_is_waited_for_not_failed() -> None:
     a = FakeServer()
     none_ready = json_reply(503, {"error": "NoHealthyBackend", "retry_after_s": 1.0})

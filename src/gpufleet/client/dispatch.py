@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -31,6 +30,10 @@ from gpufleet.config.client import ClientConfig
 from gpufleet.errors import RequestFailed
 
 log = logging.getLogger("gpufleet.client")
+
+#: The shortest wait: one computed as a float difference (0.15000000000000002 - 0.15)
+#: must not come back before the clock moved, forever, on a clock that moves in steps.
+_MIN_WAIT_S = 1e-6
 
 #: Sends one item to one endpoint within a timeout.
 Attempt = Callable[[Endpoint, Item, float], Awaitable[Answer]]
@@ -57,7 +60,8 @@ class Dispatcher:
     """Runs one job's items over ``endpoints``, each free slot pulling the next; single use.
 
     ``cond`` is shared by concurrent jobs over the same ``Endpoint`` objects; ``fresh``
-    says that no other job is running, so per-job endpoint state may be reset.
+    says that no other job is running, so per-job endpoint state may be reset. Made in a
+    running loop, whose ``time`` is the clock unless one is given.
     """
 
     def __init__(
@@ -67,7 +71,7 @@ class Dispatcher:
         attempt: Attempt,
         probe: Probe,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
         rng: random.Random | None = None,
         cond: asyncio.Condition | None = None,
         fresh: bool = True,
@@ -76,7 +80,9 @@ class Dispatcher:
         self._cfg = cfg
         self._attempt = attempt
         self._probe = probe
-        self._clock = clock
+        # The loop's clock by default (monotonic, as the timeouts here): a test's virtual
+        # loop time (looptime) moves it too.
+        self._clock = clock or asyncio.get_running_loop().time
         self._rng = rng or random.Random()
         # Shared by every job of one Client, so that the endpoints' slots are shared too:
         # a completion in one job wakes the slots of the others.
@@ -130,6 +136,8 @@ class Dispatcher:
             self._results.put_nowait(exc)
 
     async def _wait(self, wait_s: float | None) -> None:
+        if wait_s is not None:
+            wait_s = max(wait_s, _MIN_WAIT_S)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait_s):
                 await self._cond.wait()
@@ -360,10 +368,13 @@ class Dispatcher:
                         f"no endpoint reachable for {self._cfg.unavailable_timeout:g}s"
                         f" (--unavailable-timeout): {last}"
                     )
+                # Only times still ahead: once one passed and failed what was pending, the
+                # items in flight end by their own timeouts (a wait of 0 would spin).
                 wakes = [self._deadline - now] if self._deadline is not None else []
                 if self._down_since is not None:
                     wakes.append(self._down_since + self._cfg.unavailable_timeout - now)
-                await self._wait(max(0.0, min(wakes)) if wakes else None)
+                ahead = [w for w in wakes if w > 0]
+                await self._wait(min(ahead) if ahead else None)
 
     def _fail_pending(self, reason: str) -> None:
         now = self._clock()
