@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gpufleet.config.fleet import FleetConfig
-from gpufleet.fleet.keeper import Fleet, Keeper, Prober
+from gpufleet.fleet.keeper import Changes, Fleet, Keeper, Prober
 from gpufleet.fleet.member import InvalidTransition, Member, RestartPolicy
 from gpufleet.fleet.process import ChildSpec
 from gpufleet.fleet.roles import RouterLaunch, RouterRole, WorkerRole
@@ -261,3 +261,18 @@ async def test_a_child_that_keeps_exiting_is_restarted_until_crash_looping(
     assert m.last_error == "exit 3 while starting"
     assert m.outcome == MemberOutcome.EXITED
     assert told == ["exit 3 while starting"]  # said once, for its first failure
+
+
+async def test_changes_wake_every_reader_once_per_look() -> None:
+    changes = Changes()
+    assert await changes.wait(-1) == 0  # a reader that has seen nothing goes at once
+    first_reader = asyncio.ensure_future(changes.wait(0))
+    second_reader = asyncio.ensure_future(changes.wait(0))
+    await asyncio.sleep(0)
+    assert not first_reader.done()
+    changes.touch()
+    changes.touch()  # two changes before anyone looked: one wake-up, the latest count
+    async with asyncio.timeout(1):
+        assert await first_reader == 2
+        assert await second_reader == 2
+    assert await changes.wait(1) == 2  # a reader behind goes at once

@@ -65,6 +65,32 @@ async def first(*aws: Awaitable[Any], within: float | None = None) -> None:
         await asyncio.gather(*mine, return_exceptions=True)
 
 
+class Changes:
+    """A count of changes that several readers follow, each at its own pace.
+
+    ``touch`` is a plain call (a keeper's transition, the supervisor's phase); a reader
+    keeps the count it has dealt with and ``wait(seen)`` returns once the count is past
+    it. One object instead of an event per reader, each set by every change and cleared
+    by its reader.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._moved = asyncio.Event()
+
+    def touch(self) -> None:
+        """Something a reader may care about changed."""
+        self.count += 1
+        self._moved.set()
+        self._moved = asyncio.Event()
+
+    async def wait(self, seen: int) -> int:
+        """Wait until the count is past ``seen``; the count then."""
+        while self.count == seen:
+            await self._moved.wait()
+        return self.count
+
+
 class Prober:
     """``GET`` a child's readiness path within a budget (a session the supervisor owns)."""
 
@@ -277,4 +303,4 @@ class Keeper:
         self._changed()
 
 
-__all__ = ["Fleet", "Keeper", "Prober", "describe_exit", "first"]
+__all__ = ["Changes", "Fleet", "Keeper", "Prober", "describe_exit", "first"]

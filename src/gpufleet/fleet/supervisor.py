@@ -25,7 +25,7 @@ import aiohttp
 from gpufleet.config.fleet import FleetConfig
 from gpufleet.errors import AdminError
 from gpufleet.fleet.admin import Membership, PoolSync
-from gpufleet.fleet.keeper import Fleet, Keeper, Prober, describe_exit, first
+from gpufleet.fleet.keeper import Changes, Fleet, Keeper, Prober, describe_exit, first
 from gpufleet.fleet.launcher import Launcher
 from gpufleet.fleet.logfile import last_lines
 from gpufleet.fleet.member import Member
@@ -79,11 +79,8 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._done = asyncio.Event()
-        # One change wakes three readers, each clearing its own: the state file, the
-        # router's pool, and the start-up gate.
-        self._dirty = asyncio.Event()
-        self._changed = asyncio.Event()
-        self._settle = asyncio.Event()
+        # Followed by the state file, the router's pool and the start-up gate.
+        self._changes = Changes()
         self._router_role = RouterRole(self, router_launch)
         self._worker_role = WorkerRole(self._router_role.stopped)
 
@@ -102,9 +99,7 @@ class Supervisor:
         return self.router.spec.url
 
     def _touch(self) -> None:
-        self._dirty.set()
-        self._changed.set()
-        self._settle.set()
+        self._changes.touch()
 
     def _crashed(self) -> None:
         self.crashed = True
@@ -186,11 +181,11 @@ class Supervisor:
 
     async def _wait_settled(self) -> None:
         while not self._stop.is_set() and not all(m.settled for m in self.workers):
-            self._settle.clear()
+            seen = self._changes.count
             self._check_pools()
             if self._stop.is_set():
                 return
-            await first(self._settle.wait(), self._stop.wait())
+            await first(self._changes.wait(seen), self._stop.wait())
         self._check_pools()
 
     def _check_pools(self) -> None:
@@ -250,9 +245,10 @@ class Supervisor:
         admin = PeerClient(session=http)  # the supervisor's session: closed by it
         pool = PoolSync(admin, self._launch.token, stale_drain_s=self.cfg.drain_timeout_s)
         recheck: float | None = None
+        seen = -1  # the first round at once
         while not self._stop.is_set():
-            await first(self._changed.wait(), self._stop.wait(), within=recheck)
-            self._changed.clear()
+            await first(self._changes.wait(seen), self._stop.wait(), within=recheck)
+            seen = self._changes.count
             if self._stop.is_set() or self.router.state != MemberState.READY:
                 continue
             try:
@@ -260,7 +256,7 @@ class Supervisor:
             except AdminError as exc:
                 log.warning("could not update the router's pool: %s; retrying", exc)
                 await first(self._stop.wait(), within=1.0)
-                self._changed.set()
+                seen = -1  # again at once
                 continue
             # A stale address still finishing requests: look again soon, not only on a change.
             recheck = 0.5 if done.pending else None
@@ -274,15 +270,16 @@ class Supervisor:
 
     async def _publish_loop(self) -> None:
         publish = self._out.publish
+        seen = 0
         while True:
-            await first(self._dirty.wait(), self._done.wait())
-            self._dirty.clear()
+            await first(self._changes.wait(seen), self._done.wait())
+            seen = self._changes.count
             if publish is not None:
                 try:
                     await asyncio.to_thread(publish, self.snapshot())
                 except OSError as exc:
                     log.warning("could not write the fleet's state: %s", exc)
-            if self._done.is_set() and not self._dirty.is_set():
+            if self._done.is_set() and self._changes.count == seen:
                 return  # the final state (marked after the write above began) is on disk
             # Coalesce bursts of changes into one write.
             await first(self._done.wait(), within=0.2)
