@@ -20,6 +20,8 @@ from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Mappi
 from types import TracebackType
 from typing import Any, TypeVar
 
+import msgspec
+
 from gpufleet import wire
 from gpufleet.client._payload import build_body, decode_reply
 from gpufleet.client._transport import HttpTransport, Transport, check
@@ -213,35 +215,42 @@ class Client:
             ep.needs_probe, ep.cooldown_until, ep.last_error = True, 0.0, exc.message
             log.warning("%s; items wait until it answers", exc.message)
             return
-        try:
-            data = json.loads(reply.body) if reply.status == 200 else None
-        except (ValueError, UnicodeDecodeError):
+        if reply.status != 200:
             return
-        if not isinstance(data, dict):
+        try:  # whose /stats this is says which shape to decode it into, once
+            server = wire.decode(reply.body, _Server).server
+            if server == wire.ROUTER_SERVER_NAME:
+                self._size_router(ep, wire.decode(reply.body, wire.RouterStats))
+            elif server == wire.WORKER_SERVER_NAME:
+                self._size_worker(ep, wire.decode(reply.body, wire.WorkerStats))
+        except wire.WireDecodeError:
+            return  # not a gpufleet /stats of this version: its slots stay as they are
+
+    def _size_router(self, ep: Endpoint, stats: wire.RouterStats) -> None:
+        if not stats.workers:
             return
         fixed = self.config.per_endpoint_concurrency
-        workers = data.get("workers")
-        if isinstance(workers, list) and workers:
-            if fixed is not None:
-                ep.slots = fixed * len(workers)
-            else:
-                caps = [_int(w.get("max_outstanding")) for w in workers if isinstance(w, dict)]
-                total = sum(c or DEFAULT_CONCURRENCY for c in caps)
-                ep.slots = min(max(total, DEFAULT_CONCURRENCY), MAX_AUTO_CONCURRENCY)
-            log.info(
-                "endpoint %s is a router over %d workers: %d slots", ep.url, len(workers), ep.slots
-            )
-        elif fixed is None and data.get("server") == wire.WORKER_SERVER_NAME:
-            batch = _int(data.get("max_batch_size"))
-            if batch:
-                room = _int(data.get("max_queue")) or MAX_AUTO_CONCURRENCY
-                ep.slots = max(DEFAULT_CONCURRENCY, min(2 * batch, room, MAX_AUTO_CONCURRENCY))
-                log.info(
-                    "endpoint %s is a gpufleet worker (max batch %d): %d slots",
-                    ep.url,
-                    batch,
-                    ep.slots,
-                )
+        if fixed is not None:
+            ep.slots = fixed * len(stats.workers)
+        else:
+            total = sum(w.max_outstanding or DEFAULT_CONCURRENCY for w in stats.workers)
+            ep.slots = min(max(total, DEFAULT_CONCURRENCY), MAX_AUTO_CONCURRENCY)
+        log.info(
+            "endpoint %s is a router over %d workers: %d slots",
+            ep.url,
+            len(stats.workers),
+            ep.slots,
+        )
+
+    def _size_worker(self, ep: Endpoint, stats: wire.WorkerStats) -> None:
+        batch = stats.max_batch_size
+        if self.config.per_endpoint_concurrency is not None or batch < 1:
+            return
+        room = stats.max_queue or MAX_AUTO_CONCURRENCY
+        ep.slots = max(DEFAULT_CONCURRENCY, min(2 * batch, room, MAX_AUTO_CONCURRENCY))
+        log.info(
+            "endpoint %s is a gpufleet worker (max batch %d): %d slots", ep.url, batch, ep.slots
+        )
 
     def _log_endpoints(self, n_items: int) -> None:
         log.info("Using %d endpoint(s) for %d item(s):", len(self.endpoints), n_items)
@@ -249,9 +258,10 @@ class Client:
             log.info("  %d. %s (%d in flight)", ep.index + 1, ep.url, ep.slots)
 
 
-def _int(value: Any) -> int:
-    """``value`` when it is a positive int (not a bool), else 0."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+class _Server(msgspec.Struct):
+    """Only the ``server`` field of a /stats answer: whose it is (a router, a worker)."""
+
+    server: str = ""
 
 
 def _blocking(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
