@@ -74,10 +74,10 @@ def worker_on_port(port: int, *args: str, timeout: float = 60.0) -> Iterator[Ser
         proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
-    url = f"http://127.0.0.1:{port}"
+    server = ServerProcess(proc, f"http://127.0.0.1:{port}", port, log_path, workdir)
     try:
-        wait_healthy(url, timeout=timeout, proc=proc)
-        yield ServerProcess(proc, url, port, log_path, workdir)
+        wait_healthy(server.url, timeout=timeout, proc=proc)
+        yield server
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -86,3 +86,4 @@ def worker_on_port(port: int, *args: str, timeout: float = 60.0) -> Iterator[Ser
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+        server.remove_workdir()  # as run_server does
