@@ -28,11 +28,11 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from pathlib import Path
 
 from aiohttp import web
 
 from gpufleet import wire
+from gpufleet._listener import write_port_file
 from gpufleet.errors import ErrorCode
 from gpufleet.testing._process import ServerProcess, run_module
 from gpufleet.wire import FAULT_HEADER, SERVER_HEADER, WORKER_SERVER_NAME
@@ -176,12 +176,6 @@ def make_app(*, gpufleet: bool = False, max_batch_size: int = 8) -> web.Applicat
     return app
 
 
-def _write_port(path: str, port: int) -> None:
-    tmp = Path(path + ".tmp")
-    tmp.write_text(f"{port}\n")
-    tmp.replace(path)
-
-
 async def _serve(args: argparse.Namespace) -> None:
     app = make_app(gpufleet=args.gpufleet, max_batch_size=args.max_batch_size)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
@@ -190,7 +184,7 @@ async def _serve(args: argparse.Namespace) -> None:
     await site.start()
     port = runner.addresses[0][1]
     if args.port_file:
-        await asyncio.to_thread(_write_port, args.port_file, port)
+        await asyncio.to_thread(write_port_file, args.port_file, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

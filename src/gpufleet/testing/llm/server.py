@@ -8,20 +8,14 @@ import contextlib
 import logging
 import signal
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 from aiohttp import web
 
+from gpufleet._listener import write_port_file
 from gpufleet.errors import ConfigError
 from gpufleet.testing._process import ServerProcess, run_module
 from gpufleet.testing.llm.app import make_app
 from gpufleet.testing.llm.config import EngineConfig, add_engine_flags, config_from_args
-
-
-def _write_port(path: str, port: int) -> None:
-    tmp = Path(path + ".tmp")
-    tmp.write_text(f"{port}\n")
-    tmp.replace(path)
 
 
 async def _serve(host: str, port: int, port_file: str | None, cfg: EngineConfig) -> None:
@@ -31,7 +25,7 @@ async def _serve(host: str, port: int, port_file: str | None, cfg: EngineConfig)
     await site.start()
     bound = runner.addresses[0][1]
     if port_file:
-        await asyncio.to_thread(_write_port, port_file, bound)
+        await asyncio.to_thread(write_port_file, port_file, bound)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
