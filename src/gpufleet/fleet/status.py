@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, TypeVar
 
+from gpufleet import wire
 from gpufleet.errors import RequestFailed
 from gpufleet.fleet.rundir import RunDir, is_gpufleet
 from gpufleet.wire.http import PeerClient
+
+T = TypeVar("T")
 
 #: Seconds a /stats of a process that may be gone gets.
 _STATS_TIMEOUT_S = 2.0
 
 
-async def _get_stats(http: PeerClient, url: str) -> dict[str, Any] | None:
-    """A /stats answer as a JSON object; None when nothing (or something else) answered."""
+async def _get_stats(http: PeerClient, url: str, into: type[T]) -> T | None:
+    """A /stats answer decoded into ``into``; None when nothing (or something else) answered."""
     try:
-        return await http.get(url, into=dict[str, Any], timeout_s=_STATS_TIMEOUT_S)
+        return await http.get(url, into=into, timeout_s=_STATS_TIMEOUT_S)
     except RequestFailed:
         return None
 
@@ -34,22 +37,25 @@ async def collect(run_dir: RunDir) -> dict[str, Any] | None:
     state["alive"] = isinstance(pid, int) and is_gpufleet(pid)
     workers: list[dict[str, Any]] = state.get("workers", [])
     async with PeerClient() as http:
-        router_stats, *worker_stats = await asyncio.gather(
-            _get_stats(http, f"{state.get('endpoint', '')}/stats"),
-            *(_get_stats(http, f"{w.get('url', '')}/stats") for w in workers),
+        router, owns = await asyncio.gather(
+            _get_stats(http, f"{state.get('endpoint', '')}/stats", wire.RouterStats),
+            asyncio.gather(
+                *(_get_stats(http, f"{w.get('url', '')}/stats", wire.WorkerStats) for w in workers)
+            ),
         )
-    by_url: dict[str, dict[str, Any]] = {}
-    for up in (router_stats or {}).get("workers", []):
-        if isinstance(up, dict) and up.get("state") != "removed":
-            by_url[str(up.get("url", "")).rstrip("/")] = up
-    for w, own in zip(workers, worker_stats, strict=True):
+    by_url = {
+        up.url.rstrip("/"): up
+        for up in (router.workers if router else [])
+        if up.state != wire.UpstreamState.REMOVED
+    }
+    for w, own in zip(workers, owns, strict=True):
         seen = by_url.get(str(w.get("url", "")).rstrip("/"))
-        w["router_state"] = seen.get("state") if seen else None
-        source = seen or own or {}
-        w["served"] = source.get("served")
-        w["in_flight"] = source.get("in_flight")
-        w["worker_stats"] = own
-    state["router_stats"] = router_stats
+        w["router_state"] = None if seen is None else str(seen.state)
+        source = seen or own
+        w["served"] = None if source is None else source.served
+        w["in_flight"] = None if source is None else source.in_flight
+        w["worker_stats"] = None if own is None else wire.to_builtins(own)
+    state["router_stats"] = None if router is None else wire.to_builtins(router)
     return state
 
 
