@@ -13,6 +13,7 @@ from gpufleet.fleet.member import InvalidTransition, Member, RestartPolicy
 from gpufleet.fleet.process import ChildSpec
 from gpufleet.fleet.roles import RouterLaunch, RouterRole, WorkerRole
 from gpufleet.wire.states import MemberOutcome, MemberRole, MemberState
+from tests.unit._virtual_time import on_virtual_time
 
 S = MemberState
 POLICY = RestartPolicy(backoff_s=1.0, backoff_max_s=5.0, crash_loop_after=3, reset_after_s=60.0)
@@ -223,18 +224,20 @@ class _Launcher:
         return _Exits(spec, 3)
 
 
-async def test_a_child_that_keeps_exiting_is_restarted_until_crash_looping(
-    tmp_path: Path,
-) -> None:
-    cfg = FleetConfig(restart_backoff_s=0.001, restart_backoff_max_s=0.001, crash_loop_after=3)
-    now = [100.0]
+@on_virtual_time
+async def test_a_child_that_keeps_exiting_backs_off_1_2_4_s_then_crash_loops() -> None:
+    # Real back-off waits (1, 2, 4 s) on the loop's virtual clock: no wall time passes.
+    cfg = FleetConfig(restart_backoff_s=1.0, restart_backoff_max_s=30.0, crash_loop_after=3)
+    loop = asyncio.get_running_loop()
     launcher = _Launcher()
     stop, force = asyncio.Event(), asyncio.Event()
     told: list[str] = []
-    m = _member(tmp_path)
+    m = _member(Path("/nonexistent"))
+    tries: list[tuple[float, float | None]] = []
 
     def changed() -> None:
-        now[0] += 1.0  # each change one virtual second later
+        if m.state in (S.BACKOFF, S.CRASH_LOOP):
+            tries.append((loop.time(), m.next_try_at))
         if m.failures >= 4:
             stop.set()
 
@@ -251,16 +254,20 @@ async def test_a_child_that_keeps_exiting_is_restarted_until_crash_looping(
         crashed=stop.set,
         report=told.append,
         tell_start_failure=tell,
-        clock=lambda: now[0],
+        clock=loop.time,
     )
-    async with asyncio.timeout(10):
-        await Keeper(m, WorkerRole(asyncio.Event()), fleet).run()
+    started = loop.time()
+    await Keeper(m, WorkerRole(asyncio.Event()), fleet).run()
     assert m.state == S.STOPPED
     assert (m.failures, m.restarts, launcher.starts) == (4, 3, 4)
     assert m.last_exit == 3
     assert m.last_error == "exit 3 while starting"
     assert m.outcome == MemberOutcome.EXITED
     assert told == ["exit 3 while starting"]  # said once, for its first failure
+    delays = [due - at for at, due in tries if due is not None]
+    assert delays == pytest.approx([1.0, 2.0, 4.0, 8.0], abs=0.01)
+    # Each back-off was waited out (the fourth is cut short by the stop).
+    assert 7.0 <= loop.time() - started < 7.5
 
 
 async def test_changes_wake_every_reader_once_per_look() -> None:
