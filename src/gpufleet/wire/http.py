@@ -39,6 +39,9 @@ MAX_ANSWER_BYTES: Final = 1 << 20
 RETRYABLE_STATUSES: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
 #: Redirects followed at most, when a call asks to follow them.
 MAX_REDIRECTS: Final = 5
+#: aiohttp's own timers off for our calls: ``asyncio.timeout`` holds each call's budget
+#: (one timer, connect to last byte, rather than aiohttp's besides it).
+_OURS: Final = aiohttp.ClientTimeout()
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +122,8 @@ class PeerClient:
         timeout_s: default budget of one call, connect to last byte.
         max_bytes: default bound of an answer's body.
         connections_per_host: keep-alive connections per host (0: no limit); the
-            router's probes use a pool of their own, so a busy proxy path never delays them.
+            router's probes have connections of their own, so a busy proxy path never
+            delays them.
         session: an aiohttp session to use instead of one of its own (not closed here).
     """
 
@@ -214,7 +218,7 @@ class PeerClient:
                     headers=sent,
                     allow_redirects=follow_redirects,
                     max_redirects=MAX_REDIRECTS,
-                    timeout=aiohttp.ClientTimeout(total=budget),
+                    timeout=_OURS,
                 ) as resp,
             ):
                 body = await _read_bounded(resp, limit)
@@ -307,8 +311,9 @@ class PeerClient:
 
 async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
     """The whole body, or None when it is longer than ``limit`` (reading stops there)."""
-    if resp.content_length is not None and resp.content_length > limit:
-        return None
+    if resp.content_length is not None:
+        # aiohttp reads no more than Content-Length: one read, bounded by the check.
+        return None if resp.content_length > limit else await resp.read()
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_any():
