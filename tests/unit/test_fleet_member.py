@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from gpufleet.config.fleet import FleetConfig
-from gpufleet.fleet.keeper import Changes, Fleet, Keeper, Prober
+from gpufleet.fleet.keeper import Fleet, Keeper, Prober
 from gpufleet.fleet.member import InvalidTransition, Member, RestartPolicy
 from gpufleet.fleet.process import ChildSpec
 from gpufleet.fleet.roles import RouterLaunch, RouterRole, WorkerRole
+from gpufleet.fleet.waits import Changes
 from gpufleet.wire.states import MemberOutcome, MemberRole, MemberState
 from tests.unit._virtual_time import on_virtual_time
 

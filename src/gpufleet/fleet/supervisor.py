@@ -25,12 +25,13 @@ import aiohttp
 from gpufleet.config.fleet import FleetConfig
 from gpufleet.errors import AdminError
 from gpufleet.fleet.admin import Membership, PoolSync
-from gpufleet.fleet.keeper import Changes, Fleet, Keeper, Prober, describe_exit, first
+from gpufleet.fleet.keeper import Fleet, Keeper, Prober, describe_exit
 from gpufleet.fleet.launcher import Launcher
 from gpufleet.fleet.logfile import last_lines
 from gpufleet.fleet.member import Member
 from gpufleet.fleet.roles import RouterLaunch, RouterRole, RouterSpecFactory, WorkerRole
 from gpufleet.fleet.rundir import write_atomic
+from gpufleet.fleet.waits import Changes, first
 from gpufleet.wire.http import PeerClient
 from gpufleet.wire.states import FleetPhase, MemberState
 
