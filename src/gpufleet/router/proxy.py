@@ -47,6 +47,7 @@ from gpufleet.router.prefix import PROMPT_PATHS, prompt_blocks, prompt_text
 from gpufleet.router.retries import REFUSED, AttemptFailed, may_retry
 from gpufleet.router.retry_budget import RetryBudget
 from gpufleet.router.stats import Totals
+from gpufleet.router.upstream import Upstream
 
 log = logging.getLogger("gpufleet.router")
 
@@ -233,19 +234,7 @@ class Proxy:
                     failed = exc
                     if exc.reason != REFUSED:
                         exclude.append(upstream.id)
-                    settings = self.settings
-                    if not may_retry(
-                        exc,
-                        attempts=fwd.attempts,
-                        retries=settings.retries,
-                        ran_again=ran_again,
-                        is_gpufleet=upstream.is_gpufleet,
-                        method=request.method,
-                        retry_lost=settings.retry_lost,
-                    ):
-                        return self._give_up(exc, fwd)
-                    if not budget.try_take():
-                        self.totals.budget_exhausted += 1
+                    if not self._may_follow(exc, upstream, request.method, fwd, ran_again):
                         return self._give_up(exc, fwd)
                     taken += 1
                     if exc.may_have_run:
@@ -262,6 +251,31 @@ class Proxy:
         finally:
             for _ in range(taken):
                 budget.done()
+
+    def _may_follow(
+        self,
+        failed: AttemptFailed,
+        upstream: Upstream,
+        method: str,
+        fwd: Forwarded,
+        ran_again: bool,
+    ) -> bool:
+        """Whether another attempt follows ``failed``: allowed, and one taken from the budget."""
+        settings = self.settings
+        if not may_retry(
+            failed,
+            attempts=fwd.attempts,
+            retries=settings.retries,
+            ran_again=ran_again,
+            is_gpufleet=upstream.is_gpufleet,
+            method=method,
+            retry_lost=settings.retry_lost,
+        ):
+            return False
+        if not self.budget.try_take():
+            self.totals.budget_exhausted += 1
+            return False
+        return True
 
     def _give_up(self, failed: AttemptFailed, fwd: Forwarded) -> web.StreamResponse:
         """No attempt follows ``failed``: answer what it left."""

@@ -44,15 +44,7 @@ def frame_head(
             raise StopParsing
         resp._quiet = 0  # an interim answer (100 Continue, 103 Early Hints): skipped
         return
-    if status > 599:
-        resp.fail(AnswerBroken(f"answer status {status}"))
-        raise StopParsing
-    if len(fields) > MAX_HEADERS:
-        resp.fail(AnswerBroken(f"more than {MAX_HEADERS} header lines"))
-        raise StopParsing
-    if resp._quiet > MAX_HEAD and sum(len(n) + len(v) + 4 for n, v in fields) > MAX_HEAD:
-        resp.fail(AnswerBroken(f"answer head over {MAX_HEAD} bytes"))
-        raise StopParsing
+    _check_head(resp, status, fields)
     resp._quiet = 0
     # One pass each, in C where it can be: the hot path of every answer.
     names = resp._names = [name.lower() for name, _ in fields]
@@ -77,6 +69,34 @@ def frame_head(
         if resp._no_body:
             raise StopParsing  # llhttp would wait for the body the head announces
         return
+    _frame_body(resp, names, fields)
+    resp._state = BODY
+    resp._wake()
+
+
+def _check_head(resp: Response, status: int, fields: list[tuple[bytes, bytes]]) -> None:
+    """Fail a final answer's head with a status past 599, too many lines or too many bytes.
+
+    Raises:
+        StopParsing: the head failed.
+    """
+    if status > 599:
+        resp.fail(AnswerBroken(f"answer status {status}"))
+        raise StopParsing
+    if len(fields) > MAX_HEADERS:
+        resp.fail(AnswerBroken(f"more than {MAX_HEADERS} header lines"))
+        raise StopParsing
+    if resp._quiet > MAX_HEAD and sum(len(n) + len(v) + 4 for n, v in fields) > MAX_HEAD:
+        resp.fail(AnswerBroken(f"answer head over {MAX_HEAD} bytes"))
+        raise StopParsing
+
+
+def _frame_body(resp: Response, names: list[bytes], fields: list[tuple[bytes, bytes]]) -> None:
+    """Where the body ends: chunked, ``Content-Length`` (llhttp's), else at the close.
+
+    Raises:
+        StopParsing: a ``Transfer-Encoding`` other than ``chunked``.
+    """
     if b"transfer-encoding" in names:
         # RFC 9112 reads to close after another final coding; a proxy would pass on a
         # body still encoded, or misjudge where it ends: refuse anything else.
@@ -86,8 +106,6 @@ def frame_head(
             raise StopParsing
     elif resp.content_length is None:
         resp._to_eof = True  # llhttp reads it to the close, and keeps nothing alive
-    resp._state = BODY
-    resp._wake()
 
 
 def _text(value: bytes) -> str:
