@@ -28,7 +28,7 @@ _ENV_DROPPED = ("GPUFLEET_ADMIN_TOKEN", "GPUFLEET_PORT_FILE", "GPUFLEET_DRY_RUN"
 _UP_FIELDS = (
     "model", "model_args", "cmd", "gpus", "workers_per_gpu", "cpu_workers", "discovery",
     "host", "port", "worker_host", "worker_base_port", "policy", "router_args",
-    "batch_store", "worker_args", "drain_timeout_s", "batch_store",
+    "batch_store", "worker_args", "drain_timeout_s",
 )  # fmt: skip
 
 
