@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from gpufleet import wire
+from gpufleet.wire import GpuReading
 from gpufleet.worker.stats import GpuSampler, NvmlReader, nvml_opener, nvml_target
 
 
@@ -109,19 +111,19 @@ def test_nvml_reader_reads_the_targeted_gpu() -> None:
     nvml = FakeNvml()
     reader = NvmlReader.open(1, nvml)
     assert reader is not None
-    assert reader.read() == {
-        "index": 1,
-        "name": "Fake H100",
-        "uuid": "GPU-bbbb",
-        "utilization_pct": 91,
-        "memory_used_mb": 70 * 1024.0,
-        "memory_total_mb": 80 * 1024.0,
-        "temperature_c": 55,
-        "power_w": 312.3,
-    }
+    assert reader.read() == GpuReading(
+        index=1,
+        name="Fake H100",
+        uuid="GPU-bbbb",
+        utilization_pct=91,
+        memory_used_mb=70 * 1024.0,
+        memory_total_mb=80 * 1024.0,
+        temperature_c=55,
+        power_w=312.3,
+    )
     by_uuid = NvmlReader.open("GPU-aaaa", nvml)
     assert by_uuid is not None
-    assert by_uuid.read()["name"] == "Fake A100"
+    assert by_uuid.read().name == "Fake A100"
     by_uuid.close()
     reader.close()
     assert nvml.initialised == 0
@@ -131,8 +133,9 @@ def test_nvml_reader_leaves_out_what_the_board_refuses() -> None:
     reader = NvmlReader.open(0, FakeNvml(no_util=True))
     assert reader is not None
     reading = reader.read()
-    assert "utilization_pct" not in reading
-    assert reading["memory_used_mb"] == 3 * 1024.0
+    assert reading.utilization_pct is None
+    assert b"utilization_pct" not in wire.encode(reading)  # left out of /stats' gpu
+    assert reading.memory_used_mb == 3 * 1024.0
 
 
 def test_nvml_reader_is_none_without_nvml_or_device() -> None:
@@ -156,12 +159,12 @@ class FakeReader:
         self.closed = False
         self.n = 0
 
-    def read(self) -> dict[str, Any]:
+    def read(self) -> GpuReading:
         self.threads.append(threading.get_ident())
         self.n += 1
         if self.gate is not None:
             self.gate.wait(10)
-        return {"utilization_pct": self.n, "memory_used_mb": 1.0, "memory_total_mb": 2.0}
+        return GpuReading(utilization_pct=self.n, memory_used_mb=1.0, memory_total_mb=2.0)
 
     def close(self) -> None:
         self.closed = True
@@ -191,7 +194,7 @@ async def test_sampler_waits_for_the_device_then_reads_off_the_loop() -> None:
     assert reader.n >= 3
     assert opened == ["cuda:0"]
     assert sampler.latest is not None
-    assert sampler.latest["utilization_pct"] >= 1
+    assert (sampler.latest.utilization_pct or 0) >= 1
     assert threading.get_ident() not in reader.threads
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -211,7 +214,7 @@ async def test_a_stuck_reading_is_dropped_and_not_piled_up() -> None:
     gate = threading.Event()
     reader = FakeReader(gate)
     sampler = GpuSampler(lambda: "cuda", lambda _: reader, interval_s=0.02, read_timeout_s=0.1)
-    sampler.latest = {"utilization_pct": 99}  # a reading from before the driver wedged
+    sampler.latest = GpuReading(utilization_pct=99)  # a reading from before the driver wedged
     task = asyncio.create_task(sampler.run())
     try:
         async with asyncio.timeout(10):
@@ -244,7 +247,7 @@ def test_gpu_gauges_appear_only_with_a_reading() -> None:
     m.set_gpu(None)
     assert b"gpufleet_worker_gpu_utilization_percent{" not in m.render()
     m.set_gpu(
-        {"index": 3, "utilization_pct": 87, "memory_used_mb": 1024.0, "memory_total_mb": 81920.0}
+        GpuReading(index=3, utilization_pct=87, memory_used_mb=1024.0, memory_total_mb=81920.0)
     )
     text = m.render().decode()
     assert 'gpufleet_worker_gpu_utilization_percent{gpu="3"} 87.0' in text

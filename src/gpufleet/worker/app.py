@@ -223,9 +223,7 @@ async def health(request: web.Request) -> web.Response:
 async def stats(request: web.Request) -> web.Response:
     """``wire.WorkerStats`` (with ``gpu`` when NVML reads the device)."""
     service = request.app[SERVICE]
-    gpu = request.app[GPU].latest
-    reading = None if gpu is None else msgspec.convert(gpu, wire.GpuReading)
-    return json_response(service.stats(gpu=reading))
+    return json_response(service.stats(gpu=request.app[GPU].latest))
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from gpufleet.wire import GpuReading
 
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -105,17 +104,17 @@ class WorkerMetrics:
         info = Gauge("gpufleet_worker_info", "The model this worker serves.", ["model"], registry=r)
         info.labels(model=model).set(1)
 
-    def set_gpu(self, reading: Mapping[str, Any] | None) -> None:
+    def set_gpu(self, reading: GpuReading | None) -> None:
         """Copy the latest NVML reading (``/stats``'s ``gpu``) into the GPU gauges."""
-        if not reading:
+        if reading is None:
             return
-        gpu = str(reading.get("index", reading.get("uuid", "0")))
-        if "utilization_pct" in reading:
-            self.gpu_utilization.labels(gpu=gpu).set(reading["utilization_pct"])
-        if "memory_used_mb" in reading:
-            self.gpu_memory_used.labels(gpu=gpu).set(reading["memory_used_mb"] * 2**20)
-        if "memory_total_mb" in reading:
-            self.gpu_memory_total.labels(gpu=gpu).set(reading["memory_total_mb"] * 2**20)
+        gpu = str(reading.index if reading.index is not None else reading.uuid or "0")
+        if reading.utilization_pct is not None:
+            self.gpu_utilization.labels(gpu=gpu).set(reading.utilization_pct)
+        if reading.memory_used_mb is not None:
+            self.gpu_memory_used.labels(gpu=gpu).set(reading.memory_used_mb * 2**20)
+        if reading.memory_total_mb is not None:
+            self.gpu_memory_total.labels(gpu=gpu).set(reading.memory_total_mb * 2**20)
 
     def render(self) -> bytes:
         """The exposition text of every metric."""

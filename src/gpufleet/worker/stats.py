@@ -15,8 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import msgspec
+
 from gpufleet._percentile import percentile_ms
-from gpufleet.wire import LatencyMs, RecentError
+from gpufleet.wire import GpuReading, LatencyMs, RecentError
 
 log = logging.getLogger("gpufleet.worker")
 
@@ -116,9 +118,9 @@ def nvml_target(device: str, visible: str | None) -> int | str | None:
 
 
 class GpuReader(Protocol):
-    """One reading of a GPU: ``wire.GpuReading`` as plain data (blocking: call it off the loop)."""
+    """One reading of a GPU (blocking: call it off the loop)."""
 
-    def read(self) -> dict[str, Any]: ...
+    def read(self) -> GpuReading: ...
 
     def close(self) -> None: ...
 
@@ -154,11 +156,11 @@ class NvmlReader:
             return None
         return cls(nvml, handle)
 
-    def read(self) -> dict[str, Any]:
+    def read(self) -> GpuReading:
         """Utilisation (%), memory (MiB) and identity; a field NVML refuses is left out."""
         nvml, h = self._nvml, self._handle
-        out: dict[str, Any] = {}
-        readings: dict[str, Callable[[], Any]] = {
+        out: dict[str, object] = {}
+        readings: dict[str, Callable[[], Any]] = {  # pynvml is untyped
             "index": lambda: int(nvml.nvmlDeviceGetIndex(h)),
             "name": lambda: _text(nvml.nvmlDeviceGetName(h)),
             "uuid": lambda: _text(nvml.nvmlDeviceGetUUID(h)),
@@ -177,7 +179,7 @@ class NvmlReader:
                 out["memory_total_mb"] = round(value.total / 2**20, 1)
             else:
                 out[key] = value
-        return out
+        return msgspec.convert(out, GpuReading)
 
     def close(self) -> None:
         """Release NVML."""
@@ -208,10 +210,10 @@ class GpuSampler:
         self._open_reader = open_reader
         self.interval_s = interval_s
         self.read_timeout_s = read_timeout_s
-        self.latest: dict[str, Any] | None = None
+        self.latest: GpuReading | None = None
         #: Set once the sampler knows whether there is a GPU to read (or gave up).
         self.settled = asyncio.Event()
-        self._pending: asyncio.Future[dict[str, Any]] | None = None
+        self._pending: asyncio.Future[GpuReading] | None = None
 
     async def run(self) -> None:
         """Sample until cancelled (returns at once for a CPU worker)."""
