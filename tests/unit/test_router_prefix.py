@@ -225,6 +225,31 @@ def test_a_home_is_kept_while_another_upstream_is_empty_for_a_moment() -> None:
     spilled = policy.choose(pool.ready, None, 1, 0.0, _tenant(0, 2))
     assert spilled is empty
     assert policy.by_load == before + 1
+    # Engines of one speed: the overflow is not a second home.
+    assert list(policy.index.match(_tenant(0, 3))) == [policy.index.bit(home.id)]
+
+
+def test_a_slow_home_shares_its_tenant_with_where_it_overflows() -> None:
+    # A tenant given to the slow upstream (before speeds were known, say) keeps there
+    # only what its speed allows; where it overflows becomes a second home, and the
+    # faster one takes the tenant from then on while it has room.
+    pool = _pool(40.0, 40.0, 40.0, 10.0)
+    slow = pool.members[3]
+    policy = make_policy("prefix", pool, random.Random(9))
+    assert isinstance(policy, Prefix)
+    for u in pool.members[:3]:
+        for _ in range(5):
+            u.take()  # the slow one is the least loaded now, for its speed
+    assert policy.choose(pool.ready, None, 1, 0.0, _tenant(0, 0)) is slow
+    slow.take()
+    for _ in range(12):
+        slow.take()
+    moved = policy.choose(pool.ready, None, 1, 0.0, _tenant(0, 1))
+    assert isinstance(moved, Upstream)
+    assert moved is not slow
+    homes = policy.index.match(_tenant(0, 2))
+    assert set(homes) == {policy.index.bit(slow.id), policy.index.bit(moved.id)}
+    assert policy.choose(pool.ready, None, 1, 0.0, _tenant(0, 3)) is moved
 
 
 def test_a_flood_spreads_although_the_home_measures_fastest_by_rate() -> None:
