@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from gpufleet.router.http1 import AnswerBroken, Client, ConnectionPool, Lost, NotSent
+from gpufleet.router.http1 import AnswerBroken, ConnectionPool, Lost, NotSent, UpstreamConnections
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 #: An answer (bytes), or a coroutine that writes whatever it likes.
@@ -32,7 +32,7 @@ class Upstream:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def pool(self) -> ConnectionPool:
-        return Client(connect_timeout_s=2).pool(self.url)
+        return UpstreamConnections(connect_timeout_s=2).pool(self.url)
 
     async def wait_closed(self, conn: int) -> None:
         """Until the server saw connection ``conn`` close."""

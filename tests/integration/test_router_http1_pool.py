@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from gpufleet.router.http1 import Client, ConnectionPool, Lost, NotSent
+from gpufleet.router.http1 import ConnectionPool, Lost, NotSent, UpstreamConnections
 
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -34,7 +34,7 @@ async def _read_request(reader: asyncio.StreamReader) -> bytes:
     return await reader.readuntil(b"\r\n\r\n")
 
 
-def _head(client: Client, url: str) -> bytes:
+def _head(client: UpstreamConnections, url: str) -> bytes:
     return b"GET /x HTTP/1.1\r\n" + client.pool(url).host_line + b"\r\n"
 
 
@@ -49,7 +49,7 @@ async def test_connections_are_reused() -> None:
             await writer.drain()
 
     server, url, connections = await _server(serve)
-    client = Client(connect_timeout_s=2)
+    client = UpstreamConnections(connect_timeout_s=2)
     try:
         for _ in range(5):
             resp = await client.pool(url).request(_head(client, url), None, no_body=False)
@@ -72,7 +72,7 @@ async def test_a_kept_connection_closed_unanswered_is_lost_and_not_resent() -> N
             await _read_request(reader)
 
     server, url, connections = await _server(serve)
-    client = Client(connect_timeout_s=2)
+    client = UpstreamConnections(connect_timeout_s=2)
     pool = client.pool(url)
     try:
         resp = await pool.request(_head(client, url), None, no_body=False)
@@ -94,7 +94,7 @@ async def test_a_fresh_connection_closed_unanswered_is_lost_a_refused_one_not_se
         await _read_request(reader)  # and hang up
 
     server, url, connections = await _server(serve)
-    client = Client(connect_timeout_s=2)
+    client = UpstreamConnections(connect_timeout_s=2)
     try:
         with pytest.raises(Lost) as info:
             await client.pool(url).request(_head(client, url), None, no_body=False)
@@ -105,7 +105,7 @@ async def test_a_fresh_connection_closed_unanswered_is_lost_a_refused_one_not_se
         server.close()
         await server.wait_closed()
     with pytest.raises(NotSent):  # nothing listens there any more
-        await Client(connect_timeout_s=2).pool(url).request(b"", None, no_body=False)
+        await UpstreamConnections(connect_timeout_s=2).pool(url).request(b"", None, no_body=False)
 
 
 async def test_a_cancelled_wait_closes_the_connection() -> None:
@@ -117,7 +117,7 @@ async def test_a_cancelled_wait_closes_the_connection() -> None:
         closed.set()
 
     server, url, _ = await _server(serve)
-    client = Client(connect_timeout_s=2)
+    client = UpstreamConnections(connect_timeout_s=2)
     try:
         task = asyncio.create_task(
             client.pool(url).request(_head(client, url), None, no_body=False)
@@ -191,7 +191,7 @@ async def test_a_sweep_closes_only_connections_idle_past_the_keep_alive() -> Non
 
 async def test_a_retired_pool_closes_idle_connections_now_and_busy_ones_when_done() -> None:
     server, url, _connections, gone = await _keep_alive_server()
-    client = Client(connect_timeout_s=2)
+    client = UpstreamConnections(connect_timeout_s=2)
     pool = client.pool(url)
     head = _head(client, url)
     try:

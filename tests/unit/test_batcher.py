@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from gpufleet.config.worker import BatchConfig
 from gpufleet.errors import TooManyInputs, WorkerOverloaded
-from gpufleet.worker.batcher import Batcher, Item
+from gpufleet.worker.batcher import Batcher, QueuedItem
 from tests.unit._virtual_time import on_virtual_time
 
 
@@ -40,21 +40,21 @@ arrivals = st.lists(
 
 def simulate(
     cfg: BatchConfig, plan: list[tuple[float, int, float | None, bool]], busy_ms: float
-) -> tuple[list[list[Item]], list[Item], list[Item], list[float]]:
+) -> tuple[list[list[QueuedItem]], list[QueuedItem], list[QueuedItem], list[float]]:
     """Feed ``plan`` to a batcher whose consumer takes ``busy_ms`` per batch.
 
     Returns (batches, every item put, dropped items, dispatch time of each batch).
     """
     clock = FakeClock()
-    dropped: list[Item] = []
+    dropped: list[QueuedItem] = []
     b = Batcher(cfg, clock=clock, on_drop=lambda item, now: dropped.append(item))
     pending = []
     t = 0.0
     for gap, n, deadline, cancelled in plan:
         t += gap / 1000
         pending.append((t, n, None if deadline is None else t + deadline / 1000, cancelled))
-    items: list[Item] = []
-    batches: list[list[Item]] = []
+    items: list[QueuedItem] = []
+    batches: list[list[QueuedItem]] = []
     times: list[float] = []
     free_at = 0.0
     steps = 0
@@ -68,7 +68,7 @@ def simulate(
         clock.now = max(clock.now, min(candidates))
         while pending and pending[0][0] <= clock.now:
             at, n, deadline, cancelled = pending.pop(0)
-            new = [Item((len(items) + i), at, deadline) for i in range(n)]
+            new = [QueuedItem((len(items) + i), at, deadline) for i in range(n)]
             try:
                 b.put(new)
             except TooManyInputs:
@@ -137,7 +137,7 @@ def test_batcher_properties(
 def test_full_batch_leaves_at_once_and_partial_after_max_wait() -> None:
     clock = FakeClock()
     b = Batcher(BatchConfig(max_batch_size=3, max_wait_ms=10, max_queue=10), clock=clock)
-    b.put([Item(i, 0.0) for i in range(4)])
+    b.put([QueuedItem(i, 0.0) for i in range(4)])
     first = b.poll(0.0)
     assert first is not None
     assert [i.payload for i in first] == [0, 1, 2]
@@ -150,11 +150,11 @@ def test_full_batch_leaves_at_once_and_partial_after_max_wait() -> None:
 
 def test_put_is_all_or_nothing() -> None:
     b = Batcher(BatchConfig(max_batch_size=2, max_wait_ms=1, max_queue=3))
-    b.put([Item(0, 0.0), Item(1, 0.0)])
+    b.put([QueuedItem(0, 0.0), QueuedItem(1, 0.0)])
     with pytest.raises(WorkerOverloaded):
-        b.put([Item(2, 0.0), Item(3, 0.0)])
+        b.put([QueuedItem(2, 0.0), QueuedItem(3, 0.0)])
     assert b.depth == 2
-    b.put([Item(2, 0.0)])
+    b.put([QueuedItem(2, 0.0)])
     assert b.free_slots() == 0
 
 
@@ -162,32 +162,32 @@ def test_more_inputs_than_the_queue_holds_is_413_not_overloaded() -> None:
     b = Batcher(BatchConfig(max_batch_size=2, max_wait_ms=1, max_queue=2))
     # Even on an empty queue: three inputs can never fit, so retrying would not help.
     with pytest.raises(TooManyInputs) as info:
-        b.put([Item(i, 0.0) for i in range(3)])
+        b.put([QueuedItem(i, 0.0) for i in range(3)])
     assert info.value.http_status == 413
     assert info.value.retry_after_s is None
     assert "at most 2" in info.value.message
     assert b.depth == 0
-    b.put([Item(0, 0.0), Item(1, 0.0)])
+    b.put([QueuedItem(0, 0.0), QueuedItem(1, 0.0)])
     with pytest.raises(WorkerOverloaded):
-        b.put([Item(2, 0.0)])
+        b.put([QueuedItem(2, 0.0)])
 
 
 def test_streams_hold_slots_against_max_queue() -> None:
     b = Batcher(BatchConfig(max_batch_size=2, max_wait_ms=1, max_queue=2))
     b.reserve()
-    b.put([Item(0, 0.0)])
+    b.put([QueuedItem(0, 0.0)])
     with pytest.raises(WorkerOverloaded, match="1 streams open"):
         b.reserve()
     with pytest.raises(WorkerOverloaded):
-        b.put([Item(1, 0.0)])
+        b.put([QueuedItem(1, 0.0)])
     b.release()
-    b.put([Item(1, 0.0)])
+    b.put([QueuedItem(1, 0.0)])
     assert b.free_slots() == 0
 
 
 def test_lowered_max_batch_size_applies_to_the_next_batch() -> None:
     b = Batcher(BatchConfig(max_batch_size=8, max_wait_ms=0, max_queue=20))
-    b.put([Item(i, 0.0) for i in range(8)])
+    b.put([QueuedItem(i, 0.0) for i in range(8)])
     b.max_batch_size = 3
     sizes = []
     while (batch := b.poll(1.0)) is not None:
@@ -200,7 +200,7 @@ async def test_next_batch_waits_for_max_wait_then_returns_a_partial_batch() -> N
     loop = asyncio.get_running_loop()
     b = Batcher(BatchConfig(max_batch_size=4, max_wait_ms=30, max_queue=10), clock=loop.time)
     started = loop.time()
-    b.put([Item("a", started)])
+    b.put([QueuedItem("a", started)])
     batch = await asyncio.wait_for(b.next_batch(), 2)
     assert [i.payload for i in batch] == ["a"]
     assert loop.time() - started == pytest.approx(0.030, abs=1e-6)
@@ -210,10 +210,10 @@ async def test_next_batch_wakes_when_the_batch_fills() -> None:
     b = Batcher(BatchConfig(max_batch_size=2, max_wait_ms=10_000, max_queue=10))
     task = asyncio.create_task(b.next_batch())
     await asyncio.sleep(0)
-    b.put([Item(1, time.monotonic())])
+    b.put([QueuedItem(1, time.monotonic())])
     await asyncio.sleep(0)
     assert not task.done()
-    b.put([Item(2, time.monotonic())])
+    b.put([QueuedItem(2, time.monotonic())])
     batch = await asyncio.wait_for(task, 2)
     assert [i.payload for i in batch] == [1, 2]
 
@@ -221,41 +221,41 @@ async def test_next_batch_wakes_when_the_batch_fills() -> None:
 def test_a_departed_caller_frees_its_slots_at_once() -> None:
     # Issue 12: the slots were held until the batch loop polled again, i.e. until the
     # batch running on the device ended, so new callers were refused for callers long gone.
-    dropped: list[Item] = []
+    dropped: list[QueuedItem] = []
     b = Batcher(
         BatchConfig(max_batch_size=1, max_wait_ms=0, max_queue=3),
         clock=FakeClock(),
         on_drop=lambda item, now: dropped.append(item),
     )
-    gone, stays = [Item("a", 0.0), Item("b", 0.0)], [Item("c", 0.0)]
+    gone, stays = [QueuedItem("a", 0.0), QueuedItem("b", 0.0)], [QueuedItem("c", 0.0)]
     b.put(gone)
     b.put(stays)
     with pytest.raises(WorkerOverloaded):
-        b.put([Item("d", 0.0)])
+        b.put([QueuedItem("d", 0.0)])
     for item in gone:
         item.cancelled = True
     assert b.discard(gone) == 2
     assert dropped == gone
     assert b.depth == 1
     assert b.free_slots() == 2
-    b.put([Item("d", 0.0), Item("e", 0.0)])
+    b.put([QueuedItem("d", 0.0), QueuedItem("e", 0.0)])
     assert b.discard(gone) == 0  # twice is harmless
     assert [i.payload for i in b.drain_all()] == ["c", "d", "e"]
 
 
 def test_expired_items_hold_no_slot() -> None:
     clock = FakeClock()
-    dropped: list[Item] = []
+    dropped: list[QueuedItem] = []
     b = Batcher(
         BatchConfig(max_batch_size=1, max_wait_ms=0, max_queue=2),
         clock=clock,
         on_drop=lambda item, now: dropped.append(item),
     )
-    b.put([Item("a", 0.0, deadline=1.0), Item("b", 0.0)])
+    b.put([QueuedItem("a", 0.0, deadline=1.0), QueuedItem("b", 0.0)])
     with pytest.raises(WorkerOverloaded):
-        b.put([Item("c", 0.5)])
+        b.put([QueuedItem("c", 0.5)])
     clock.now = 1.0
-    b.put([Item("c", 1.0)])
+    b.put([QueuedItem("c", 1.0)])
     assert [i.payload for i in dropped] == ["a"]
     assert [i.payload for i in b.drain_all()] == ["b", "c"]
 
@@ -263,8 +263,8 @@ def test_expired_items_hold_no_slot() -> None:
 def test_interactive_items_go_before_queued_batch_class_ones() -> None:
     clock = FakeClock()
     b = Batcher(BatchConfig(max_batch_size=3, max_wait_ms=10, max_queue=20), clock=clock)
-    b.put([Item(f"b{i}", 0.0, priority=1) for i in range(5)])
-    b.put([Item(f"i{i}", 0.001, priority=0) for i in range(2)])
+    b.put([QueuedItem(f"b{i}", 0.0, priority=1) for i in range(5)])
+    b.put([QueuedItem(f"i{i}", 0.001, priority=0) for i in range(2)])
     first = b.poll(0.001)
     assert first is not None
     assert [i.payload for i in first] == ["i0", "i1", "b0"]  # each class in its order
@@ -279,7 +279,7 @@ def test_interactive_items_go_before_queued_batch_class_ones() -> None:
 @given(st.lists(st.integers(0, 1), min_size=1, max_size=40), st.integers(1, 8))
 def test_priorities_lose_nothing_and_keep_each_class_in_order(prios: list[int], size: int) -> None:
     b = Batcher(BatchConfig(max_batch_size=size, max_wait_ms=0, max_queue=64), clock=FakeClock())
-    b.put([Item((p, n), 0.0, priority=p) for n, p in enumerate(prios)])
+    b.put([QueuedItem((p, n), 0.0, priority=p) for n, p in enumerate(prios)])
     out: list[tuple[int, int]] = []
     while (batch := b.poll(1.0)) is not None:
         assert len(batch) <= size

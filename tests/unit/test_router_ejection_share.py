@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from gpufleet.router.admission import Admission
-from gpufleet.router.http1 import Client
+from gpufleet.router.http1 import UpstreamConnections
 from gpufleet.router.policies import make_policy
 from gpufleet.router.pool import Registry, WorkerSpec
 from gpufleet.router.proxy import Proxy, ProxySettings
@@ -31,7 +31,11 @@ def _proxy(n: int, percent: float) -> tuple[Proxy, list[Upstream]]:
         max_ejection_percent=percent,
     )
     return Proxy(
-        registry, {"default": admission}, Client(connect_timeout_s=1), settings, Totals()
+        registry,
+        {"default": admission},
+        UpstreamConnections(connect_timeout_s=1),
+        settings,
+        Totals(),
     ), ups
 
 

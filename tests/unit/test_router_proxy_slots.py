@@ -6,7 +6,7 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from gpufleet.router.admission import Admission
-from gpufleet.router.http1 import Client, ConnectionPool
+from gpufleet.router.http1 import ConnectionPool, UpstreamConnections
 from gpufleet.router.policies import make_policy
 from gpufleet.router.pool import Registry, WorkerSpec
 from gpufleet.router.proxy import Proxy, ProxySettings
@@ -14,7 +14,7 @@ from gpufleet.router.stats import Totals
 from gpufleet.router.upstream import READY
 
 
-class _PoolFails(Client):
+class _PoolFails(UpstreamConnections):
     """A client whose pool cannot be made (as for an upstream URL it cannot encode)."""
 
     def pool(self, url: str) -> ConnectionPool:

@@ -25,7 +25,7 @@ from gpufleet.router.admin import MAX_BODY as ADMIN_MAX_BODY
 from gpufleet.router.admin import AdminAPI
 from gpufleet.router.admission import Admission
 from gpufleet.router.health import HealthChecker, HealthSettings
-from gpufleet.router.http1 import Client
+from gpufleet.router.http1 import UpstreamConnections
 from gpufleet.router.metrics import CONTENT_TYPE, RouterCollector, metrics_text
 from gpufleet.router.models import ModelCatalog
 from gpufleet.router.policies import make_policy
@@ -71,7 +71,7 @@ class RouterState:
                 readmit_after=cfg.readmit_after,
             ),
         )
-        self.client: Client | None = None
+        self.client: UpstreamConnections | None = None
         self.proxy: Proxy | None = None
         #: Extensions' hooks: called with the router's own URL once it listens (``main``),
         #: when it starts draining, and for more ``/stats`` fields.
@@ -131,7 +131,7 @@ class RouterState:
         """Open the upstream connection pool and start probing."""
         for pool in list(self.registry.pools.values()):
             self.admission(pool)
-        self.client = Client(connect_timeout_s=self.cfg.connect_timeout_s)
+        self.client = UpstreamConnections(connect_timeout_s=self.cfg.connect_timeout_s)
         self.health.on_round = self._on_round
         cfg = self.cfg
         self.proxy = Proxy(

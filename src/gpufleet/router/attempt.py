@@ -23,7 +23,7 @@ from gpufleet.router.admission import Admission
 from gpufleet.router.ejection import Ejector
 from gpufleet.router.forwarded import Forwarded
 from gpufleet.router.headers import response_headers
-from gpufleet.router.http1 import AnswerBroken, Client, Lost, NotSent, Response
+from gpufleet.router.http1 import AnswerBroken, Lost, NotSent, Response, UpstreamConnections
 from gpufleet.router.relay import end_broken, relay
 from gpufleet.router.retries import LOST, NOT_SENT, REFUSED, TIMEOUT, AttemptFailed
 from gpufleet.router.stats import Totals
@@ -65,7 +65,7 @@ class Attempts:
 
     def __init__(
         self,
-        client: Client,
+        client: UpstreamConnections,
         settings: ProxySettings,
         totals: Totals,
         admissions: dict[str, Admission],

@@ -40,7 +40,7 @@ from gpufleet.router.attempt import Attempts
 from gpufleet.router.ejection import Ejector
 from gpufleet.router.forwarded import Forwarded, read_body
 from gpufleet.router.headers import request_headers
-from gpufleet.router.http1 import Client
+from gpufleet.router.http1 import UpstreamConnections
 from gpufleet.router.models import ModelCatalog, model_of
 from gpufleet.router.pool import DEFAULT_POOL, Pool, Registry
 from gpufleet.router.prefix import PROMPT_PATHS, prompt_blocks, prompt_text
@@ -86,7 +86,7 @@ class Proxy:
         self,
         registry: Registry,
         admissions: dict[str, Admission],
-        client: Client,
+        client: UpstreamConnections,
         settings: ProxySettings,
         totals: Totals,
         *,

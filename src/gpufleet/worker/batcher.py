@@ -29,7 +29,7 @@ Clock = Callable[[], float]
 
 
 @dataclass(eq=False, slots=True)
-class Item:
+class QueuedItem:
     """One input waiting for the model, and the future its caller awaits."""
 
     payload: Any
@@ -58,7 +58,7 @@ class Batcher:
         cfg: BatchConfig,
         *,
         clock: Clock = time.monotonic,
-        on_drop: Callable[[Item, float], None] | None = None,
+        on_drop: Callable[[QueuedItem, float], None] | None = None,
     ) -> None:
         self.cfg = cfg
         #: Effective largest batch; the runner lowers it after an out-of-memory error.
@@ -66,7 +66,7 @@ class Batcher:
         self._max_wait_s = cfg.max_wait_ms / 1000.0
         self._clock = clock
         self._on_drop = on_drop
-        self._queue: deque[Item] = deque()
+        self._queue: deque[QueuedItem] = deque()
         #: Slots held by open streams: they count against ``max_queue`` like queued items.
         self.reserved = 0
         self._changed: asyncio.Event | None = None
@@ -100,7 +100,7 @@ class Batcher:
                 f"max {self.cfg.max_queue})"
             )
 
-    def put(self, items: Sequence[Item]) -> None:
+    def put(self, items: Sequence[QueuedItem]) -> None:
         """Queue all of ``items`` or none of them.
 
         Raises:
@@ -125,7 +125,7 @@ class Batcher:
         """Give back a slot taken by ``reserve()``."""
         self.reserved = max(0, self.reserved - 1)
 
-    def discard(self, items: Sequence[Item]) -> int:
+    def discard(self, items: Sequence[QueuedItem]) -> int:
         """Take ``items`` out of the queue now (their caller left); return how many were queued.
 
         Each one removed goes to ``on_drop``, as if a poll had found it dead.
@@ -147,7 +147,7 @@ class Batcher:
         """Remove cancelled and expired items anywhere in the queue; return how many."""
         if not any(item.is_dead(now) for item in self._queue):
             return 0
-        alive: deque[Item] = deque()
+        alive: deque[QueuedItem] = deque()
         dropped = 0
         for item in self._queue:
             if item.is_dead(now):
@@ -159,7 +159,7 @@ class Batcher:
         self._queue = alive
         return dropped
 
-    def poll(self, now: float) -> list[Item] | None:
+    def poll(self, now: float) -> list[QueuedItem] | None:
         """The next batch if one is due at ``now``, else None.
 
         A batch is due when ``max_batch_size`` live items wait, or when the oldest has
@@ -194,7 +194,7 @@ class Batcher:
         times += [i.deadline for i in self._queue if i.deadline is not None]
         return min(times) if times else None
 
-    async def next_batch(self) -> list[Item]:
+    async def next_batch(self) -> list[QueuedItem]:
         """Wait for the next due batch (only one task may call this at a time)."""
         if self._changed is None:
             self._changed = asyncio.Event()
@@ -219,7 +219,7 @@ class Batcher:
         if self._changed is not None:
             self._changed.set()
 
-    def drain_all(self) -> list[Item]:
+    def drain_all(self) -> list[QueuedItem]:
         """Remove and return every queued item (used when the worker stops hard)."""
         items = list(self._queue)
         self._queue.clear()

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from gpufleet import wire
 from gpufleet.config.worker import WorkerConfig
 from gpufleet.errors import DeadlineExceeded, ModelError, WorkerOverloaded, WorkerUnavailable
-from gpufleet.worker.batcher import Batcher, Item
+from gpufleet.worker.batcher import Batcher, QueuedItem
 from gpufleet.worker.metrics import WorkerMetrics
 from gpufleet.worker.runner import ItemFailed, ModelInfo, Runner
 from gpufleet.worker.stall import Stall, find_stall
@@ -193,7 +193,8 @@ class WorkerService:
         now = self.clock()
         priority = REQUEST_PRIORITY.get()
         items = [
-            Item(p, now, deadline, future=loop.create_future(), priority=priority) for p in payloads
+            QueuedItem(p, now, deadline, future=loop.create_future(), priority=priority)
+            for p in payloads
         ]
         try:
             batcher.put(items)
@@ -216,7 +217,7 @@ class WorkerService:
             # when the batch on the device ends, so the slots are free for the next caller
             # at once (issue 12). A cancelled gather has already cancelled the futures:
             # those count as well.
-            left: list[Item] = []
+            left: list[QueuedItem] = []
             for item in items:
                 f = item.future
                 if f is not None and (not f.done() or f.cancelled()):
@@ -285,7 +286,7 @@ class WorkerService:
                     if item.future is not None and not item.future.done():
                         item.future.set_exception(ModelError(f"{type(exc).__name__}: {exc}"))
 
-    async def _run_batch(self, batch: list[Item]) -> None:
+    async def _run_batch(self, batch: list[QueuedItem]) -> None:
         started = self.clock()
         for item in batch:
             self.metrics.queue_time.observe(started - item.enqueued_at)
@@ -314,7 +315,7 @@ class WorkerService:
             elif item.future is not None and not item.future.done():
                 item.future.set_result(out)
 
-    def _on_drop(self, item: Item, now: float) -> None:
+    def _on_drop(self, item: QueuedItem, now: float) -> None:
         reason = "cancelled" if item.cancelled else "expired"
         self.counters.dropped += 1
         self.metrics.dropped.labels(reason=reason).inc()

@@ -25,7 +25,7 @@ so the upstream sees the client go.
 """
 
 from gpufleet.router.http1.connection import HIGH_WATER
-from gpufleet.router.http1.connection_pool import KEEPALIVE_S, Client, ConnectionPool
+from gpufleet.router.http1.connection_pool import KEEPALIVE_S, ConnectionPool, UpstreamConnections
 from gpufleet.router.http1.errors import AnswerBroken, Lost, NotSent
 from gpufleet.router.http1.framing import MAX_HEAD, MAX_HEADERS
 from gpufleet.router.http1.response import Response
@@ -36,9 +36,9 @@ __all__ = [
     "MAX_HEAD",
     "MAX_HEADERS",
     "AnswerBroken",
-    "Client",
     "ConnectionPool",
     "Lost",
     "NotSent",
     "Response",
+    "UpstreamConnections",
 ]

@@ -1,7 +1,7 @@
 """Keep-alive connections to upstreams: reused while fresh, closed when stale.
 
 A connection idle for ``KEEPALIVE_S`` (or less, as the answer's ``Keep-Alive: timeout=N``
-asks) is not reused: the upstream may be closing it. ``Client`` keeps one
+asks) is not reused: the upstream may be closing it. ``UpstreamConnections`` keeps one
 ``ConnectionPool`` per upstream URL.
 """
 
@@ -171,8 +171,8 @@ class ConnectionPool:
         self._all.clear()
 
 
-class Client:
-    """One ``ConnectionPool`` per upstream URL."""
+class UpstreamConnections:
+    """The router's side of its upstreams: one ``ConnectionPool`` per upstream URL."""
 
     def __init__(self, *, connect_timeout_s: float, keepalive_s: float = KEEPALIVE_S) -> None:
         self.connect_timeout_s = connect_timeout_s
