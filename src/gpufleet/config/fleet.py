@@ -183,8 +183,9 @@ class FleetConfig:
     #: The router's ``--batch-store``.
     batch_store: str | None = setting(
         None,
-        help="The router's Batch API store (unset: RUN_DIR/batches); off: none.",
-        metavar="PATH",
+        help="The router's Batch API store, a directory or a postgresql:// URL (unset:"
+        " RUN_DIR/batches); off: none.",
+        metavar="PATH|URL",
         panel=_ROUTER,
     )
 

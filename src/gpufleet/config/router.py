@@ -152,12 +152,14 @@ class RouterConfig:
         " slot; the rest stays free for interactive bursts).",
         names=("--batch-share",),
     )
-    #: SQLite ``batches.sqlite3`` + ``files/``. ``gpufleet up`` sets ``<run_dir>/batches``.
+    #: SQLite ``batches.sqlite3`` + ``files/``, or a PostgreSQL database
+    #: (``postgresql://…``, the ``postgres`` extra). ``gpufleet up`` sets
+    #: ``<run_dir>/batches``.
     batch_store: str | None = setting(
         None,
-        help="Directory of the Batch API's store (SQLite + files); unset: no Batch API"
-        " (/v1/files and /v1/batches are proxied).",
-        metavar="PATH",
+        help="The Batch API's store: a directory (SQLite + files) or a postgresql:// URL;"
+        " unset: no Batch API (/v1/files and /v1/batches are proxied).",
+        metavar="PATH|URL",
     )
     batch_max_file_mb: float = setting(200.0, help="Largest batch input file.")
     batch_max_lines: int = setting(50_000, help="Most requests in one batch.")
@@ -237,7 +239,7 @@ class RouterConfig:
                 f"batch_share_percent must be in (0, 100], got {self.batch_share_percent}"
             )
         if self.batch_store is not None and not self.batch_store.strip():
-            raise ConfigError("batch_store must be a directory path")
+            raise ConfigError("batch_store must be a directory path or a postgresql:// URL")
         if self.admin_token is not None and self.admin_token_file is not None:
             raise ConfigError("give admin_token or admin_token_file, not both")
         if self.admin_token is not None and len(self.admin_token) < 8:
