@@ -61,9 +61,11 @@ class RouterConfig:
         " address: the only names served, unset: any; * any, *.x.com subdomains).",
     )
     port_file: str | None = setting(None, help="Write the bound port here once listening.")
-    #: One batch running, the next one queued.
+    #: One batch running, the next one queued; engines: see router/engines.py.
     max_outstanding: int = setting(
-        0, help="Cap per upstream; 0: 2 x a gpufleet worker's batch size, else 4."
+        0,
+        help="Cap per upstream; 0: learned (a gpufleet worker: 2 x its batch size; SGLang,"
+        " TGI: their stated limit; vLLM: from its /metrics; others: adaptive from latency).",
     )
     max_queue: int = setting(
         1024, help="Requests that may wait when all upstreams are at their cap."
