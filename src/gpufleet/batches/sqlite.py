@@ -134,7 +134,7 @@ class SqliteStore:
     """Files, batches and results in SQLite (WAL) under ``root``; contents in ``root/files``."""
 
     def __init__(self, root: str | Path, *, clock: Callable[[], float] = time.time) -> None:
-        self.root = Path(root)
+        self.root = Path(root).absolute()  # scratch paths are compared with tmp_dir
         self.files_dir = self.root / "files"
         self.tmp_dir = self.root / "tmp"
         self._clock = clock

@@ -45,7 +45,7 @@ def generate(
     """Run every prompt through the endpoints; one output file per item; resumable."""
     from gpufleet.client import Client, read_items, run_job
     from gpufleet.config import load
-    from gpufleet.errors import ConfigError
+    from gpufleet.errors import ConfigError, GpufleetError
 
     with config_errors_exit():
         if progress not in _PROGRESS_MODES:
@@ -74,6 +74,9 @@ def generate(
     except (KeyboardInterrupt, asyncio.CancelledError) as exc:
         typer.echo("gpufleet generate: stopped; run the same command again to resume", err=True)
         raise typer.Exit(130 if isinstance(exc, KeyboardInterrupt) else 143) from None
+    except GpufleetError as exc:  # e.g. the endpoint refused the batch: one line, no traceback
+        typer.echo(f"gpufleet generate: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(json.dumps({k: summary[k] for k in ("success", "succeeded", "failed", "skipped")}))
     raise typer.Exit(0 if summary["success"] else 1)
 

@@ -354,6 +354,11 @@ class _Api:
             message = raw[:500].decode("utf-8", "replace")
             if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
                 message = str(answer["error"].get("message"))
+            if status == 404 and path.startswith("/v1/files"):
+                message += (
+                    " (no Batch API there: point --endpoint at a router started by"
+                    " `gpufleet up`, or by `gpufleet router --batch-store DIR`)"
+                )
             raise RequestFailed(f"{method} {url}: HTTP {status}: {message}", status=status)
         return answer
 
