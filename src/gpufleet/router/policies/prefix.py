@@ -64,9 +64,6 @@ class Prefix:
         #: Requests sent by affinity, and those that had a match but went by load.
         self.affine = 0
         self.by_load = 0
-        #: Set by ``_choose``: the home was skipped and is slower than the choice by more
-        #: than ``BALANCE`` (so the overflow also becomes a home).
-        self._slow_home = False
 
     def choose(
         self,
@@ -84,7 +81,7 @@ class Prefix:
         if choice is None:
             # No room anywhere: the capacity policy says wait (None) or hold (a float).
             return self._capacity.choose(ready, key, waiting, waited_s)
-        if home_ready and not self._slow_home and not matched.get(self.index.bit(choice.id)):
+        if home_ready and not matched.get(self.index.bit(choice.id)):
             return choice  # an overflow: its home stays where it was
         self.index.record(prompt, choice.id)
         return choice
@@ -122,9 +119,6 @@ class Prefix:
         affine_score = 0.0
         home_ready = False
         rng = self._rng
-        self._slow_home = False
-        affine_lat = 0.0
-        best_lat = 0.0
         for u, x in zip(ready, lat, strict=True):
             x = x or default
             total_load += u.in_flight + 1
@@ -135,13 +129,13 @@ class Prefix:
                 continue
             score = (u.in_flight + 1) * x
             if best is None or score < best_score:
-                best, best_score, best_lat, ties = u, score, x, 1
+                best, best_score, ties = u, score, 1
             elif score == best_score:
                 ties += 1
                 if rng.random() * ties < 1.0:
-                    best, best_lat = u, x
+                    best = u
             if n and (n > affine_n or (n == affine_n and score < affine_score)):
-                affine, affine_n, affine_score, affine_lat = u, n, score, x
+                affine, affine_n, affine_score = u, n, score
         if affine is not None:
             # The reference is the fleet's load spread by speed, not the least loaded
             # upstream's: engines that batch finish their requests in bursts, so one of
@@ -153,12 +147,6 @@ class Prefix:
             if affine_score <= BALANCE * fair + SLACK * len(ready) / total_speed:
                 self.affine += 1
                 return affine, home_ready
-            # A home that is much slower than where its overflow goes (a slower GPU, given
-            # tenants before its speed was measured) keeps only what its speed allows; the
-            # rest of the tenant lives where it overflowed, a second home that wins the
-            # ties on load from then on. Between engines of one speed an overflow is never
-            # a home (one home per prefix, below).
-            self._slow_home = affine_lat > BALANCE * best_lat
         if home_ready:
             self.by_load += 1
         return best, home_ready
