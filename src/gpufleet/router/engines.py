@@ -19,16 +19,17 @@ an unbounded one piles work into one engine's queue. When an upstream turns read
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
-from typing import Any, Final
+from typing import Final
 
-import aiohttp
+import msgspec
 
+from gpufleet.errors import RequestFailed
 from gpufleet.router.limit import GradientLimit
 from gpufleet.router.upstream import DEFAULT_MAX_OUTSTANDING, Upstream
+from gpufleet.wire.http import PeerAnswer, PeerClient
 
 log = logging.getLogger("gpufleet.router.health")
 
@@ -41,45 +42,60 @@ _RUNNING = re.compile(rb"^vllm:num_requests_running(?:\{[^}]*\})? ([0-9.eE+-]+)"
 _WAITING = re.compile(rb"^vllm:num_requests_waiting(?:\{[^}]*\})? ([0-9.eE+-]+)", re.M)
 
 
-async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, bytes] | None:
+class _SglangInfo(msgspec.Struct):
+    """``GET /get_server_info`` of SGLang: only the field read (the rest is ignored)."""
+
+    max_running_requests: int | None = None
+
+
+class _TgiInfo(msgspec.Struct):
+    """``GET /info`` of TGI: only the field read (the rest is ignored)."""
+
+    max_concurrent_requests: int | None = None
+
+
+async def _get(http: PeerClient, url: str) -> PeerAnswer | None:
+    """``GET url`` answered 200 (at most ``_MAX_READ`` bytes), or None."""
     try:
-        async with session.get(url, allow_redirects=False) as resp:
-            body = bytearray()
-            async for chunk in resp.content.iter_chunked(1 << 16):
-                body += chunk
-                if len(body) > _MAX_READ:
-                    return None  # not what an engine answers here
-            return resp.status, bytes(body)
-    except (aiohttp.ClientError, TimeoutError, OSError):
+        answer = await http.request("GET", url, max_bytes=_MAX_READ)
+    except RequestFailed as exc:
+        log.debug("engine discovery: %s", exc.message)
         return None
+    return answer if answer.status == 200 else None
 
 
-def _json_int(body: bytes, field: str) -> int | None:
+def _limit(answer: PeerAnswer, info: type[_SglangInfo] | type[_TgiInfo]) -> int | None:
+    """The positive limit an engine's info states, or None (absent, not JSON, not an int)."""
     try:
-        data: Any = json.loads(body)
-    except (ValueError, RecursionError):
+        decoded = answer.decode(info)
+    except RequestFailed:
         return None
-    value = data.get(field) if isinstance(data, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+    value = (
+        decoded.max_running_requests
+        if isinstance(decoded, _SglangInfo)
+        else decoded.max_concurrent_requests
+    )
+    return value if value is not None and value > 0 else None
 
 
-async def discover(session: aiohttp.ClientSession, upstream: Upstream) -> None:
+async def discover(http: PeerClient, upstream: Upstream) -> None:
     """Learn what kind of server ``upstream`` is and set its cap (see the module doc)."""
     base = upstream.base
-    for path, field, kind in (
-        ("/get_server_info", "max_running_requests", "sglang"),
-        ("/info", "max_concurrent_requests", "tgi"),
+    info: type[_SglangInfo] | type[_TgiInfo]
+    for path, info, kind in (
+        ("/get_server_info", _SglangInfo, "sglang"),
+        ("/info", _TgiInfo, "tgi"),
     ):
-        got = await _get(session, base + path)
-        if got is not None and got[0] == 200:
-            limit = _json_int(got[1], field)
+        got = await _get(http, base + path)
+        if got is not None:
+            limit = _limit(got, info)
             if limit is not None:
                 upstream.engine = kind
                 upstream.limiter = None
                 upstream.max_outstanding = min(limit, ENGINE_MAX)
                 return
-    got = await _get(session, base + "/metrics")
-    if got is not None and got[0] == 200 and _RUNNING.search(got[1]):
+    got = await _get(http, base + "/metrics")
+    if got is not None and _RUNNING.search(got.body):
         upstream.engine = "vllm"
         upstream.limiter = None
         upstream.max_outstanding = ENGINE_START
@@ -89,13 +105,13 @@ async def discover(session: aiohttp.ClientSession, upstream: Upstream) -> None:
     upstream.max_outstanding = DEFAULT_MAX_OUTSTANDING
 
 
-async def poll(session: aiohttp.ClientSession, upstream: Upstream) -> None:
+async def poll(http: PeerClient, upstream: Upstream) -> None:
     """Read a vLLM engine's load and move its cap toward what it can run."""
-    got = await _get(session, upstream.base + "/metrics")
-    if got is None or got[0] != 200:
+    got = await _get(http, upstream.base + "/metrics")
+    if got is None:
         return
-    running_m = _RUNNING.search(got[1])
-    waiting_m = _WAITING.search(got[1])
+    running_m = _RUNNING.search(got.body)
+    waiting_m = _WAITING.search(got.body)
     if running_m is None or waiting_m is None:
         return
     try:

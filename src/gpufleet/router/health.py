@@ -111,8 +111,8 @@ class HealthChecker:
                 await asyncio.gather(*(self.probe(u) for u in upstreams))
                 engines_ = [u for u in upstreams if u.engine == "vllm" and u.cap_from_stats]
                 if engines_ and self._http is not None:
-                    session = self._http.session
-                    await asyncio.gather(*(engines.poll(session, u) for u in engines_))
+                    http = self._http
+                    await asyncio.gather(*(engines.poll(http, u) for u in engines_))
                 if self.on_round is not None:
                     self.on_round()
             except Exception:  # a bug in a probe must not stop health checking
@@ -171,7 +171,7 @@ class HealthChecker:
         if is_gpufleet and upstream.cap_from_stats:
             await self._learn_cap(upstream)
         elif upstream.cap_from_stats and not upstream.engine and self._http is not None:
-            await engines.discover(self._http.session, upstream)
+            await engines.discover(self._http, upstream)
         if upstream.state == state:  # nothing changed it while /stats was read
             log.info(
                 "%s is ready (%s, max_outstanding=%d)",

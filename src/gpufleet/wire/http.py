@@ -173,7 +173,7 @@ class PeerClient:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, limit_per_host=self._per_host),
                 # Each call of ours sets its own budget; this one bounds code that uses
-                # ``session`` directly (the router's engine discovery).
+                # ``session`` directly (a streamed download).
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s),
                 trust_env=False,
             )
