@@ -20,15 +20,15 @@ from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from aiohttp import web
 
 from gpufleet import wire
 from gpufleet._percentile import percentile_ms
-from gpufleet.router.health import read_json
+from gpufleet.errors import RequestFailed
 from gpufleet.router.pool import Registry
 from gpufleet.router.stats import stats_payload
 from gpufleet.router.upstream import REMOVED, Upstream
+from gpufleet.wire.http import PeerClient
 
 if TYPE_CHECKING:
     from gpufleet.router.app import RouterState
@@ -64,16 +64,13 @@ class WorkerStatsReader:
         self.timeout_s = timeout_s
         self.max_age_s = max_age_s
         self._clock = clock
-        self._session: aiohttp.ClientSession | None = None
+        self._http: PeerClient | None = None
         self._lock = asyncio.Lock()
         self._read_at = -float("inf")
         self._cache: dict[str, dict[str, Any]] = {}
 
     async def __aenter__(self) -> WorkerStatsReader:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=64, limit_per_host=2),
-            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-        )
+        self._http = PeerClient(timeout_s=self.timeout_s, connections_per_host=2)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -81,9 +78,9 @@ class WorkerStatsReader:
 
     async def aclose(self) -> None:
         """Close the connections to the workers."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
 
     async def read(self) -> dict[str, dict[str, Any]]:
         """``{upstream id: {"worker": stats} | {"worker_error": reason}}`` for gpufleet workers."""
@@ -96,23 +93,17 @@ class WorkerStatsReader:
             return self._cache
 
     async def _read_one(self, upstream: Upstream) -> dict[str, Any]:
-        if self._session is None:
+        if self._http is None:
             return {"worker_error": "the router is not serving"}
+        # PeerClient follows no redirect: an upstream must not make the router read (and
+        # show) another address. Its errors say the call, the status and the reason.
         try:
-            async with asyncio.timeout(self.timeout_s):
-                # Redirects are not followed: an upstream must not make the router read
-                # (and show) another address.
-                async with self._session.get(
-                    upstream.base + "/stats", allow_redirects=False
-                ) as resp:
-                    if resp.status != 200:
-                        return {"worker_error": f"/stats answered HTTP {resp.status}"}
-                    data = await read_json(resp)
-        except TimeoutError:
-            return {"worker_error": f"/stats did not answer within {self.timeout_s:g}s"}
-        except (aiohttp.ClientError, ValueError, OSError) as exc:
-            return {"worker_error": f"/stats unreadable: {exc or type(exc).__name__}"}
-        if not isinstance(data, dict) or data.get("server") != wire.WORKER_SERVER_NAME:
+            data = await self._http.get(upstream.base + "/stats", into=dict[str, Any])
+        except RequestFailed as exc:
+            return {"worker_error": exc.message}
+        # Decoded as an object, not as wire.WorkerStats: a worker of another version (a
+        # field more or less) is still shown, field by field.
+        if data.get("server") != wire.WORKER_SERVER_NAME:
             return {"worker_error": "/stats is not a gpufleet worker's"}
         # Only the fields of a worker's /stats are shown, whatever else it holds.
         return {"worker": {k: v for k, v in data.items() if k in _WORKER_FIELDS}}

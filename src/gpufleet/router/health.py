@@ -24,9 +24,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-import aiohttp
 import msgspec
 
 from gpufleet import wire
@@ -213,24 +211,6 @@ class HealthChecker:
         size = stats.max_batch_size
         if size >= 1 and stats.server == wire.WORKER_SERVER_NAME:
             upstream.max_outstanding = BATCHES_IN_FLIGHT * size
-
-
-async def read_json(resp: aiohttp.ClientResponse, limit: int = MAX_STATS_BYTES) -> Any:
-    """A peer's JSON answer: 200 only, at most ``limit`` bytes, bounded nesting.
-
-    Raises:
-        ValueError: another status, a larger body, or not JSON.
-    """
-    if resp.status != 200:
-        raise ValueError(f"answered HTTP {resp.status}")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise ValueError(f"answer over {limit} bytes")
-        chunks.append(chunk)
-    return wire.decode_json(b"".join(chunks))
 
 
 def _reason(body: bytes) -> str:

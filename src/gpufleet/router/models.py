@@ -19,21 +19,30 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
-import aiohttp
 import msgspec
 
-from gpufleet.router.health import read_json
+from gpufleet.errors import RequestFailed
 from gpufleet.router.pool import Registry
 from gpufleet.router.upstream import READY, Upstream
+from gpufleet.wire.http import PeerClient
 
 #: A model card of OpenAI's ``/v1/models`` list.
 Card = dict[str, Any]
+_S = TypeVar("_S", bound=msgspec.Struct)
 
 
 class _Model(msgspec.Struct):
+    """A body's ``model`` field (a request's, or a worker's ``/stats``); the rest ignored."""
+
     model: str | None = None
+
+
+class _ModelList(msgspec.Struct):
+    """OpenAI's ``/v1/models`` answer: its cards pass as they are, so each is plain JSON."""
+
+    data: list[Any] = msgspec.field(default_factory=list)
 
 
 _MODEL = msgspec.json.Decoder(_Model)
@@ -47,12 +56,11 @@ def model_of(body: bytes) -> str | None:
         return None
 
 
-def _cards(data: Any) -> list[Card]:
+def _cards(answer: _ModelList | None) -> list[Card]:
     """The model cards of a ``/v1/models`` answer (those with a string ``id``)."""
-    items = data.get("data") if isinstance(data, dict) else None
-    if not isinstance(items, list):
+    if answer is None:
         return []
-    return [dict(c) for c in items if isinstance(c, dict) and isinstance(c.get("id"), str)]
+    return [dict(c) for c in answer.data if isinstance(c, dict) and isinstance(c.get("id"), str)]
 
 
 class ModelCatalog:
@@ -68,10 +76,9 @@ class ModelCatalog:
     ) -> None:
         self.registry = registry
         self._ttl_s = ttl_s
-        self._timeout_s = timeout_s
         self._clock = clock
         self._known: dict[str, tuple[float, list[Card]]] = {}
-        self._session: aiohttp.ClientSession | None = None
+        self._http = PeerClient(timeout_s=timeout_s)
         #: Which pools serve each model id, as of the last listing.
         self.pools_of: dict[str, tuple[str, ...]] = {}
         self._refresh: asyncio.Task[Any] | None = None
@@ -100,9 +107,7 @@ class ModelCatalog:
             self._refresh.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresh
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.aclose()
 
     async def listing(self) -> dict[str, Any]:
         """``{"object": "list", "data": [cards]}`` over every ready upstream."""
@@ -134,24 +139,19 @@ class ModelCatalog:
         return cards
 
     async def _ask(self, upstream: Upstream) -> list[Card]:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self._timeout_s)
-            )
-        cards = _cards(await self._get(upstream.base + "/v1/models"))
+        cards = _cards(await self._get(upstream.base + "/v1/models", _ModelList))
         if not cards and upstream.is_gpufleet:  # a worker from before /v1/models
-            stats = await self._get(upstream.base + "/stats")
-            model = stats.get("model") if isinstance(stats, dict) else None
-            if isinstance(model, str):
-                cards = [{"id": model}]
+            stats = await self._get(upstream.base + "/stats", _Model)
+            if stats is not None and stats.model is not None:
+                cards = [{"id": stats.model}]
         return cards
 
-    async def _get(self, url: str) -> Any:
-        assert self._session is not None
-        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
-            async with self._session.get(url, allow_redirects=False) as resp:
-                return await read_json(resp)
-        return None
+    async def _get(self, url: str, into: type[_S]) -> _S | None:
+        """``GET url`` decoded into ``into``, or None (no answer, not 2xx, not that JSON)."""
+        try:
+            return await self._http.get(url, into=into)
+        except RequestFailed:
+            return None
 
 
 __all__ = ["ModelCatalog", "model_of"]
