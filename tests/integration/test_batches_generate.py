@@ -158,3 +158,17 @@ def test_server_side_needs_one_endpoint(tmp_path: Path) -> None:
     done = _run("-f", str(prompts), "-o", str(tmp_path / "o"), *args, "--server-side")
     assert done.returncode != 0
     assert "one router" in done.stderr
+
+
+def test_server_side_at_an_endpoint_without_the_batch_api_says_where_it_is(
+    tmp_path: Path,
+) -> None:
+    prompts = _prompts(tmp_path / "p.jsonl", ["a"])
+    with run_worker("synthetic") as worker:  # a worker answers 404 to /v1/files
+        done = _run(
+            "-f", str(prompts), "-o", str(tmp_path / "o"), "-e", worker.url, "--server-side"
+        )
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert f"POST {worker.url}/v1/files: HTTP 404" in done.stderr
+    assert "no Batch API there" in done.stderr

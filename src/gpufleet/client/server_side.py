@@ -24,9 +24,10 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import aiohttp
+import msgspec
 
 from gpufleet.client._payload import build_body, decode_reply
 from gpufleet.client._transport import Reply
@@ -43,6 +44,8 @@ from gpufleet.client.outputs import (
 from gpufleet.client.progress import NullProgress, Progress
 from gpufleet.config.client import ClientConfig
 from gpufleet.errors import ClientError, ConfigError, RequestFailed
+from gpufleet.wire.batches import BatchObject, FileObject, ResultLine
+from gpufleet.wire.http import PeerClient
 
 log = logging.getLogger("gpufleet.client")
 
@@ -52,6 +55,8 @@ STATE_FILE: Final = ".gpufleet-batch.json"
 _FINAL: Final = frozenset({"completed", "failed", "expired", "cancelled"})
 #: Budget of one API call (the upload has the job's request timeout instead).
 _CALL_S: Final = 30.0
+_RESULT_LINE: Final = msgspec.json.Decoder(ResultLine)
+T = TypeVar("T")
 
 
 async def run_server_side(
@@ -85,17 +90,16 @@ async def run_server_side(
     progress.start(len(all_items), skipped, [])
     succeeded = failed = 0
     errors: dict[str, str] = {}
-    batch: dict[str, Any] = {}
-    async with aiohttp.ClientSession(trust_env=False) as session:
-        api = _Api(session, base, cfg.timeout)
+    batch: BatchObject | None = None
+    async with PeerClient(timeout_s=_CALL_S) as http:
+        api = _Api(http, base, cfg.timeout)
         try:
             await asyncio.to_thread(results_log.open)
             if todo:
                 batch = await _follow_or_submit(api, cfg, out, state, todo)
                 batch = await _follow(api, batch, progress, poll_s)
                 written: set[str] = set()
-                for key in ("output_file_id", "error_file_id"):
-                    file_id = batch.get(key)
+                for file_id in (batch.output_file_id, batch.error_file_id):
                     if not file_id:
                         continue
                     async for line in api.lines(file_id):
@@ -111,7 +115,7 @@ async def run_server_side(
                 for stem, item in todo:
                     if stem in written:
                         continue  # an item without a line: the batch stopped before it
-                    error = f"not run: the batch ended {batch.get('status')}"
+                    error = f"not run: the batch ended {batch.status}"
                     record = _record(str(item.id), stem, None, "failed", base, error, item.seed)
                     await asyncio.to_thread(results_log.append, record)
                     failed += 1
@@ -129,8 +133,8 @@ async def run_server_side(
                 "throughput_items_per_s": round(succeeded / wall, 3) if wall > 0 else 0.0,
                 "seed": cfg.seed,
                 "dispatch": "server-side",
-                "batch_id": batch.get("id"),
-                "batch_status": batch.get("status"),
+                "batch_id": batch.id if batch is not None else None,
+                "batch_status": batch.status if batch is not None else None,
                 "endpoints": {base: {"served": succeeded}},
                 "errors": errors,
                 "started_at": started_at,
@@ -171,18 +175,18 @@ async def _follow_or_submit(
     out: Path,
     state: dict[str, Any] | None,
     todo: list[tuple[str, Item]],
-) -> dict[str, Any]:
+) -> BatchObject:
     """The batch an earlier run left in the folder, if the router still runs it; else a new one."""
     if state is not None and state.get("endpoint") == api.base and state.get("path") == cfg.path:
         try:
-            batch = await api.json("GET", f"/v1/batches/{state['batch_id']}")
+            batch = await api.call("GET", f"/v1/batches/{state['batch_id']}", BatchObject)
         except RequestFailed as exc:
             if exc.status != 404:
                 raise
             log.info("batch %s is gone from the router: submitting again", state["batch_id"])
         else:
-            if batch.get("status") not in ("failed", "cancelled", "cancelling", "expired"):
-                log.info("following batch %s left by an earlier run", batch["id"])
+            if batch.status not in ("failed", "cancelled", "cancelling", "expired"):
+                log.info("following batch %s left by an earlier run", batch.id)
                 return batch
     lines = [
         json.dumps(
@@ -201,38 +205,36 @@ async def _follow_or_submit(
     form = aiohttp.FormData()
     form.add_field("purpose", "batch")
     form.add_field("file", data, filename="prompts.jsonl", content_type="application/jsonl")
-    uploaded = await api.json("POST", "/v1/files", data=form, budget=cfg.timeout)
+    uploaded = await api.call("POST", "/v1/files", FileObject, data=form, budget=cfg.timeout)
     body = {
-        "input_file_id": uploaded["id"],
+        "input_file_id": uploaded.id,
         "endpoint": cfg.path,
         "completion_window": "24h",
         "metadata": {"created_by": "gpufleet generate --server-side"},
     }
-    batch = await api.json("POST", "/v1/batches", json_body=body)
-    kept = {"batch_id": batch["id"], "endpoint": api.base, "path": cfg.path}
+    batch = await api.call("POST", "/v1/batches", BatchObject, json_body=body)
+    kept = {"batch_id": batch.id, "endpoint": api.base, "path": cfg.path}
     await asyncio.to_thread(write_atomic, out, STATE_FILE, json.dumps(kept).encode())
-    log.info("batch %s: %d request(s) submitted to %s", batch["id"], len(todo), api.base)
+    log.info("batch %s: %d request(s) submitted to %s", batch.id, len(todo), api.base)
     return batch
 
 
-async def _follow(
-    api: _Api, batch: dict[str, Any], progress: Progress, poll_s: float
-) -> dict[str, Any]:
+async def _follow(api: _Api, batch: BatchObject, progress: Progress, poll_s: float) -> BatchObject:
     """Poll the batch until it ends, moving the progress reporter by its counts."""
     shown_ok = shown_failed = 0
     while True:
-        counts = batch.get("request_counts") or {}
-        ok, bad = int(counts.get("completed", 0)), int(counts.get("failed", 0))
+        counts = batch.request_counts
+        ok, bad = (counts.completed, counts.failed) if counts is not None else (0, 0)
         for _ in range(ok - shown_ok):
             progress.advance(Result(id="", index=-1, status="ok"))
         for _ in range(bad - shown_failed):
             error = "failed at the fleet (its error is in results.jsonl when the batch ends)"
             progress.advance(Result(id="(batch)", index=-1, status="failed", error=error))
         shown_ok, shown_failed = max(ok, shown_ok), max(bad, shown_failed)
-        if batch.get("status") in _FINAL:
+        if batch.status in _FINAL:
             return batch
         await asyncio.sleep(poll_s)
-        batch = await api.json("GET", f"/v1/batches/{batch['id']}")
+        batch = await api.call("GET", f"/v1/batches/{batch.id}", BatchObject)
 
 
 async def _store(
@@ -245,21 +247,20 @@ async def _store(
 ) -> Result | None:
     """One output or error line into the folder: its output file, then its record."""
     try:
-        line = json.loads(raw)
-        stem = line["custom_id"]
-    except (ValueError, KeyError, TypeError):
+        line = _RESULT_LINE.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
         log.warning("a line of the batch's output is not a result: %.200r", raw)
         return None
-    item = by_stem.get(stem) if isinstance(stem, str) else None
+    stem = line.custom_id
+    item = by_stem.get(stem)
     if item is None or stem in written:
         return None  # not an item of this run (an earlier run's), or seen already
     written.add(stem)
-    response = line.get("response") or {}
-    status_code = response.get("status_code")
-    body = response.get("body")
+    status_code = line.response.status_code if line.response is not None else None
+    body = line.response.body if line.response is not None else None
     item_id = str(item.id)
     result = Result(id=item_id, index=-1, status="failed", seed=item.seed, attempts=1)
-    if isinstance(status_code, int) and 200 <= status_code < 300:
+    if status_code is not None and 200 <= status_code < 300:
         payload = body if isinstance(body, (bytes, str)) else json.dumps(body)
         reply = Reply(status_code, payload.encode() if isinstance(payload, str) else payload)
         try:
@@ -280,10 +281,10 @@ async def _store(
     return result
 
 
-def _error_text(line: dict[str, Any], status_code: Any, body: Any) -> str:
-    error = line.get("error")
-    if isinstance(error, dict) and error.get("message"):
-        return f"{error.get('code') or 'error'}: {error['message']}"
+def _error_text(line: ResultLine, status_code: int | None, body: Any) -> str:
+    error = line.error
+    if error is not None and error.message:
+        return f"{error.code or 'error'}: {error.message}"
     if isinstance(body, dict):
         name: Any = body.get("error")
         message: Any = body.get("message")
@@ -320,53 +321,44 @@ def _record(
 
 
 class _Api:
-    """The router's Files and Batches routes; failures as ``RequestFailed``."""
+    """The router's Files and Batches routes, through one PeerClient; ``RequestFailed``."""
 
-    def __init__(self, session: aiohttp.ClientSession, base: str, timeout: float) -> None:
-        self.session = session
+    def __init__(self, http: PeerClient, base: str, timeout: float) -> None:
+        self.http = http
         self.base = base
         self.timeout = timeout
 
-    async def json(
+    async def call(
         self,
         method: str,
         path: str,
+        into: type[T],
         *,
-        data: Any = None,
+        data: aiohttp.FormData | None = None,
         json_body: Any = None,
         budget: float = _CALL_S,
-    ) -> dict[str, Any]:
-        url = self.base + path
+    ) -> T:
+        """One call that must answer 2xx, its JSON decoded into ``into``."""
         try:
-            async with (
-                asyncio.timeout(budget),
-                self.session.request(method, url, data=data, json=json_body) as resp,
-            ):
-                raw = await resp.read()
-                status = resp.status
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise RequestFailed(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
-        try:
-            answer = json.loads(raw)
-        except ValueError:
-            answer = None
-        if not 200 <= status < 300 or not isinstance(answer, dict):
-            message = raw[:500].decode("utf-8", "replace")
-            if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
-                message = str(answer["error"].get("message"))
-            if status == 404 and path.startswith("/v1/files"):
-                message += (
-                    " (no Batch API there: point --endpoint at a router started by"
-                    " `gpufleet up`, or by `gpufleet router --batch-store DIR`)"
-                )
-            raise RequestFailed(f"{method} {url}: HTTP {status}: {message}", status=status)
-        return answer
+            return await self.http.call(
+                method, self.base + path, into=into, data=data, json=json_body, timeout_s=budget
+            )
+        except RequestFailed as exc:
+            if exc.status == 404 and path.startswith("/v1/files"):
+                raise RequestFailed(
+                    exc.message + " (no Batch API there: point --endpoint at a router started"
+                    " by `gpufleet up`, or by `gpufleet router --batch-store DIR`)",
+                    status=exc.status,
+                ) from exc
+            raise
 
     async def lines(self, file_id: str) -> AsyncIterator[bytes]:
         """The file's lines, read as they arrive (a large output is never held whole)."""
         url = f"{self.base}/v1/files/{file_id}/content"
         try:
-            async with self.session.get(
+            # A streamed read on the client's session: the file may be larger than any
+            # answer read whole, and its budget is per read, not for the whole file.
+            async with self.http.session.get(
                 url, timeout=aiohttp.ClientTimeout(total=None, sock_read=self.timeout)
             ) as resp:
                 if resp.status != 200:

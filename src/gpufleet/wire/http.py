@@ -173,7 +173,7 @@ class PeerClient:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, limit_per_host=self._per_host),
                 # Each call of ours sets its own budget; this one bounds code that uses
-                # ``session`` directly (a streamed download).
+                # ``session`` directly (a streamed download: generate --server-side).
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s),
                 trust_env=False,
             )
@@ -185,6 +185,7 @@ class PeerClient:
         url: str,
         *,
         json: object = None,
+        data: bytes | aiohttp.FormData | None = None,
         headers: Mapping[str, str] | None = None,
         token: str | None = None,
         timeout_s: float | None = None,
@@ -192,6 +193,9 @@ class PeerClient:
         follow_redirects: bool = False,
     ) -> PeerAnswer:
         """Send one request and read its answer, whatever the status.
+
+        The body is ``json`` (encoded here) or ``data`` as it is (bytes, or a multipart
+        form: a file upload), not both.
 
         Raises:
             RequestFailed: nothing answered within the budget (``retryable``), or the
@@ -203,8 +207,9 @@ class PeerClient:
         bearer = token if token is not None else self._token
         if bearer:
             sent["Authorization"] = f"Bearer {bearer}"
-        data = None
         if json is not None:  # plain data or wire Structs, one encoder for both
+            if data is not None:
+                raise ValueError("json or data, not both")
             data = wire.encode(json)
             sent.setdefault("Content-Type", wire.JSON_CONTENT_TYPE)
         session = self.session
@@ -246,6 +251,7 @@ class PeerClient:
         *,
         into: type[T],
         json: object = ...,
+        data: bytes | aiohttp.FormData | None = ...,
         token: str | None = ...,
         timeout_s: float | None = ...,
         max_bytes: int | None = ...,
@@ -259,6 +265,7 @@ class PeerClient:
         *,
         into: None = ...,
         json: object = ...,
+        data: bytes | aiohttp.FormData | None = ...,
         token: str | None = ...,
         timeout_s: float | None = ...,
         max_bytes: int | None = ...,
@@ -271,6 +278,7 @@ class PeerClient:
         *,
         into: type[Any] | None = None,
         json: object = None,
+        data: bytes | aiohttp.FormData | None = None,
         token: str | None = None,
         timeout_s: float | None = None,
         max_bytes: int | None = None,
@@ -287,6 +295,7 @@ class PeerClient:
             method,
             url,
             json=json,
+            data=data,
             token=token,
             timeout_s=timeout_s,
             max_bytes=max_bytes,
