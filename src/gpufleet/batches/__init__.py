@@ -53,7 +53,9 @@ def extension(
     chosen: BatchStore = store
 
     def install(app: web.Application, state: RouterState) -> None:
-        runner = BatchRunner(chosen, state.registry, state.admissions, cfg, clock=clock)
+        runner = BatchRunner(
+            chosen, state.registry, state.admissions, cfg, lambda: state.proxy, clock=clock
+        )
         BatchAPI(chosen, runner, cfg, clock=clock).register(app)
 
         async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -186,17 +186,21 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
             raise
         payload = wire.error_payload(exc.reason.replace(" ", ""), exc.text or exc.reason)
         return _json(wire.openai_error(payload, exc.status), status=exc.status)
+    if isinstance(response, web.Response) and not response.prepared:
+        openai_shaped(response)
+    return response
+
+
+def openai_shaped(response: web.Response) -> None:
+    """An error the router made itself, in OpenAI's shape (an upstream's stays as it is)."""
     if (
         response.status >= 400
-        and isinstance(response, web.Response)
-        and not response.prepared
         and wire.UPSTREAM_HEADER not in response.headers
         and isinstance(response.body, bytes)
     ):
         with contextlib.suppress(wire.WireDecodeError):
             payload = wire.decode(response.body, wire.ErrorBody)
             response.body = wire.encode(wire.openai_error(payload, response.status))
-    return response
 
 
 def _json(body: object, status: int = 200) -> web.Response:

@@ -112,6 +112,45 @@ class Attempts:
         finally:
             self._end(attempt, upstream, fwd.rid)
 
+    async def run_whole(self, upstream: Upstream, fwd: Forwarded, deadline: float) -> web.Response:
+        """One try of a request made in this process (the Batch API's): its answer read
+        whole, nothing written anywhere; the slot is given back on every way out.
+
+        Raises:
+            AttemptFailed: as ``run``.
+        """
+        attempt = _Try(self._clock())
+        try:
+            resp = attempt.resp = await self._send(upstream, fwd, deadline, attempt.started)
+            watch = attempt.watch = AttemptWatch(
+                resp,
+                None,
+                deadline,
+                self.settings.stream_idle_timeout_s,
+                self.settings.client_write_timeout_s,
+                self._clock,
+            )
+            await self._wait_head(resp, watch, upstream, fwd, attempt.started)
+            out = response_headers(resp, fwd.rid, upstream.id)
+            out[_ATTEMPTS] = str(fwd.attempts)
+            status = resp.status
+            if status >= 500 or status == 429:
+                answer = await self._answer_failure(resp, upstream, out, small=True)
+                assert answer is not None  # read whole: an answer, or AttemptFailed
+                return answer
+            data = await resp.read()
+            attempt.latency = self._clock() - attempt.started
+            self.totals.count(status)
+            if fwd.llm and status == 200:
+                upstream.token_counts().add(usage_of(data))
+            return web.Response(status=status, headers=out, body=data)
+        except (Stop, AnswerBroken, Lost) as exc:
+            if not isinstance(exc, DeadlinePassed):
+                self.ejector.failed(upstream)
+            raise RoutingError(f"answer from {_name(upstream)} broke: {exc}") from None
+        finally:
+            self._end(attempt, upstream, fwd.rid)
+
     async def _send(
         self, upstream: Upstream, fwd: Forwarded, deadline: float, started: float
     ) -> Response:

@@ -17,12 +17,12 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
 from aiohttp import web
-from multidict import istr
+from multidict import CIMultiDict, istr
 from yarl import URL
 
 from gpufleet import wire
@@ -32,7 +32,9 @@ from gpufleet.errors import (
     BadRequest,
     GpufleetError,
     NoHealthyBackend,
+    PayloadTooLarge,
     RequestTimeout,
+    RoutingError,
     UpstreamTimeout,
 )
 from gpufleet.router.admission import INTERACTIVE, PRIORITIES, Admission
@@ -128,10 +130,7 @@ class Proxy:
         self.budget.note_request()
         self.active += 1
         headers = request.headers
-        rid = headers.get(_RID)
-        if not rid or len(rid) > MAX_REQUEST_ID or not (rid.isascii() and rid.isprintable()):
-            self._rid_next += 1
-            rid = f"{self._rid_prefix}-{self._rid_next:x}"
+        rid = self._request_id(headers.get(_RID))
         fwd = Forwarded(rid, _seconds(headers.get(_FIRST_BYTE)))
         try:
             return await self._handle(request, fwd)
@@ -155,6 +154,13 @@ class Proxy:
             self.active -= 1
             if not self.active and self.idle is not None:
                 self.idle.set()
+
+    def _request_id(self, given: str | None) -> str:
+        """The caller's ``X-Request-Id`` when it is fit to pass on, else a new one."""
+        if given and len(given) <= MAX_REQUEST_ID and given.isascii() and given.isprintable():
+            return given
+        self._rid_next += 1
+        return f"{self._rid_prefix}-{self._rid_next:x}"
 
     async def _handle(self, request: web.Request, fwd: Forwarded) -> web.StreamResponse:
         # One deadline from the first byte we handle: the client's upload counts too, so a
@@ -182,7 +188,78 @@ class Proxy:
             text = prompt_text(upstream_path, body)
             if text:
                 prompt = prompt_blocks(text)
-        return await self._forward(request, fwd, admission, prompt, deadline, target)
+        headers = request.headers
+        return await self._forward(
+            lambda upstream: self.attempts.run(request, upstream, fwd, deadline),
+            fwd,
+            admission,
+            prompt,
+            deadline,
+            headers.get(self._sticky),
+            _priority(headers.get(_PRIORITY)),
+            method,
+            target,
+        )
+
+    async def call(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes | None
+    ) -> web.Response:
+        """Proxy a request made in this process (the Batch API's), its answer read whole.
+
+        The same admission (``X-Gpufleet-Priority`` in ``headers`` picks the class),
+        policy, retries and accounting as ``handle``, without crossing a socket twice;
+        an error is answered as ``handle`` answers it (never raised).
+        """
+        self.totals.requests += 1
+        self.budget.note_request()
+        self.active += 1
+        given: CIMultiDict[str] = CIMultiDict(headers)
+        rid = self._request_id(given.get(_RID))
+        fwd = Forwarded(rid, _seconds(given.get(_FIRST_BYTE)))
+        try:
+            deadline = self._clock() + self.settings.timeout_s
+            if body is not None and len(body) > self.settings.max_body_bytes:
+                raise PayloadTooLarge(
+                    f"request body over the limit of {self.settings.max_body_bytes} bytes"
+                )
+            fwd.body = body
+            path, mark, query = path.partition("?")
+            pool, upstream_path = self._route(path, body)
+            target = upstream_path + mark + query
+            fwd.method_bytes = f"{method} ".encode()
+            fwd.target_bytes = target.encode("utf-8", "surrogateescape")
+            fwd.headers = _own_headers(given, rid, body, method)
+            fwd.no_body = method == "HEAD"
+            fwd.llm = method == "POST" and upstream_path.endswith(PROMPT_PATHS)
+            admission = self.admissions[pool.name]
+            prompt: list[int] | None = None
+            if body and admission.uses_prompt:
+                text = prompt_text(upstream_path, body)
+                if text:
+                    prompt = prompt_blocks(text)
+            answer = await self._forward(
+                lambda upstream: self.attempts.run_whole(upstream, fwd, deadline),
+                fwd,
+                admission,
+                prompt,
+                deadline,
+                given.get(self._sticky),
+                _priority(given.get(_PRIORITY)),
+                method,
+                target,
+            )
+            if not isinstance(answer, web.Response):  # run_whole and _give_up make these
+                raise RoutingError("an in-process request got a streamed answer")
+            return answer
+        except GpufleetError as exc:
+            self.totals.count(exc.http_status)
+            error = error_response(exc, rid)
+            error.headers[_ATTEMPTS] = str(fwd.attempts)
+            return error
+        finally:
+            self.active -= 1
+            if not self.active and self.idle is not None:
+                self.idle.set()
 
     def _route(self, path: str, body: bytes | None) -> tuple[Pool, str]:
         """The pool a request goes to, and its path there."""
@@ -202,16 +279,17 @@ class Proxy:
 
     async def _forward(
         self,
-        request: web.Request,
+        send: Callable[[Upstream], Awaitable[web.StreamResponse]],
         fwd: Forwarded,
         admission: Admission,
         prompt: list[int] | None,
         deadline: float,
+        key: str | None,
+        priority: str,
+        method: str,
         target: str,
     ) -> web.StreamResponse:
-        """Attempts until one answers, none may follow, or no upstream is left."""
-        key = request.headers.get(self._sticky)
-        priority = _priority(request.headers.get(_PRIORITY))
+        """Attempts (``send``) until one answers, none may follow, or no upstream is left."""
         # Upstreams this request must not go back to (a refusal does not count: the
         # upstream takes it again once it has room, which is what Retry-After asks).
         exclude: list[str] = []
@@ -229,12 +307,12 @@ class Proxy:
                     raise
                 fwd.attempts += 1
                 try:
-                    return await self.attempts.run(request, upstream, fwd, deadline)
+                    return await send(upstream)
                 except AttemptFailed as exc:
                     failed = exc
                     if exc.reason != REFUSED:
                         exclude.append(upstream.id)
-                    if not self._may_follow(exc, upstream, request.method, fwd, ran_again):
+                    if not self._may_follow(exc, upstream, method, fwd, ran_again):
                         return self._give_up(exc, fwd)
                     taken += 1
                     if exc.may_have_run:
@@ -243,7 +321,7 @@ class Proxy:
                     log.debug(
                         "%s: retrying %s %s (%s on %s)",
                         fwd.rid,
-                        request.method,
+                        method,
                         target,
                         exc,
                         upstream.id,
@@ -300,6 +378,36 @@ class Proxy:
             self._is_admin if self._admin_token else None,
             forward_auth=self.settings.forward_auth,
         )
+
+
+#: Headers of an in-process request not passed on as given (the proxy sets or uses them).
+_OWN_DROP: Final = frozenset(
+    {
+        "host",
+        "content-length",
+        "connection",
+        "transfer-encoding",
+        "x-request-id",
+        "x-request-timeout",
+        wire.FIRST_BYTE_TIMEOUT_HEADER.lower(),
+    }
+)
+
+
+def _own_headers(headers: CIMultiDict[str], rid: str, body: bytes | None, method: str) -> bytes:
+    """The header lines an in-process request passes upstream (all but Host and the
+    deadline), as ``request_headers`` makes them for a client's."""
+    lines = [
+        f"{name}: {value}\r\n".encode("latin-1")
+        for name, value in headers.items()
+        if name.lower() not in _OWN_DROP
+    ]
+    lines.append(f"{wire.REQUEST_ID_HEADER}: {rid}\r\n".encode("latin-1"))
+    if body is not None:
+        lines.append(f"Content-Length: {len(body)}\r\n".encode())
+    elif method in ("POST", "PUT", "PATCH"):
+        lines.append(b"Content-Length: 0\r\n")
+    return b"".join(lines)
 
 
 def _seconds(value: str | None) -> float:

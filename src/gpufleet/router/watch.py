@@ -81,7 +81,7 @@ class AttemptWatch:
     def __init__(
         self,
         resp: Response,
-        request: web.Request,
+        request: web.Request | None,
         deadline: float,
         idle_s: float,
         write_s: float,
@@ -164,7 +164,7 @@ class AttemptWatch:
     def _stop(self, exc: Stop) -> None:
         """End the answer: the upstream read and, when a write is stuck, the client."""
         self.resp.fail(exc)
-        if self.writing:
+        if self.writing and self.request is not None:
             # A write waiting for the client to drain: only closing its socket frees it.
             transport = self.request.transport
             if transport is not None:
