@@ -11,7 +11,7 @@ from typing import Final
 
 import msgspec
 
-from gpufleet.wire.states import RouterState, UpstreamState
+from gpufleet.wire.states import RouterState, UpstreamState, WorkerState
 
 #: ``server`` field of a gpufleet worker's /stats.
 WORKER_SERVER_NAME: Final = "gpufleet-worker"
@@ -57,8 +57,8 @@ class WorkerStats(msgspec.Struct, kw_only=True, omit_defaults=True):
     kind: str
     device: str
     pid: int
-    #: ``WorkerState``; "stalled" while the device thread is stuck (see ``stall_reason``).
-    state: str
+    #: "stalled" while the device thread is stuck (see ``stall_reason``).
+    state: WorkerState
     stall_reason: str | None
     stalls: int  # times the worker turned stalled
     stall_timeout_s: float  # 0: the stall detector is off

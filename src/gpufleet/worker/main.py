@@ -65,11 +65,7 @@ async def _run(cfg: WorkerConfig, service: WorkerService, listener: Listener) ->
         "worker listening on http://%s:%d (model %s loading)", cfg.host, listener.port, cfg.model
     )
 
-    def on_drain() -> None:
-        service.state = "draining"
-        service.metrics.ready.set(0)
-
-    listener.handle_signals(log, on_drain)
+    listener.handle_signals(log, service.stop_taking_work)
     load_task = asyncio.create_task(service.load(), name="load-model")
     stop_task = asyncio.create_task(listener.stop.wait(), name="stop")
     try:

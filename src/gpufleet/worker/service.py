@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from contextvars import ContextVar
-from typing import Any, Literal
+from typing import Any
 
 from gpufleet import wire
 from gpufleet.config.worker import WorkerConfig
@@ -31,8 +31,6 @@ log = logging.getLogger("gpufleet.worker")
 #: batch), set per request by the HTTP layer; ``submit`` gives it to the items.
 REQUEST_PRIORITY: ContextVar[int] = ContextVar("gpufleet_request_priority", default=0)
 
-State = Literal["loading", "ready", "draining", "failed"]
-
 
 class WorkerService:
     """One model on one device: load it, batch requests into it, count what happens."""
@@ -40,7 +38,7 @@ class WorkerService:
     def __init__(self, cfg: WorkerConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
         self.clock = clock
-        self.state: State = "loading"
+        self.state = wire.WorkerState.LOADING
         self.runner = Runner(
             cfg.model,
             cfg.model_args,
@@ -70,7 +68,7 @@ class WorkerService:
         try:
             info = await self.runner.load()
         except Exception as exc:
-            self.state = "failed"
+            self.state = wire.WorkerState.FAILED
             self.load_error = exc
             raise
         self.info = info
@@ -78,8 +76,8 @@ class WorkerService:
         self.batcher = Batcher(batch_cfg, clock=self.clock, on_drop=self._on_drop)
         self.metrics.max_batch_size.set(batch_cfg.max_batch_size)
         self._task = asyncio.create_task(self._batch_loop(self.batcher), name="batch-loop")
-        if self.state == "loading":
-            self.state = "ready"
+        if self.state == wire.WorkerState.LOADING:
+            self.state = wire.WorkerState.READY
             self.metrics.ready.set(1)
         log.info(
             "model %s (%s) ready on %s, max batch %d",
@@ -91,14 +89,18 @@ class WorkerService:
 
     async def drain(self, limit_s: float) -> bool:
         """Stop taking work and wait for in-flight requests; True when they all finished."""
-        self.state = "draining"
-        self.metrics.ready.set(0)
+        self.stop_taking_work()
         try:
             async with asyncio.timeout(limit_s):
                 await self._idle.wait()
         except TimeoutError:
             return False
         return True
+
+    def stop_taking_work(self) -> None:
+        """Turn draining (the first SIGTERM): new work is refused, ``/health`` answers 503."""
+        self.state = wire.WorkerState.DRAINING
+        self.metrics.ready.set(0)
 
     async def aclose(self) -> None:
         """Stop the batch loop and fail whatever is still queued."""
@@ -116,11 +118,11 @@ class WorkerService:
     @property
     def is_ready(self) -> bool:
         """Loaded and not draining."""
-        return self.state == "ready"
+        return self.state == wire.WorkerState.READY
 
     def check_ready(self) -> None:
         """Raises WorkerUnavailable unless the worker takes new work (not when stalled)."""
-        if self.state != "ready":
+        if self.state != wire.WorkerState.READY:
             raise WorkerUnavailable(f"the worker is {self.state}")
         stall = self.check_stall()
         if stall is not None:
