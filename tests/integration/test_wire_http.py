@@ -10,6 +10,7 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator
 
+import aiohttp
 import msgspec
 import pytest
 from aiohttp import web
@@ -78,6 +79,19 @@ async def _whoami(request: web.Request) -> web.Response:
     return web.json_response({"authorization": request.headers.get("Authorization")})
 
 
+async def _echo(request: web.Request) -> web.Response:
+    """What was sent: its Content-Type, and the form's fields or the raw body."""
+    kind = request.content_type
+    if kind == "multipart/form-data":
+        form = await request.post()
+        fields = {
+            k: v.file.read().decode() if isinstance(v, web.FileField) else str(v)
+            for k, v in form.items()
+        }
+        return web.json_response({"type": kind, "fields": fields})
+    return web.json_response({"type": kind, "body": (await request.read()).decode()})
+
+
 async def _not_json(request: web.Request) -> web.Response:
     return web.Response(text="<html>hello</html>", content_type="text/html")
 
@@ -98,6 +112,7 @@ async def server() -> AsyncIterator[str]:
     app.router.add_get("/redirect", _redirect)
     app.router.add_get("/stats", _stats)
     app.router.add_post("/whoami", _whoami)
+    app.router.add_post("/echo", _echo)
     app.router.add_get("/not-json", _not_json)
     app.router.add_get("/deep", _deep)
     runner = web.AppRunner(app, shutdown_timeout=0.1)
@@ -125,6 +140,25 @@ async def test_decodes_into_the_named_type(server: str, http: PeerClient) -> Non
         "served": 3,
         "extra": [1],
     }
+
+
+async def test_a_raw_or_multipart_body_is_sent_as_it_is(server: str, http: PeerClient) -> None:
+    sent = await http.call("POST", server + "/echo", data=b"a line\n")
+    assert sent == {"type": "application/octet-stream", "body": "a line\n"}
+    form = aiohttp.FormData()
+    form.add_field("purpose", "batch")
+    form.add_field("file", b'{"x": 1}\n', filename="in.jsonl", content_type="application/jsonl")
+    sent = await http.call("POST", server + "/echo", data=form)
+    assert sent == {
+        "type": "multipart/form-data",
+        "fields": {"purpose": "batch", "file": '{"x": 1}\n'},
+    }
+    assert await http.call("POST", server + "/echo", json={"a": 1}) == {
+        "type": "application/json",
+        "body": '{"a":1}',
+    }
+    with pytest.raises(ValueError, match="not both"):
+        await http.request("POST", server + "/echo", json={"a": 1}, data=b"x")
 
 
 async def test_budget_covers_the_wait_for_headers(server: str, http: PeerClient) -> None:
