@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp import web
 
 from gpufleet import wire
@@ -130,12 +129,6 @@ async def _lines(router: str, file_id: str | None) -> dict[str, Any]:
     return {line["custom_id"]: line for line in map(json.loads, text.splitlines())}
 
 
-# An unclosed socket reached the collector during this test once in a full CI run (its
-# origin not pinned down: this test's in-process router torn down with its batch runner's
-# "slow" request on the way, or an earlier test's client; openai clients are now closed
-# after every test). Kept from failing this test; the router process tests stay strict.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-@pytest.mark.filterwarnings("ignore::ResourceWarning")
 async def test_each_outcome_lands_where_openai_puts_it(tmp_path: Path) -> None:
     calls: Counter[str] = Counter()
     inputs = ["ok-1", "bad", "poison", "flaky", "down", "busy", "ok-2"]

@@ -157,6 +157,12 @@ class _Connection:
 
         async with self._lock:
             if self._conn is None or self._conn.broken or self._conn.closed:
+                if self._conn is not None:
+                    # A broken connection still holds its socket until closed: close it
+                    # here, not at garbage collection (a ResourceWarning there).
+                    with contextlib.suppress(Exception):
+                        await self._conn.close()
+                    self._conn = None
                 self._conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
             yield self._conn
 
