@@ -31,7 +31,12 @@ def _zeros(struct: type[msgspec.Struct], **fields: Any) -> dict[str, Any]:
 
 
 def _worker_stats(**fields: Any) -> dict[str, Any]:
-    body = _zeros(wire.WorkerStats, server=wire.WORKER_SERVER_NAME, latency_ms={"p50": 0, "p99": 0})
+    body = _zeros(
+        wire.WorkerStats,
+        server=wire.WORKER_SERVER_NAME,
+        state="ready",
+        latency_ms={"p50": 0, "p99": 0},
+    )
     body.pop("gpu")
     return {**body, **fields}
 
