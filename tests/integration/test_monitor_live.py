@@ -6,7 +6,9 @@ frame once when it stops: that frame is what is checked here.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -24,6 +26,33 @@ def post(url: str, body: object) -> None:
     )
     with urllib.request.urlopen(req, timeout=10) as resp:
         resp.read()
+
+
+def _sockets_to(port: int) -> set[str]:
+    """Inodes of the TCP sockets on this machine connected to 127.0.0.1:``port``."""
+    found = set()
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            cols = line.split()
+            if cols[2].endswith(f":{port:04X}") and cols[3] == "01":  # ESTABLISHED
+                found.add(cols[9])
+    return found
+
+
+def _wait_connected(pid: int, port: int, *, deadline_s: float) -> None:
+    """Return once process ``pid`` holds a connection to ``port``; fail at the deadline."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        mine = set()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    mine.add(target[8:-1])
+        if mine & _sockets_to(port):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the monitor (pid {pid}) never connected to port {port}")
 
 
 def test_live_monitor_polls_until_ctrl_c_then_exits_130() -> None:
@@ -50,8 +79,11 @@ def test_live_monitor_polls_until_ctrl_c_then_exits_130() -> None:
         sender = threading.Thread(target=traffic)
         try:
             sender.start()
-            # Several polls while requests flow, so the last frame has a rate to show.
-            time.sleep(2.5)
+            # Several polls while requests flow, so the last frame has a rate to show: wait
+            # (with a deadline) until the monitor is connected to the router, however long
+            # its start takes on a loaded machine, then for a few of its 0.3 s polls.
+            _wait_connected(proc.pid, int(router.url.rsplit(":", 1)[1]), deadline_s=60)
+            time.sleep(1.5)
             assert proc.poll() is None, "the live monitor exited on its own"
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=20)
