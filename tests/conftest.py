@@ -1,8 +1,14 @@
-"""Markers from the test's folder; the gpu tests skip themselves without a device."""
+"""Markers from the test's folder (the gpu tests skip themselves without a device); every
+test fails if it leaks a process, a temporary file or an open socket."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import os
 import shutil
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,9 +28,91 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
-def _close_openai_clients() -> Iterator[None]:
+def _close_openai_clients(_no_leaks: None) -> Iterator[None]:
     """``openai`` clients a test made are closed when it ends (no socket left to the GC)."""
     yield
     from tests.integration._openai import close_all
 
     close_all()
+
+
+def _children() -> dict[int, str]:
+    """This process's live children (zombies left out), pid -> command name."""
+    me = os.getpid()
+    found: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name, _, rest = stat.rpartition(")")
+        fields = rest.split()
+        if int(fields[1]) == me and fields[0] != "Z":
+            found[int(entry)] = name.partition("(")[2]
+    return found
+
+
+def _channels() -> set[str]:
+    """The sockets and pipes this process holds open."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(("socket:", "pipe:")):
+                found.add(target)
+    return found
+
+
+def _temporaries() -> set[str]:
+    return {n for n in os.listdir(_TMP) if not n.startswith("pytest-")}
+
+
+# Each test process gets a temporary folder of its own, so that what a test leaves in it
+# is that test's (pytest-xdist runs several processes side by side).
+_TMP = tempfile.mkdtemp(prefix=f"gpufleet-tests-{os.getpid()}-")
+os.chmod(_TMP, 0o711)  # the PostgreSQL test server runs as nobody in a folder inside
+tempfile.tempdir = _TMP
+
+
+_SNAPSHOT = pytest.StashKey[tuple[set[int], set[str], set[str]]]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    # Taken when the test body starts: fixtures of a wider scope that a test starts lazily
+    # (getfixturevalue) are up by then and are not the test's to close.
+    item.stash[_SNAPSHOT] = (set(_children()), _channels(), _temporaries())
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test whose body leaves a child process, a temporary file or folder, or an
+    open socket or pipe behind once its fixtures are torn down (what outlives it is given
+    5 s and a garbage collection to go away). Set up first, so torn down last."""
+    yield
+    snapshot = request.node.stash.get(_SNAPSHOT, None)
+    if snapshot is None:  # the body never ran (a failed setup or a skip)
+        return
+    children, channels, temporaries = snapshot
+    end = time.monotonic() + 5.0
+    while True:
+        gc.collect()
+        left = {
+            "processes": sorted(
+                f"{pid} {name}" for pid, name in _children().items() if pid not in children
+            ),
+            "temporary files": sorted(_temporaries() - temporaries),
+            "sockets or pipes": sorted(_channels() - channels),
+        }
+        if not any(left.values()) or time.monotonic() > end:
+            break
+        time.sleep(0.1)
+    leaked = {what: items for what, items in left.items() if items}
+    assert not leaked, f"the test left behind: {leaked}"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_TMP, ignore_errors=True)

@@ -108,10 +108,10 @@ def test_report_is_one_self_contained_html_file(router: ServerProcess, tmp_path:
     "mode", [("--requests", "8", "--concurrency", "4"), ("--rate", "8"), ("--burst", "4")]
 )
 def test_max_duration_is_a_hard_bound(mode: tuple[str, ...]) -> None:
-    # Each answer takes 8 s and --timeout allows 60: --max-duration 1 still ends the run
+    # Each answer takes 30 s and --timeout allows 60: --max-duration 1 still ends the run
     # at 1 s, the unanswered requests cut off rather than awaited.
     with (
-        run_worker("synthetic", "--model-arg", "base_ms=8000", "--drain-timeout", "1") as w,
+        run_worker("synthetic", "--model-arg", "base_ms=30000", "--drain-timeout", "1") as w,
         run_router([w.url]) as r,
     ):
         t0 = time.monotonic()
@@ -120,7 +120,8 @@ def test_max_duration_is_a_hard_bound(mode: tuple[str, ...]) -> None:
         took = time.monotonic() - t0
     s = result["summary"]
     print(f"bench {' '.join(mode)} --max-duration 1: CLI took {took:.2f} s")
-    assert took < 5.0, took  # the CLI's start included; waiting for an answer takes 8 s
+    # The CLI's start included (seconds on a loaded machine); waiting for an answer: 30 s.
+    assert took < 15.0, took
     assert s["duration_s"] < 2.0
     assert s["sent"] >= 1
     assert s["ok"] == 0
