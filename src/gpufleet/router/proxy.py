@@ -183,17 +183,12 @@ class Proxy:
         fwd.no_body = method == "HEAD"
         fwd.llm = method == "POST" and upstream_path.endswith(PROMPT_PATHS)
         admission = self.admissions[pool.name]
-        prompt: list[int] | None = None
-        if body and admission.uses_prompt:
-            text = prompt_text(upstream_path, body)
-            if text:
-                prompt = prompt_blocks(text)
         headers = request.headers
         return await self._forward(
             lambda upstream: self.attempts.run(request, upstream, fwd, deadline),
             fwd,
             admission,
-            prompt,
+            _prompt(admission, upstream_path, body),
             deadline,
             headers.get(self._sticky),
             _priority(headers.get(_PRIORITY)),
@@ -232,16 +227,11 @@ class Proxy:
             fwd.no_body = method == "HEAD"
             fwd.llm = method == "POST" and upstream_path.endswith(PROMPT_PATHS)
             admission = self.admissions[pool.name]
-            prompt: list[int] | None = None
-            if body and admission.uses_prompt:
-                text = prompt_text(upstream_path, body)
-                if text:
-                    prompt = prompt_blocks(text)
             answer = await self._forward(
                 lambda upstream: self.attempts.run_whole(upstream, fwd, deadline),
                 fwd,
                 admission,
-                prompt,
+                _prompt(admission, upstream_path, body),
                 deadline,
                 given.get(self._sticky),
                 _priority(given.get(_PRIORITY)),
@@ -419,6 +409,14 @@ def _seconds(value: str | None) -> float:
     except ValueError:
         return 0.0
     return seconds if 0 < seconds < 1e9 else 0.0
+
+
+def _prompt(admission: Admission, upstream_path: str, body: bytes | None) -> list[int] | None:
+    """The prompt's blocks where the pool's policy routes by prompt and the body has one."""
+    if not body or not admission.uses_prompt:
+        return None
+    text = prompt_text(upstream_path, body)
+    return prompt_blocks(text) if text else None
 
 
 def _priority(value: str | None) -> str:
