@@ -93,22 +93,10 @@ class Attempts:
         """
         attempt = _Try(self._clock())
         try:  # from here on, ``_end`` gives the slot back whatever happens
-            resp = attempt.resp = await self._send(upstream, fwd, deadline, attempt.started)
-            watch = attempt.watch = AttemptWatch(
-                resp,
-                request,
-                deadline,
-                self.settings.stream_idle_timeout_s,
-                self.settings.client_write_timeout_s,
-                self._clock,
-            )
-            await self._wait_head(resp, watch, upstream, fwd, attempt.started)
+            resp, watch = await self._begin(attempt, request, upstream, fwd, deadline)
             return await self._answer(request, resp, watch, upstream, fwd, attempt)
         except (Stop, AnswerBroken, Lost) as exc:
-            # The head had arrived; the body broke before anything reached the client.
-            if not isinstance(exc, DeadlinePassed):
-                self.ejector.failed(upstream)
-            raise RoutingError(f"answer from {_name(upstream)} broke: {exc}") from None
+            raise self._broke(exc, upstream) from None
         finally:
             self._end(attempt, upstream, fwd.rid)
 
@@ -121,35 +109,45 @@ class Attempts:
         """
         attempt = _Try(self._clock())
         try:
-            resp = attempt.resp = await self._send(upstream, fwd, deadline, attempt.started)
-            watch = attempt.watch = AttemptWatch(
-                resp,
-                None,
-                deadline,
-                self.settings.stream_idle_timeout_s,
-                self.settings.client_write_timeout_s,
-                self._clock,
-            )
-            await self._wait_head(resp, watch, upstream, fwd, attempt.started)
-            out = response_headers(resp, fwd.rid, upstream.id)
-            out[_ATTEMPTS] = str(fwd.attempts)
-            status = resp.status
-            if status >= 500 or status == 429:
+            resp, _ = await self._begin(attempt, None, upstream, fwd, deadline)
+            out = self._headers(resp, upstream, fwd)
+            if resp.status >= 500 or resp.status == 429:
                 answer = await self._answer_failure(resp, upstream, out, small=True)
                 assert answer is not None  # read whole: an answer, or AttemptFailed
                 return answer
-            data = await resp.read()
-            attempt.latency = self._clock() - attempt.started
-            self.totals.count(status)
-            if fwd.llm and status == 200:
-                upstream.token_counts().add(usage_of(data))
-            return web.Response(status=status, headers=out, body=data)
+            return await self._read_whole(resp, upstream, fwd, attempt, out)
         except (Stop, AnswerBroken, Lost) as exc:
-            if not isinstance(exc, DeadlinePassed):
-                self.ejector.failed(upstream)
-            raise RoutingError(f"answer from {_name(upstream)} broke: {exc}") from None
+            raise self._broke(exc, upstream) from None
         finally:
             self._end(attempt, upstream, fwd.rid)
+
+    async def _begin(
+        self,
+        attempt: _Try,
+        request: web.Request | None,
+        upstream: Upstream,
+        fwd: Forwarded,
+        deadline: float,
+    ) -> tuple[Response, AttemptWatch]:
+        """Send the request and wait for its answer's head under a new watch (kept on
+        ``attempt``, so that ``_end`` stops it)."""
+        resp = attempt.resp = await self._send(upstream, fwd, deadline, attempt.started)
+        watch = attempt.watch = AttemptWatch(
+            resp,
+            request,
+            deadline,
+            self.settings.stream_idle_timeout_s,
+            self.settings.client_write_timeout_s,
+            self._clock,
+        )
+        await self._wait_head(resp, watch, upstream, fwd, attempt.started)
+        return resp, watch
+
+    def _broke(self, exc: Stop | AnswerBroken | Lost, upstream: Upstream) -> RoutingError:
+        """The head had arrived; the body broke before anything reached the client."""
+        if not isinstance(exc, DeadlinePassed):
+            self.ejector.failed(upstream)
+        return RoutingError(f"answer from {_name(upstream)} broke: {exc}")
 
     async def _send(
         self, upstream: Upstream, fwd: Forwarded, deadline: float, started: float
@@ -259,8 +257,7 @@ class Attempts:
         attempt: _Try,
     ) -> web.StreamResponse:
         """Answer the client from ``resp``: whole when it is small, else as a stream."""
-        out = response_headers(resp, fwd.rid, upstream.id)
-        out[_ATTEMPTS] = str(fwd.attempts)
+        out = self._headers(resp, upstream, fwd)
         length = resp.content_length
         if fwd.no_body and resp.header("content-length") is not None:
             out[_CL] = str(length)  # a HEAD answer's length is the GET's: keep it
@@ -271,16 +268,34 @@ class Attempts:
             if answer is not None:
                 return answer
         elif small and not out.get(_CT, "").startswith("text/event-stream"):
-            data = await resp.read()
-            attempt.latency = self._clock() - attempt.started
-            self.totals.count(status)
-            if fwd.llm and status == 200:
-                upstream.token_counts().add(usage_of(data))
-            return web.Response(status=status, headers=out, body=data)
+            return await self._read_whole(resp, upstream, fwd, attempt, out)
         # A stream (or a large body): pass it on chunk by chunk.
         if resp.is_done:
             watch.body()
         return await self._stream(request, resp, watch, upstream, fwd, attempt, out)
+
+    @staticmethod
+    def _headers(resp: Response, upstream: Upstream, fwd: Forwarded) -> CIMultiDict[str]:
+        """The answer's headers for the client, with the attempt count."""
+        out = response_headers(resp, fwd.rid, upstream.id)
+        out[_ATTEMPTS] = str(fwd.attempts)
+        return out
+
+    async def _read_whole(
+        self,
+        resp: Response,
+        upstream: Upstream,
+        fwd: Forwarded,
+        attempt: _Try,
+        out: CIMultiDict[str],
+    ) -> web.Response:
+        """A good answer read whole: counted, its latency and its tokens noted."""
+        data = await resp.read()
+        attempt.latency = self._clock() - attempt.started
+        self.totals.count(resp.status)
+        if fwd.llm and resp.status == 200:
+            upstream.token_counts().add(usage_of(data))
+        return web.Response(status=resp.status, headers=out, body=data)
 
     async def _answer_failure(
         self, resp: Response, upstream: Upstream, out: CIMultiDict[str], small: bool
