@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import tempfile
@@ -31,6 +30,18 @@ from pathlib import Path
 from typing import Any, Final
 
 from gpufleet.batches.records import FINISHED, UNFINISHED, BatchRecord, FileRecord, ResultRow
+from gpufleet.batches.rows import (
+    BATCH_COLUMNS,
+    FILE_COLUMNS,
+    batch_changes,
+    batch_record,
+    batch_row,
+    changed,
+    file_record,
+    file_row,
+    page,
+    result_row,
+)
 
 #: Bytes per stored chunk of a file's contents (and per read from the scratch file).
 CHUNK: Final = 1 << 20
@@ -76,64 +87,13 @@ CREATE TABLE IF NOT EXISTS gpufleet_results (
 CREATE INDEX IF NOT EXISTS gpufleet_results_line ON gpufleet_results (batch_id, line);
 """
 
-#: Batch fields kept in columns of their own (the rest are in ``doc``).
-_BATCH_COLUMNS: Final = ("id", "status", "input_file_id", "created_at", "completed", "failed")
-_BATCH_SELECT: Final = "SELECT id, status, input_file_id, created_at, completed, failed, doc"
-_FILE_SELECT: Final = "SELECT id, purpose, created_at, bytes, doc"
+_BATCH_SELECT: Final = f"SELECT {', '.join(BATCH_COLUMNS)}"
+_FILE_SELECT: Final = f"SELECT {', '.join(FILE_COLUMNS)}"
 
 
 def is_postgres_url(store: str) -> bool:
     """True when ``store`` names a PostgreSQL database rather than a directory."""
     return store.startswith(SCHEMES)
-
-
-def _file_doc(record: FileRecord) -> str:
-    return json.dumps(
-        {
-            "filename": record.filename,
-            "lines": record.lines,
-            "urls": record.urls,
-            "expires_at": record.expires_at,
-        }
-    )
-
-
-def _file(row: tuple[Any, ...]) -> FileRecord:
-    file_id, purpose, created_at, size, doc_text = row
-    doc = json.loads(doc_text)
-    return FileRecord(
-        id=file_id,
-        purpose=purpose,
-        filename=doc["filename"],
-        bytes=int(size),
-        created_at=int(created_at),
-        lines=doc["lines"],
-        urls=doc["urls"],
-        expires_at=doc["expires_at"],
-    )
-
-
-def _batch_doc(record: BatchRecord) -> str:
-    return json.dumps(
-        {
-            name: getattr(record, name)
-            for name in BatchRecord.__dataclass_fields__
-            if name not in _BATCH_COLUMNS
-        }
-    )
-
-
-def _batch(row: tuple[Any, ...]) -> BatchRecord:
-    batch_id, status, input_file_id, created_at, completed, failed, doc = row
-    return BatchRecord(
-        id=batch_id,
-        status=status,
-        input_file_id=input_file_id,
-        created_at=int(created_at),
-        completed=int(completed),
-        failed=int(failed),
-        **json.loads(doc),
-    )
 
 
 def _read_chunk(path: Path, offset: int) -> bytes:
@@ -222,7 +182,7 @@ class PostgresStore:
         await conn.execute(
             "INSERT INTO gpufleet_files (id, purpose, created_at, bytes, doc)"
             " VALUES (%s, %s, %s, %s, %s)",
-            (record.id, record.purpose, record.created_at, record.bytes, _file_doc(record)),
+            file_row(record),
         )
         offset = n = 0
         while chunk := await asyncio.to_thread(_read_chunk, written, offset):
@@ -246,7 +206,7 @@ class PostgresStore:
                 f"{_FILE_SELECT} FROM gpufleet_files WHERE id = %s", (file_id,)
             )
             row = await cur.fetchone()
-        return None if row is None else _file(row)
+        return None if row is None else file_record(row)
 
     async def list_files(
         self, *, purpose: str | None, limit: int, after: str | None
@@ -262,8 +222,7 @@ class PostgresStore:
             args.append(after)
         async with self._db.use() as conn:
             cur = await conn.execute(f"{sql} ORDER BY seq DESC LIMIT %s", (*args, limit + 1))
-            rows = await cur.fetchall()
-        return [_file(r) for r in rows[:limit]], len(rows) > limit
+            return page(await cur.fetchall(), limit, file_record)
 
     async def delete_file(self, file_id: str) -> bool:
         """Delete the file and its contents; False when there was none."""
@@ -305,15 +264,7 @@ class PostgresStore:
                 "INSERT INTO gpufleet_batches"
                 " (id, status, input_file_id, created_at, completed, failed, doc)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                (
-                    record.id,
-                    record.status,
-                    record.input_file_id,
-                    record.created_at,
-                    record.completed,
-                    record.failed,
-                    _batch_doc(record),
-                ),
+                batch_row(record),
             )
 
     async def _get_batch(
@@ -322,7 +273,7 @@ class PostgresStore:
         sql = f"{_BATCH_SELECT} FROM gpufleet_batches WHERE id = %s"
         cur = await conn.execute(sql + (" FOR UPDATE" if lock else ""), (batch_id,))
         row = await cur.fetchone()
-        return None if row is None else _batch(row)
+        return None if row is None else batch_record(row)
 
     async def get_batch(self, batch_id: str) -> BatchRecord | None:
         """The batch, or None."""
@@ -340,20 +291,18 @@ class PostgresStore:
             args.append(after)
         async with self._db.use() as conn:
             cur = await conn.execute(f"{sql} ORDER BY seq DESC LIMIT %s", (*args, limit + 1))
-            rows = await cur.fetchall()
-        return [_batch(r) for r in rows[:limit]], len(rows) > limit
+            return page(await cur.fetchall(), limit, batch_record)
 
     async def _set(self, conn: Any, batch_id: str, fields: dict[str, Any]) -> BatchRecord | None:
         """Inside a transaction: set ``fields`` of the batch (row locked) and return it."""
         record = await self._get_batch(conn, batch_id, lock=True)
         if record is None:
             return None
-        for name, value in fields.items():
-            setattr(record, name, value)
+        changed(record, fields)
         await conn.execute(
             "UPDATE gpufleet_batches SET status = %s, completed = %s, failed = %s, doc = %s"
             " WHERE id = %s",
-            (record.status, record.completed, record.failed, _batch_doc(record), batch_id),
+            (*batch_changes(record), batch_id),
         )
         return record
 
@@ -369,8 +318,7 @@ class PostgresStore:
                 f"{_BATCH_SELECT} FROM gpufleet_batches WHERE status = ANY(%s) ORDER BY seq",
                 (sorted(UNFINISHED),),
             )
-            rows = await cur.fetchall()
-        return [_batch(r) for r in rows]
+            return [batch_record(r) for r in await cur.fetchall()]
 
     async def batch_counts(self) -> dict[str, int]:
         """How many batches are kept in each status."""
@@ -435,8 +383,7 @@ class PostgresStore:
                 " WHERE batch_id = %s AND line > %s ORDER BY line LIMIT %s",
                 (batch_id, after_line, limit),
             )
-            rows = await cur.fetchall()
-        return [ResultRow(r[0], int(r[1]), bool(r[2]), bytes(r[3])) for r in rows]
+            return [result_row(r) for r in await cur.fetchall()]
 
     async def finish_batch(
         self, batch_id: str, outputs: Sequence[tuple[FileRecord, Path]], **fields: Any

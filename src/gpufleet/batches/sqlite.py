@@ -23,21 +23,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import os
 import sqlite3
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from gpufleet.batches.records import (
-    FINISHED,
-    UNFINISHED,
-    BatchRecord,
-    FileRecord,
-    ResultRow,
+from gpufleet.batches.records import FINISHED, UNFINISHED, BatchRecord, FileRecord, ResultRow
+from gpufleet.batches.rows import (
+    BATCH_COLUMNS,
+    FILE_COLUMNS,
+    batch_changes,
+    batch_record,
+    batch_row,
+    changed,
+    file_record,
+    file_row,
+    page,
+    result_row,
 )
 
 T = TypeVar("T")
@@ -86,48 +91,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _file_doc(record: FileRecord) -> str:
-    return json.dumps(
-        {
-            "filename": record.filename,
-            "lines": record.lines,
-            "urls": record.urls,
-            "expires_at": record.expires_at,
-        }
-    )
-
-
-def _file(row: sqlite3.Row) -> FileRecord:
-    doc = json.loads(row["doc"])
-    return FileRecord(
-        id=row["id"],
-        purpose=row["purpose"],
-        filename=doc["filename"],
-        bytes=row["bytes"],
-        created_at=row["created_at"],
-        lines=doc["lines"],
-        urls=doc["urls"],
-        expires_at=doc["expires_at"],
-    )
-
-
-#: Batch fields kept in columns of their own (the rest are in ``doc``).
-_BATCH_COLUMNS: Final = ("id", "status", "input_file_id", "created_at", "completed", "failed")
-
-
-def _batch_doc(record: BatchRecord) -> str:
-    return json.dumps(
-        {
-            name: getattr(record, name)
-            for name in BatchRecord.__dataclass_fields__
-            if name not in _BATCH_COLUMNS
-        }
-    )
-
-
-def _batch(row: sqlite3.Row) -> BatchRecord:
-    doc = json.loads(row["doc"])
-    return BatchRecord(**{name: row[name] for name in _BATCH_COLUMNS}, **doc)
+_FILE_SELECT: Final = f"SELECT {', '.join(FILE_COLUMNS)}"
+_BATCH_SELECT: Final = f"SELECT {', '.join(BATCH_COLUMNS)}"
 
 
 class SqliteStore:
@@ -155,6 +120,18 @@ class SqliteStore:
         if self._conn is None:
             raise RuntimeError("the batch store is not open")
         return self._conn
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT``, or ``ROLLBACK`` when the block raises."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     # Lifecycle ----------------------------------------------------------------------
 
@@ -206,7 +183,7 @@ class SqliteStore:
         _fsync_dir(self.files_dir)
         self.conn.execute(
             "INSERT INTO files (id, purpose, created_at, bytes, doc) VALUES (?, ?, ?, ?, ?)",
-            (record.id, record.purpose, record.created_at, record.bytes, _file_doc(record)),
+            file_row(record),
         )
 
     async def add_file(self, record: FileRecord, written: Path) -> None:
@@ -218,8 +195,8 @@ class SqliteStore:
         return await self._db(self._get_file, file_id)
 
     def _get_file(self, file_id: str) -> FileRecord | None:
-        row = self.conn.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()
-        return None if row is None else _file(row)
+        row = self.conn.execute(f"{_FILE_SELECT} FROM files WHERE id = ?", (file_id,)).fetchone()
+        return None if row is None else file_record(row)
 
     async def list_files(
         self, *, purpose: str | None, limit: int, after: str | None
@@ -230,7 +207,7 @@ class SqliteStore:
     def _list_files(
         self, purpose: str | None, limit: int, after: str | None
     ) -> tuple[list[FileRecord], bool]:
-        sql = "SELECT * FROM files WHERE 1"
+        sql = f"{_FILE_SELECT} FROM files WHERE 1"
         args: list[Any] = []
         if purpose is not None:
             sql += " AND purpose = ?"
@@ -238,8 +215,8 @@ class SqliteStore:
         if after is not None:
             sql += " AND seq < coalesce((SELECT seq FROM files WHERE id = ?), -1)"
             args.append(after)
-        rows = self.conn.execute(f"{sql} ORDER BY seq DESC LIMIT ?", (*args, limit + 1)).fetchall()
-        return [_file(r) for r in rows[:limit]], len(rows) > limit
+        found = self.conn.execute(f"{sql} ORDER BY seq DESC LIMIT ?", (*args, limit + 1))
+        return page(found.fetchall(), limit, file_record)
 
     async def delete_file(self, file_id: str) -> bool:
         """Delete the file's row, then its contents; False when there was none."""
@@ -281,15 +258,7 @@ class SqliteStore:
         self.conn.execute(
             "INSERT INTO batches (id, status, input_file_id, created_at, completed, failed, doc)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                record.id,
-                record.status,
-                record.input_file_id,
-                record.created_at,
-                record.completed,
-                record.failed,
-                _batch_doc(record),
-            ),
+            batch_row(record),
         )
 
     async def get_batch(self, batch_id: str) -> BatchRecord | None:
@@ -297,8 +266,10 @@ class SqliteStore:
         return await self._db(self._get_batch, batch_id)
 
     def _get_batch(self, batch_id: str) -> BatchRecord | None:
-        row = self.conn.execute("SELECT * FROM batches WHERE id = ?", (batch_id,)).fetchone()
-        return None if row is None else _batch(row)
+        row = self.conn.execute(
+            f"{_BATCH_SELECT} FROM batches WHERE id = ?", (batch_id,)
+        ).fetchone()
+        return None if row is None else batch_record(row)
 
     async def list_batches(
         self, *, limit: int, after: str | None
@@ -307,43 +278,31 @@ class SqliteStore:
         return await self._db(self._list_batches, limit, after)
 
     def _list_batches(self, limit: int, after: str | None) -> tuple[list[BatchRecord], bool]:
-        if after is None:
-            rows = self.conn.execute(
-                "SELECT * FROM batches ORDER BY seq DESC LIMIT ?", (limit + 1,)
-            ).fetchall()
-        else:
-            rows = self.conn.execute(
-                "SELECT * FROM batches WHERE seq < coalesce("
-                "(SELECT seq FROM batches WHERE id = ?), -1) ORDER BY seq DESC LIMIT ?",
-                (after, limit + 1),
-            ).fetchall()
-        return [_batch(r) for r in rows[:limit]], len(rows) > limit
+        sql = f"{_BATCH_SELECT} FROM batches"
+        args: list[Any] = []
+        if after is not None:
+            sql += " WHERE seq < coalesce((SELECT seq FROM batches WHERE id = ?), -1)"
+            args.append(after)
+        found = self.conn.execute(f"{sql} ORDER BY seq DESC LIMIT ?", (*args, limit + 1))
+        return page(found.fetchall(), limit, batch_record)
 
     async def update_batch(self, batch_id: str, **fields: Any) -> BatchRecord | None:
         """Set ``fields`` of the batch; the batch as it is now, or None."""
         return await self._db(self._update_batch, batch_id, fields)
 
     def _update_batch(self, batch_id: str, fields: dict[str, Any]) -> BatchRecord | None:
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            record = self._set(batch_id, fields)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return record
+        with self._transaction():
+            return self._set(batch_id, fields)
 
     def _set(self, batch_id: str, fields: dict[str, Any]) -> BatchRecord | None:
         """Inside a transaction: set ``fields`` of the batch and return it."""
         record = self._get_batch(batch_id)
         if record is None:
             return None
-        for name, value in fields.items():
-            setattr(record, name, value)
+        changed(record, fields)
         self.conn.execute(
             "UPDATE batches SET status = ?, completed = ?, failed = ?, doc = ? WHERE id = ?",
-            (record.status, record.completed, record.failed, _batch_doc(record), batch_id),
+            (*batch_changes(record), batch_id),
         )
         return record
 
@@ -353,10 +312,11 @@ class SqliteStore:
 
     def _unfinished(self) -> list[BatchRecord]:
         marks = ", ".join("?" * len(UNFINISHED))
-        rows = self.conn.execute(
-            f"SELECT * FROM batches WHERE status IN ({marks}) ORDER BY seq", tuple(UNFINISHED)
-        ).fetchall()
-        return [_batch(r) for r in rows]
+        found = self.conn.execute(
+            f"{_BATCH_SELECT} FROM batches WHERE status IN ({marks}) ORDER BY seq",
+            tuple(UNFINISHED),
+        )
+        return [batch_record(r) for r in found]
 
     async def batch_counts(self) -> dict[str, int]:
         """How many batches are kept in each status."""
@@ -385,10 +345,8 @@ class SqliteStore:
         await self._db(self._add_results, batch_id, rows)
 
     def _add_results(self, batch_id: str, rows: Sequence[ResultRow]) -> None:
-        conn = self.conn
         ok = failed = 0
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as conn:
             for row in rows:
                 cur = conn.execute(
                     "INSERT OR IGNORE INTO results (batch_id, custom_id, line, ok, doc)"
@@ -406,10 +364,6 @@ class SqliteStore:
                     " WHERE id = ?",
                     (ok, failed, batch_id),
                 )
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
     async def result_ids(self, batch_id: str) -> set[str]:
         """The ``custom_id`` s of the batch that have a result."""
@@ -424,12 +378,12 @@ class SqliteStore:
         return await self._db(self._results_page, batch_id, after_line, limit)
 
     def _results_page(self, batch_id: str, after_line: int, limit: int) -> list[ResultRow]:
-        rows = self.conn.execute(
+        found = self.conn.execute(
             "SELECT custom_id, line, ok, doc FROM results WHERE batch_id = ? AND line > ?"
             " ORDER BY line LIMIT ?",
             (batch_id, after_line, limit),
-        ).fetchall()
-        return [ResultRow(r[0], r[1], bool(r[2]), bytes(r[3])) for r in rows]
+        )
+        return [result_row(r) for r in found]
 
     async def finish_batch(
         self, batch_id: str, outputs: Sequence[tuple[FileRecord, Path]], **fields: Any
@@ -440,17 +394,10 @@ class SqliteStore:
     def _finish(
         self, batch_id: str, outputs: Sequence[tuple[FileRecord, Path]], fields: dict[str, Any]
     ) -> BatchRecord | None:
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             for record, written in outputs:
                 self._keep(record, written)
-            result = self._set(batch_id, fields)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return result
+            return self._set(batch_id, fields)
 
     async def sweep(self, before: int) -> tuple[int, int]:
         """Delete finished batches and files created before ``before``; (batches, files)."""
@@ -467,10 +414,9 @@ class SqliteStore:
             )
         ]
         for batch_id in old:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("DELETE FROM results WHERE batch_id = ?", (batch_id,))
-            conn.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
-            conn.execute("COMMIT")
+            with self._transaction():
+                conn.execute("DELETE FROM results WHERE batch_id = ?", (batch_id,))
+                conn.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
         marks = ", ".join("?" * len(UNFINISHED))
         files = [
             row[0]
