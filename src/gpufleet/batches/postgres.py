@@ -29,19 +29,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from gpufleet.batches import tables
 from gpufleet.batches.records import FINISHED, UNFINISHED, BatchRecord, FileRecord, ResultRow
-from gpufleet.batches.rows import (
-    BATCH_COLUMNS,
-    FILE_COLUMNS,
-    batch_changes,
-    batch_record,
-    batch_row,
-    changed,
-    file_record,
-    file_row,
-    page,
-    result_row,
-)
 
 #: Bytes per stored chunk of a file's contents (and per read from the scratch file).
 CHUNK: Final = 1 << 20
@@ -86,9 +75,6 @@ CREATE TABLE IF NOT EXISTS gpufleet_results (
 );
 CREATE INDEX IF NOT EXISTS gpufleet_results_line ON gpufleet_results (batch_id, line);
 """
-
-_BATCH_SELECT: Final = f"SELECT {', '.join(BATCH_COLUMNS)}"
-_FILE_SELECT: Final = f"SELECT {', '.join(FILE_COLUMNS)}"
 
 
 def is_postgres_url(store: str) -> bool:
@@ -182,7 +168,7 @@ class PostgresStore:
         await conn.execute(
             "INSERT INTO gpufleet_files (id, purpose, created_at, bytes, doc)"
             " VALUES (%s, %s, %s, %s, %s)",
-            file_row(record),
+            tables.file_row(record),
         )
         offset = n = 0
         while chunk := await asyncio.to_thread(_read_chunk, written, offset):
@@ -203,16 +189,16 @@ class PostgresStore:
         """The file, or None."""
         async with self._db.use() as conn:
             cur = await conn.execute(
-                f"{_FILE_SELECT} FROM gpufleet_files WHERE id = %s", (file_id,)
+                f"{tables.FILE_SELECT} FROM gpufleet_files WHERE id = %s", (file_id,)
             )
             row = await cur.fetchone()
-        return None if row is None else file_record(row)
+        return None if row is None else tables.file_record(row)
 
     async def list_files(
         self, *, purpose: str | None, limit: int, after: str | None
     ) -> tuple[list[FileRecord], bool]:
         """Files newest first after the one named ``after``; and whether more follow."""
-        sql = f"{_FILE_SELECT} FROM gpufleet_files WHERE TRUE"
+        sql = f"{tables.FILE_SELECT} FROM gpufleet_files WHERE TRUE"
         args: list[Any] = []
         if purpose is not None:
             sql += " AND purpose = %s"
@@ -222,7 +208,7 @@ class PostgresStore:
             args.append(after)
         async with self._db.use() as conn:
             cur = await conn.execute(f"{sql} ORDER BY seq DESC LIMIT %s", (*args, limit + 1))
-            return page(await cur.fetchall(), limit, file_record)
+            return tables.page(await cur.fetchall(), limit, tables.file_record)
 
     async def delete_file(self, file_id: str) -> bool:
         """Delete the file and its contents; False when there was none."""
@@ -264,16 +250,16 @@ class PostgresStore:
                 "INSERT INTO gpufleet_batches"
                 " (id, status, input_file_id, created_at, completed, failed, doc)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                batch_row(record),
+                tables.batch_row(record),
             )
 
     async def _get_batch(
         self, conn: Any, batch_id: str, *, lock: bool = False
     ) -> BatchRecord | None:
-        sql = f"{_BATCH_SELECT} FROM gpufleet_batches WHERE id = %s"
+        sql = f"{tables.BATCH_SELECT} FROM gpufleet_batches WHERE id = %s"
         cur = await conn.execute(sql + (" FOR UPDATE" if lock else ""), (batch_id,))
         row = await cur.fetchone()
-        return None if row is None else batch_record(row)
+        return None if row is None else tables.batch_record(row)
 
     async def get_batch(self, batch_id: str) -> BatchRecord | None:
         """The batch, or None."""
@@ -284,25 +270,25 @@ class PostgresStore:
         self, *, limit: int, after: str | None
     ) -> tuple[list[BatchRecord], bool]:
         """Batches newest first after the one named ``after``; and whether more follow."""
-        sql = f"{_BATCH_SELECT} FROM gpufleet_batches"
+        sql = f"{tables.BATCH_SELECT} FROM gpufleet_batches"
         args: list[Any] = []
         if after is not None:
             sql += " WHERE seq < coalesce((SELECT seq FROM gpufleet_batches WHERE id = %s), -1)"
             args.append(after)
         async with self._db.use() as conn:
             cur = await conn.execute(f"{sql} ORDER BY seq DESC LIMIT %s", (*args, limit + 1))
-            return page(await cur.fetchall(), limit, batch_record)
+            return tables.page(await cur.fetchall(), limit, tables.batch_record)
 
     async def _set(self, conn: Any, batch_id: str, fields: dict[str, Any]) -> BatchRecord | None:
         """Inside a transaction: set ``fields`` of the batch (row locked) and return it."""
         record = await self._get_batch(conn, batch_id, lock=True)
         if record is None:
             return None
-        changed(record, fields)
+        tables.changed(record, fields)
         await conn.execute(
             "UPDATE gpufleet_batches SET status = %s, completed = %s, failed = %s, doc = %s"
             " WHERE id = %s",
-            (*batch_changes(record), batch_id),
+            (*tables.batch_changes(record), batch_id),
         )
         return record
 
@@ -315,10 +301,10 @@ class PostgresStore:
         """Batches still to run, finalize or cancel, oldest first."""
         async with self._db.use() as conn:
             cur = await conn.execute(
-                f"{_BATCH_SELECT} FROM gpufleet_batches WHERE status = ANY(%s) ORDER BY seq",
+                f"{tables.BATCH_SELECT} FROM gpufleet_batches WHERE status = ANY(%s) ORDER BY seq",
                 (sorted(UNFINISHED),),
             )
-            return [batch_record(r) for r in await cur.fetchall()]
+            return [tables.batch_record(r) for r in await cur.fetchall()]
 
     async def batch_counts(self) -> dict[str, int]:
         """How many batches are kept in each status."""
@@ -383,7 +369,7 @@ class PostgresStore:
                 " WHERE batch_id = %s AND line > %s ORDER BY line LIMIT %s",
                 (batch_id, after_line, limit),
             )
-            return [result_row(r) for r in await cur.fetchall()]
+            return [tables.result_row(r) for r in await cur.fetchall()]
 
     async def finish_batch(
         self, batch_id: str, outputs: Sequence[tuple[FileRecord, Path]], **fields: Any

@@ -31,19 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from gpufleet.batches import tables
 from gpufleet.batches.records import FINISHED, UNFINISHED, BatchRecord, FileRecord, ResultRow
-from gpufleet.batches.rows import (
-    BATCH_COLUMNS,
-    FILE_COLUMNS,
-    batch_changes,
-    batch_record,
-    batch_row,
-    changed,
-    file_record,
-    file_row,
-    page,
-    result_row,
-)
 
 T = TypeVar("T")
 
@@ -89,10 +78,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-_FILE_SELECT: Final = f"SELECT {', '.join(FILE_COLUMNS)}"
-_BATCH_SELECT: Final = f"SELECT {', '.join(BATCH_COLUMNS)}"
 
 
 class SqliteStore:
@@ -183,7 +168,7 @@ class SqliteStore:
         _fsync_dir(self.files_dir)
         self.conn.execute(
             "INSERT INTO files (id, purpose, created_at, bytes, doc) VALUES (?, ?, ?, ?, ?)",
-            file_row(record),
+            tables.file_row(record),
         )
 
     async def add_file(self, record: FileRecord, written: Path) -> None:
@@ -195,8 +180,10 @@ class SqliteStore:
         return await self._db(self._get_file, file_id)
 
     def _get_file(self, file_id: str) -> FileRecord | None:
-        row = self.conn.execute(f"{_FILE_SELECT} FROM files WHERE id = ?", (file_id,)).fetchone()
-        return None if row is None else file_record(row)
+        row = self.conn.execute(
+            f"{tables.FILE_SELECT} FROM files WHERE id = ?", (file_id,)
+        ).fetchone()
+        return None if row is None else tables.file_record(row)
 
     async def list_files(
         self, *, purpose: str | None, limit: int, after: str | None
@@ -207,7 +194,7 @@ class SqliteStore:
     def _list_files(
         self, purpose: str | None, limit: int, after: str | None
     ) -> tuple[list[FileRecord], bool]:
-        sql = f"{_FILE_SELECT} FROM files WHERE 1"
+        sql = f"{tables.FILE_SELECT} FROM files WHERE 1"
         args: list[Any] = []
         if purpose is not None:
             sql += " AND purpose = ?"
@@ -216,7 +203,7 @@ class SqliteStore:
             sql += " AND seq < coalesce((SELECT seq FROM files WHERE id = ?), -1)"
             args.append(after)
         found = self.conn.execute(f"{sql} ORDER BY seq DESC LIMIT ?", (*args, limit + 1))
-        return page(found.fetchall(), limit, file_record)
+        return tables.page(found.fetchall(), limit, tables.file_record)
 
     async def delete_file(self, file_id: str) -> bool:
         """Delete the file's row, then its contents; False when there was none."""
@@ -258,7 +245,7 @@ class SqliteStore:
         self.conn.execute(
             "INSERT INTO batches (id, status, input_file_id, created_at, completed, failed, doc)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            batch_row(record),
+            tables.batch_row(record),
         )
 
     async def get_batch(self, batch_id: str) -> BatchRecord | None:
@@ -267,9 +254,9 @@ class SqliteStore:
 
     def _get_batch(self, batch_id: str) -> BatchRecord | None:
         row = self.conn.execute(
-            f"{_BATCH_SELECT} FROM batches WHERE id = ?", (batch_id,)
+            f"{tables.BATCH_SELECT} FROM batches WHERE id = ?", (batch_id,)
         ).fetchone()
-        return None if row is None else batch_record(row)
+        return None if row is None else tables.batch_record(row)
 
     async def list_batches(
         self, *, limit: int, after: str | None
@@ -278,13 +265,13 @@ class SqliteStore:
         return await self._db(self._list_batches, limit, after)
 
     def _list_batches(self, limit: int, after: str | None) -> tuple[list[BatchRecord], bool]:
-        sql = f"{_BATCH_SELECT} FROM batches"
+        sql = f"{tables.BATCH_SELECT} FROM batches"
         args: list[Any] = []
         if after is not None:
             sql += " WHERE seq < coalesce((SELECT seq FROM batches WHERE id = ?), -1)"
             args.append(after)
         found = self.conn.execute(f"{sql} ORDER BY seq DESC LIMIT ?", (*args, limit + 1))
-        return page(found.fetchall(), limit, batch_record)
+        return tables.page(found.fetchall(), limit, tables.batch_record)
 
     async def update_batch(self, batch_id: str, **fields: Any) -> BatchRecord | None:
         """Set ``fields`` of the batch; the batch as it is now, or None."""
@@ -299,10 +286,10 @@ class SqliteStore:
         record = self._get_batch(batch_id)
         if record is None:
             return None
-        changed(record, fields)
+        tables.changed(record, fields)
         self.conn.execute(
             "UPDATE batches SET status = ?, completed = ?, failed = ?, doc = ? WHERE id = ?",
-            (*batch_changes(record), batch_id),
+            (*tables.batch_changes(record), batch_id),
         )
         return record
 
@@ -313,10 +300,10 @@ class SqliteStore:
     def _unfinished(self) -> list[BatchRecord]:
         marks = ", ".join("?" * len(UNFINISHED))
         found = self.conn.execute(
-            f"{_BATCH_SELECT} FROM batches WHERE status IN ({marks}) ORDER BY seq",
+            f"{tables.BATCH_SELECT} FROM batches WHERE status IN ({marks}) ORDER BY seq",
             tuple(UNFINISHED),
         )
-        return [batch_record(r) for r in found]
+        return [tables.batch_record(r) for r in found]
 
     async def batch_counts(self) -> dict[str, int]:
         """How many batches are kept in each status."""
@@ -383,7 +370,7 @@ class SqliteStore:
             " ORDER BY line LIMIT ?",
             (batch_id, after_line, limit),
         )
-        return [result_row(r) for r in found]
+        return [tables.result_row(r) for r in found]
 
     async def finish_batch(
         self, batch_id: str, outputs: Sequence[tuple[FileRecord, Path]], **fields: Any

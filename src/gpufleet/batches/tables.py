@@ -1,5 +1,5 @@
 """Records as table rows and back: the part of a ``BatchStore`` that is the same whatever
-database holds the tables.
+database holds the tables (used as ``tables.batch_row(record)``, ``tables.file_record(row)``).
 
 Both stores keep a file in the columns ``FILE_COLUMNS`` and a batch in ``BATCH_COLUMNS``
 (what is searched, sorted or counted on) with every other field as one JSON ``doc``;
@@ -32,6 +32,9 @@ BATCH_COLUMNS: Final = (
     "failed",
     "doc",
 )
+#: ``SELECT`` of a file's and of a batch's columns (``… FROM <table> WHERE …`` follows).
+FILE_SELECT: Final = f"SELECT {', '.join(FILE_COLUMNS)}"
+BATCH_SELECT: Final = f"SELECT {', '.join(BATCH_COLUMNS)}"
 #: The columns ``batch_changes`` sets on an update, in its order.
 BATCH_UPDATED: Final = ("status", "completed", "failed", "doc")
 #: A result's columns, in the order rows are selected.
@@ -109,8 +112,10 @@ def page(rows: Sequence[Row], limit: int, decode: Callable[[Row], T]) -> tuple[l
 
 __all__ = [
     "BATCH_COLUMNS",
+    "BATCH_SELECT",
     "BATCH_UPDATED",
     "FILE_COLUMNS",
+    "FILE_SELECT",
     "RESULT_COLUMNS",
     "Row",
     "batch_changes",
