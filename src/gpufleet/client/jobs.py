@@ -12,10 +12,7 @@ is recorded as failed with the reason, and the job goes on to its summary.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import datetime as dt
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -23,17 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from gpufleet.client.client import Client
-from gpufleet.client.items import Item, Result, as_items
-from gpufleet.client.outputs import (
-    SUMMARY_FILE,
-    ResultsLog,
-    encode_output,
-    remove_stale_temporaries,
-    unique_stems,
-    write_atomic,
-)
+from gpufleet.client.items import Item
+from gpufleet.client.job_folder import JobFolder
 from gpufleet.client.progress import NullProgress, Progress
-from gpufleet.errors import ClientError
 
 log = logging.getLogger("gpufleet.client")
 
@@ -48,100 +37,40 @@ async def run_job(
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
     """Run ``items`` through ``client`` into ``folder``; return what ``summary.json`` holds."""
-    out = Path(folder)
     progress = progress or NullProgress()
-    all_items = as_items(items, seed=client.config.seed)
-    stems = unique_stems([str(item.id) for item in all_items])
-    results_log = ResultsLog(out)
-    done, resolved = await asyncio.to_thread(_prepare, out, results_log, resume)
-    todo = [(stem, item) for stem, item in zip(stems, all_items, strict=True) if stem not in done]
-    skipped = len(all_items) - len(todo)
-    if skipped:
-        log.info("resuming: %d of %d item(s) already done in %s", skipped, len(all_items), out)
-    started_at, start = _now(), clock()
-    progress.start(len(all_items), skipped, client.endpoints)
+    job = JobFolder(folder, items, seed=client.config.seed)
+    await job.prepare(resume)
+    if job.skipped:
+        log.info(
+            "resuming: %d of %d item(s) already done in %s", job.skipped, len(job.items), job.out
+        )
+    start = clock()
+    progress.start(len(job.items), job.skipped, client.endpoints)
     try:
-        await asyncio.to_thread(results_log.open)
-        counts, errors = await _drain(client, todo, out, results_log, progress)
+        await job.open()
+        stream = client.stream([item for _, item in job.todo])
+        async with contextlib.aclosing(stream) as results:
+            async for result in results:
+                await job.keep(result, job.todo[result.index][0])
+                progress.advance(result)
         wall = clock() - start
-        summary = _summary(client, all_items, skipped, *counts, wall, errors)
-        summary.update(started_at=started_at, finished_at=_now(), output_dir=resolved)
-        text = json.dumps(summary, indent=2) + "\n"
-        await asyncio.to_thread(write_atomic, out, SUMMARY_FILE, text.encode())
+        summary = job.summary(
+            wall,
+            seed=client.config.seed,
+            dispatch=client.config.dispatch,
+            endpoints=_endpoints(client, job.succeeded, wall),
+        )
+        await job.write_summary(summary)
         progress.finish(summary)
     finally:
-        results_log.close()
+        job.close()
         progress.close()
     return summary
 
 
-async def _drain(
-    client: Client,
-    todo: list[tuple[str, Item]],
-    out: Path,
-    results_log: ResultsLog,
-    progress: Progress,
-) -> tuple[tuple[int, int], dict[str, str]]:
-    """Store each result as it comes: the output file first, then its record."""
-    succeeded = failed = 0
-    errors: dict[str, str] = {}
-    stream = client.stream([item for _, item in todo])
-    async with contextlib.aclosing(stream) as results:
-        async for result in results:
-            stem = todo[result.index][0]
-            file = None
-            if result.ok:
-                data, ext = encode_output(result.output, result.content_type)
-                file = stem + ext
-                try:
-                    await asyncio.to_thread(write_atomic, out, file, data)
-                except (OSError, ClientError) as exc:
-                    result.status, result.error = "failed", f"cannot write output: {exc}"
-                    file = None
-            await asyncio.to_thread(results_log.append, _record(result, stem, file))
-            if result.ok:
-                succeeded += 1
-            else:
-                failed += 1
-                if len(errors) < 20:
-                    errors[result.id] = result.error or "failed"
-            progress.advance(result)
-    return (succeeded, failed), errors
-
-
-def _prepare(out: Path, results_log: ResultsLog, resume: bool) -> tuple[dict[str, str], str]:
-    out.mkdir(parents=True, exist_ok=True)
-    removed = remove_stale_temporaries(out)
-    if removed:
-        log.info("removed %d temporary file(s) left by an interrupted run", removed)
-    return (results_log.done() if resume else {}), str(out.resolve())
-
-
-def _record(result: Result, stem: str, file: str | None) -> dict[str, Any]:
+def _endpoints(client: Client, succeeded: int, wall: float) -> dict[str, dict[str, Any]]:
+    """What each endpoint served, for the summary."""
     return {
-        "id": result.id,
-        "key": stem,
-        "file": file,
-        "status": result.status,
-        "endpoint": result.endpoint,
-        "upstream": result.upstream,
-        "attempts": result.attempts,
-        "seconds": round(result.seconds, 4),
-        "seed": result.seed,
-        "error": result.error,
-    }
-
-
-def _summary(
-    client: Client,
-    items: list[Item],
-    skipped: int,
-    succeeded: int,
-    failed: int,
-    wall: float,
-    errors: dict[str, str],
-) -> dict[str, Any]:
-    endpoints = {
         ep.url: {
             "served": ep.served,
             "failed_attempts": ep.failed_attempts,
@@ -152,20 +81,3 @@ def _summary(
         }
         for ep in client.endpoints
     }
-    return {
-        "success": failed == 0,
-        "total": len(items),
-        "succeeded": succeeded,
-        "failed": failed,
-        "skipped": skipped,
-        "wall_s": round(wall, 3),
-        "throughput_items_per_s": round(succeeded / wall, 3) if wall > 0 else 0.0,
-        "seed": client.config.seed,
-        "dispatch": client.config.dispatch,
-        "endpoints": endpoints,
-        "errors": errors,
-    }
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

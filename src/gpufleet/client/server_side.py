@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import json
 import logging
 import time
@@ -31,14 +30,10 @@ import msgspec
 
 from gpufleet.client._payload import build_body, decode_reply
 from gpufleet.client._transport import Reply
-from gpufleet.client.items import Item, Result, as_items
+from gpufleet.client.items import Item, Result
+from gpufleet.client.job_folder import JobFolder
 from gpufleet.client.outputs import (
-    SUMMARY_FILE,
-    ResultsLog,
-    encode_output,
     inside,
-    remove_stale_temporaries,
-    unique_stems,
     write_atomic,
 )
 from gpufleet.client.progress import NullProgress, Progress
@@ -77,91 +72,62 @@ async def run_server_side(
     if len(cfg.endpoints) != 1:
         raise ConfigError("--server-side sends the job to one router: give one --endpoint")
     base = cfg.endpoints[0].rstrip("/")
-    out = Path(folder)
     progress = progress or NullProgress()
-    all_items = as_items(items, seed=cfg.seed)
-    stems = unique_stems([str(item.id) for item in all_items])
-    results_log = ResultsLog(out)
-    done, resolved, state = await asyncio.to_thread(_prepare, out, results_log, cfg.resume)
-    todo = [(stem, item) for stem, item in zip(stems, all_items, strict=True) if stem not in done]
-    skipped = len(all_items) - len(todo)
-    by_stem = {stem: item for stem, item in todo}
-    started_at, start = _now(), clock()
-    progress.start(len(all_items), skipped, [])
-    succeeded = failed = 0
-    errors: dict[str, str] = {}
+    job = JobFolder(folder, items, seed=cfg.seed)
+    await job.prepare(cfg.resume)
+    state = await asyncio.to_thread(_read_state, job.out) if cfg.resume else None
+    start = clock()
+    progress.start(len(job.items), job.skipped, [])
     batch: BatchObject | None = None
     async with PeerClient(timeout_s=_CALL_S) as http:
         api = _Api(http, base, cfg.timeout)
         try:
-            await asyncio.to_thread(results_log.open)
-            if todo:
-                batch = await _follow_or_submit(api, cfg, out, state, todo)
+            await job.open()
+            if job.todo:
+                batch = await _follow_or_submit(api, cfg, job.out, state, job.todo)
                 batch = await _follow(api, batch, progress, poll_s)
-                written: set[str] = set()
-                for file_id in (batch.output_file_id, batch.error_file_id):
-                    if not file_id:
-                        continue
-                    async for line in api.lines(file_id):
-                        result = await _store(cfg, out, results_log, line, by_stem, written)
-                        if result is None:
-                            continue
-                        if result.ok:
-                            succeeded += 1
-                        else:
-                            failed += 1
-                            if len(errors) < 20:
-                                errors[result.id] = result.error or "failed"
-                for stem, item in todo:
-                    if stem in written:
-                        continue  # an item without a line: the batch stopped before it
-                    error = f"not run: the batch ended {batch.status}"
-                    record = _record(str(item.id), stem, None, "failed", base, error, item.seed)
-                    await asyncio.to_thread(results_log.append, record)
-                    failed += 1
-                    if len(errors) < 20:
-                        errors[str(item.id)] = error
-                await asyncio.to_thread(_forget, out)
-            wall = clock() - start
-            summary = {
-                "success": failed == 0,
-                "total": len(all_items),
-                "succeeded": succeeded,
-                "failed": failed,
-                "skipped": skipped,
-                "wall_s": round(wall, 3),
-                "throughput_items_per_s": round(succeeded / wall, 3) if wall > 0 else 0.0,
-                "seed": cfg.seed,
-                "dispatch": "server-side",
-                "batch_id": batch.id if batch is not None else None,
-                "batch_status": batch.status if batch is not None else None,
-                "endpoints": {base: {"served": succeeded}},
-                "errors": errors,
-                "started_at": started_at,
-                "finished_at": _now(),
-                "output_dir": resolved,
-            }
-            text = json.dumps(summary, indent=2) + "\n"
-            await asyncio.to_thread(write_atomic, out, SUMMARY_FILE, text.encode())
+                await _keep_all(cfg, api, job, batch)
+                await asyncio.to_thread(_forget, job.out)
+            summary = job.summary(
+                clock() - start,
+                seed=cfg.seed,
+                dispatch="server-side",
+                endpoints={base: {"served": job.succeeded}},
+                batch_id=batch.id if batch is not None else None,
+                batch_status=batch.status if batch is not None else None,
+            )
+            await job.write_summary(summary)
             progress.finish(summary)
         finally:
-            results_log.close()
+            job.close()
             progress.close()
     return summary
 
 
-def _prepare(
-    out: Path, results_log: ResultsLog, resume: bool
-) -> tuple[dict[str, str], str, dict[str, Any] | None]:
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
-    state: dict[str, Any] | None = None
-    if resume:
-        with contextlib.suppress(OSError, ValueError):
-            loaded = json.loads(inside(out, STATE_FILE).read_text(encoding="utf-8"))
-            if isinstance(loaded, dict) and isinstance(loaded.get("batch_id"), str):
-                state = loaded
-    return (results_log.done() if resume else {}), str(out.resolve()), state
+async def _keep_all(cfg: ClientConfig, api: _Api, job: JobFolder, batch: BatchObject) -> None:
+    """Every line of the ended batch's output and error files into the folder; an item
+    with no line there is failed as not run."""
+    by_stem = dict(job.todo)
+    written: set[str] = set()
+    for file_id in (batch.output_file_id, batch.error_file_id):
+        if not file_id:
+            continue
+        async for line in api.lines(file_id):
+            await _store(cfg, job, line, by_stem, written)
+    for stem, item in job.todo:
+        if stem in written:
+            continue  # an item without a line: the batch stopped before it
+        error = f"not run: the batch ended {batch.status}"
+        await job.keep(_result(item, api.base, error), stem)
+
+
+def _read_state(out: Path) -> dict[str, Any] | None:
+    """The batch an earlier run left in the folder (``STATE_FILE``), or None."""
+    with contextlib.suppress(OSError, ValueError):
+        loaded = json.loads(inside(out, STATE_FILE).read_text(encoding="utf-8"))
+        if isinstance(loaded, dict) and isinstance(loaded.get("batch_id"), str):
+            return loaded
+    return None
 
 
 def _forget(out: Path) -> None:
@@ -238,47 +204,47 @@ async def _follow(api: _Api, batch: BatchObject, progress: Progress, poll_s: flo
 
 
 async def _store(
-    cfg: ClientConfig,
-    out: Path,
-    results_log: ResultsLog,
-    raw: bytes,
-    by_stem: dict[str, Item],
-    written: set[str],
-) -> Result | None:
+    cfg: ClientConfig, job: JobFolder, raw: bytes, by_stem: dict[str, Item], written: set[str]
+) -> None:
     """One output or error line into the folder: its output file, then its record."""
     try:
         line = _RESULT_LINE.decode(raw)
     except (msgspec.DecodeError, RecursionError):
         log.warning("a line of the batch's output is not a result: %.200r", raw)
-        return None
+        return
     stem = line.custom_id
     item = by_stem.get(stem)
     if item is None or stem in written:
-        return None  # not an item of this run (an earlier run's), or seen already
+        return  # not an item of this run (an earlier run's), or seen already
     written.add(stem)
     status_code = line.response.status_code if line.response is not None else None
     body = line.response.body if line.response is not None else None
-    item_id = str(item.id)
-    result = Result(id=item_id, index=-1, status="failed", seed=item.seed, attempts=1)
+    result = _result(item, cfg.endpoints[0])
     if status_code is not None and 200 <= status_code < 300:
         payload = body if isinstance(body, (bytes, str)) else json.dumps(body)
         reply = Reply(status_code, payload.encode() if isinstance(payload, str) else payload)
         try:
-            output, content_type = decode_reply(cfg.path, reply)
-            data, ext = encode_output(output, content_type)
-            await asyncio.to_thread(write_atomic, out, stem + ext, data)
-        except (OSError, ClientError) as exc:
+            result.output, result.content_type = decode_reply(cfg.path, reply)
+        except ClientError as exc:
             result.error = f"cannot write output: {exc}"
         else:
             result.status = "ok"
-            record = _record(item_id, stem, stem + ext, "ok", cfg.endpoints[0], None, item.seed)
-            await asyncio.to_thread(results_log.append, record)
-            return result
     else:
         result.error = _error_text(line, status_code, body)
-    record = _record(item_id, stem, None, "failed", cfg.endpoints[0], result.error, item.seed)
-    await asyncio.to_thread(results_log.append, record)
-    return result
+    await job.keep(result, stem)
+
+
+def _result(item: Item, endpoint: str, error: str | None = None) -> Result:
+    """A failed result of ``item`` at ``endpoint``, its one attempt the batch's."""
+    return Result(
+        id=str(item.id),
+        index=-1,
+        status="failed",
+        endpoint=endpoint,
+        seed=item.seed,
+        attempts=1,
+        error=error,
+    )
 
 
 def _error_text(line: ResultLine, status_code: int | None, body: Any) -> str:
@@ -294,30 +260,6 @@ def _error_text(line: ResultLine, status_code: int | None, body: Any) -> str:
         if words:
             return f"HTTP {status_code} {words}"
     return f"HTTP {status_code}"
-
-
-def _record(
-    item_id: str,
-    stem: str,
-    file: str | None,
-    status: str,
-    endpoint: str,
-    error: str | None,
-    seed: int | None,
-) -> dict[str, Any]:
-    """A ``results.jsonl`` line, as ``run_job`` writes it."""
-    return {
-        "id": item_id,
-        "key": stem,
-        "file": file,
-        "status": status,
-        "endpoint": endpoint,
-        "upstream": None,
-        "attempts": 1,
-        "seconds": 0.0,
-        "seed": seed,
-        "error": error,
-    }
 
 
 class _Api:
@@ -373,7 +315,3 @@ class _Api:
                     yield rest
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise RequestFailed(f"GET {url}: {type(exc).__name__}: {exc}") from exc
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
