@@ -21,15 +21,15 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
-import aiohttp
 import msgspec
 
 from gpufleet.client._payload import build_body, decode_reply
 from gpufleet.client._transport import Reply
+from gpufleet.client.batch_api import CALL_S, BatchApi
 from gpufleet.client.items import Item, Result
 from gpufleet.client.job_folder import JobFolder
 from gpufleet.client.outputs import (
@@ -39,7 +39,7 @@ from gpufleet.client.outputs import (
 from gpufleet.client.progress import NullProgress, Progress
 from gpufleet.config.client import ClientConfig
 from gpufleet.errors import ClientError, ConfigError, RequestFailed
-from gpufleet.wire.batches import BatchObject, FileObject, ResultLine
+from gpufleet.wire.batches import BatchObject, ResultLine
 from gpufleet.wire.http import PeerClient
 
 log = logging.getLogger("gpufleet.client")
@@ -48,10 +48,18 @@ log = logging.getLogger("gpufleet.client")
 STATE_FILE: Final = ".gpufleet-batch.json"
 #: Batch statuses that do not change any more (OpenAI's).
 _FINAL: Final = frozenset({"completed", "failed", "expired", "cancelled"})
-#: Budget of one API call (the upload has the job's request timeout instead).
-_CALL_S: Final = 30.0
 _RESULT_LINE: Final = msgspec.json.Decoder(ResultLine)
-T = TypeVar("T")
+
+
+class BatchState(msgspec.Struct):
+    """What ``STATE_FILE`` keeps: the batch this folder follows, and where."""
+
+    batch_id: str
+    endpoint: str | None = None
+    path: str | None = None
+
+
+_STATE: Final = msgspec.json.Decoder(BatchState)
 
 
 async def run_server_side(
@@ -79,8 +87,8 @@ async def run_server_side(
     start = clock()
     progress.start(len(job.items), job.skipped, [])
     batch: BatchObject | None = None
-    async with PeerClient(timeout_s=_CALL_S) as http:
-        api = _Api(http, base, cfg.timeout)
+    async with PeerClient(timeout_s=CALL_S) as http:
+        api = BatchApi(http, base, cfg.timeout)
         try:
             await job.open()
             if job.todo:
@@ -104,7 +112,7 @@ async def run_server_side(
     return summary
 
 
-async def _keep_all(cfg: ClientConfig, api: _Api, job: JobFolder, batch: BatchObject) -> None:
+async def _keep_all(cfg: ClientConfig, api: BatchApi, job: JobFolder, batch: BatchObject) -> None:
     """Every line of the ended batch's output and error files into the folder; an item
     with no line there is failed as not run."""
     by_stem = dict(job.todo)
@@ -121,12 +129,10 @@ async def _keep_all(cfg: ClientConfig, api: _Api, job: JobFolder, batch: BatchOb
         await job.keep(_result(item, api.base, error), stem)
 
 
-def _read_state(out: Path) -> dict[str, Any] | None:
+def _read_state(out: Path) -> BatchState | None:
     """The batch an earlier run left in the folder (``STATE_FILE``), or None."""
-    with contextlib.suppress(OSError, ValueError):
-        loaded = json.loads(inside(out, STATE_FILE).read_text(encoding="utf-8"))
-        if isinstance(loaded, dict) and isinstance(loaded.get("batch_id"), str):
-            return loaded
+    with contextlib.suppress(OSError, msgspec.DecodeError, RecursionError):
+        return _STATE.decode(inside(out, STATE_FILE).read_bytes())
     return None
 
 
@@ -136,20 +142,20 @@ def _forget(out: Path) -> None:
 
 
 async def _follow_or_submit(
-    api: _Api,
+    api: BatchApi,
     cfg: ClientConfig,
     out: Path,
-    state: dict[str, Any] | None,
+    state: BatchState | None,
     todo: list[tuple[str, Item]],
 ) -> BatchObject:
     """The batch an earlier run left in the folder, if the router still runs it; else a new one."""
-    if state is not None and state.get("endpoint") == api.base and state.get("path") == cfg.path:
+    if state is not None and state.endpoint == api.base and state.path == cfg.path:
         try:
-            batch = await api.call("GET", f"/v1/batches/{state['batch_id']}", BatchObject)
+            batch = await api.get_batch(state.batch_id)
         except RequestFailed as exc:
             if exc.status != 404:
                 raise
-            log.info("batch %s is gone from the router: submitting again", state["batch_id"])
+            log.info("batch %s is gone from the router: submitting again", state.batch_id)
         else:
             if batch.status not in ("failed", "cancelled", "cancelling", "expired"):
                 log.info("following batch %s left by an earlier run", batch.id)
@@ -168,24 +174,16 @@ async def _follow_or_submit(
         for stem, item in todo
     ]
     data = ("\n".join(lines) + "\n").encode()
-    form = aiohttp.FormData()
-    form.add_field("purpose", "batch")
-    form.add_field("file", data, filename="prompts.jsonl", content_type="application/jsonl")
-    uploaded = await api.call("POST", "/v1/files", FileObject, data=form, budget=cfg.timeout)
-    body = {
-        "input_file_id": uploaded.id,
-        "endpoint": cfg.path,
-        "completion_window": "24h",
-        "metadata": {"created_by": "gpufleet generate --server-side"},
-    }
-    batch = await api.call("POST", "/v1/batches", BatchObject, json_body=body)
-    kept = {"batch_id": batch.id, "endpoint": api.base, "path": cfg.path}
-    await asyncio.to_thread(write_atomic, out, STATE_FILE, json.dumps(kept).encode())
+    batch = await api.submit(data, cfg.path, "gpufleet generate --server-side")
+    kept = BatchState(batch.id, api.base, cfg.path)
+    await asyncio.to_thread(write_atomic, out, STATE_FILE, msgspec.json.encode(kept))
     log.info("batch %s: %d request(s) submitted to %s", batch.id, len(todo), api.base)
     return batch
 
 
-async def _follow(api: _Api, batch: BatchObject, progress: Progress, poll_s: float) -> BatchObject:
+async def _follow(
+    api: BatchApi, batch: BatchObject, progress: Progress, poll_s: float
+) -> BatchObject:
     """Poll the batch until it ends, moving the progress reporter by its counts."""
     shown_ok = shown_failed = 0
     while True:
@@ -200,7 +198,7 @@ async def _follow(api: _Api, batch: BatchObject, progress: Progress, poll_s: flo
         if batch.status in _FINAL:
             return batch
         await asyncio.sleep(poll_s)
-        batch = await api.call("GET", f"/v1/batches/{batch.id}", BatchObject)
+        batch = await api.get_batch(batch.id)
 
 
 async def _store(
@@ -260,58 +258,3 @@ def _error_text(line: ResultLine, status_code: int | None, body: Any) -> str:
         if words:
             return f"HTTP {status_code} {words}"
     return f"HTTP {status_code}"
-
-
-class _Api:
-    """The router's Files and Batches routes, through one PeerClient; ``RequestFailed``."""
-
-    def __init__(self, http: PeerClient, base: str, timeout: float) -> None:
-        self.http = http
-        self.base = base
-        self.timeout = timeout
-
-    async def call(
-        self,
-        method: str,
-        path: str,
-        into: type[T],
-        *,
-        data: aiohttp.FormData | None = None,
-        json_body: Any = None,
-        budget: float = _CALL_S,
-    ) -> T:
-        """One call that must answer 2xx, its JSON decoded into ``into``."""
-        try:
-            return await self.http.call(
-                method, self.base + path, into=into, data=data, json=json_body, timeout_s=budget
-            )
-        except RequestFailed as exc:
-            if exc.status == 404 and path.startswith("/v1/files"):
-                raise RequestFailed(
-                    exc.message + " (no Batch API there: point --endpoint at a router started"
-                    " by `gpufleet up`, or by `gpufleet router --batch-store DIR`)",
-                    status=exc.status,
-                ) from exc
-            raise
-
-    async def lines(self, file_id: str) -> AsyncIterator[bytes]:
-        """The file's lines, read as they arrive (a large output is never held whole)."""
-        url = f"{self.base}/v1/files/{file_id}/content"
-        try:
-            # A streamed read on the client's session: the file may be larger than any
-            # answer read whole, and its budget is per read, not for the whole file.
-            async with self.http.session.get(
-                url, timeout=aiohttp.ClientTimeout(total=None, sock_read=self.timeout)
-            ) as resp:
-                if resp.status != 200:
-                    raise RequestFailed(f"GET {url}: HTTP {resp.status}", status=resp.status)
-                rest = b""
-                async for chunk in resp.content.iter_chunked(1 << 16):
-                    *whole, rest = (rest + chunk).split(b"\n")
-                    for line in whole:
-                        if line.strip():
-                            yield line
-                if rest.strip():
-                    yield rest
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise RequestFailed(f"GET {url}: {type(exc).__name__}: {exc}") from exc
