@@ -11,7 +11,7 @@ from gpufleet.errors import BadRequest
 from gpufleet.router.admission import BATCH, INTERACTIVE, Admission
 from gpufleet.router.policies import make_policy
 from gpufleet.router.pool import Pool
-from gpufleet.router.proxy import _priority
+from gpufleet.router.request_head import priority as _priority
 from gpufleet.router.stats import class_stats
 from gpufleet.router.upstream import READY, Upstream
 
