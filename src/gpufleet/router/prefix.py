@@ -15,6 +15,8 @@ approximately and within a hard memory bound:
   O(prompt length), never O(index size).
 - Past ``max_bytes`` (about ``BYTES_PER_ENTRY`` per key) the least recently used keys go,
   and keys unused for ``ttl_s`` go too, as an engine's LRU cache would lose them.
+- It counts the keys it holds per upstream (``held``): what the router believes each
+  engine's cache holds, which is where a new prefix goes (the emptiest, by speed).
 """
 
 from __future__ import annotations
@@ -117,6 +119,8 @@ class PrefixIndex:
         self._t0 = clock()
         self._entries: OrderedDict[int, int] = OrderedDict()
         self._bits: dict[str, int] = {}
+        #: Per upstream bit: how many entries name it.
+        self._held: dict[int, int] = {}
         self._records = 0
         #: Lookups, and those that found at least one block somewhere.
         self.lookups = 0
@@ -140,8 +144,13 @@ class PrefixIndex:
                 # than let a new upstream inherit an old one's prompts.
                 self._bits.clear()
                 self._entries.clear()
+                self._held.clear()
             found = self._bits[upstream_id] = 1 << len(self._bits)
         return found
+
+    def held(self, bit: int) -> int:
+        """How many of the index's blocks were sent to the upstream of ``bit``."""
+        return self._held.get(bit, 0)
 
     def match(self, blocks: Sequence[int]) -> dict[int, int]:
         """For each upstream bit, how many leading blocks of ``blocks`` it was sent."""
@@ -149,19 +158,24 @@ class PrefixIndex:
         entries = self._entries
         found: dict[int, int] = {}
         live = _MASK
+        n = 0
         oldest = int(self._clock() - self._t0 - self.ttl_s)
-        for n, key in enumerate(blocks, 1):
+        # Bits are written out only where one drops out of the walk (and at its end), not
+        # per block: a 1,500-token prompt is ~150 blocks and usually one or a few bits.
+        for key in blocks:
             value = entries.get(key)
             if value is None or value >> _MASK_BITS < oldest:
                 break
-            live &= value
-            if not live:
-                break
-            mask = live
-            while mask:
-                low = mask & -mask
-                found[low] = n
-                mask ^= low
+            kept = live & value
+            if kept != live:
+                if n:
+                    _put(found, live ^ kept, n)
+                live = kept
+                if not live:
+                    break
+            n += 1
+        if n and live:
+            _put(found, live, n)
         if found:
             self.hits += 1
         return found
@@ -175,16 +189,22 @@ class PrefixIndex:
         entries = self._entries
         # Last to first: a prompt's first blocks end most recent, so the LRU drops its
         # tail before its head (a lookup stops at the first block it misses).
+        added = 0
         for key in reversed(blocks):
             value = entries.get(key)
             if value is None:
                 entries[key] = stamp | bit
+                added += 1
             else:
+                if not value & bit:
+                    added += 1
                 entries[key] = stamp | (value & _MASK) | bit
                 entries.move_to_end(key)
+        held = self._held
+        held[bit] = held.get(bit, 0) + added
         excess = len(entries) - self.max_entries
         for _ in range(max(excess, 0)):
-            entries.popitem(last=False)
+            self._forget(entries.popitem(last=False)[1])
         if excess > 0:
             self.evicted += excess
         self._records += 1
@@ -201,6 +221,24 @@ class PrefixIndex:
             if value >> _MASK_BITS >= oldest:
                 break
             del entries[key]
+            self._forget(value)
             dropped += 1
         self.evicted += dropped
         return dropped
+
+    def _forget(self, value: int) -> None:
+        """An entry went: the upstreams it named hold one block less."""
+        held = self._held
+        mask = value & _MASK
+        while mask:
+            low = mask & -mask
+            held[low] -= 1
+            mask ^= low
+
+
+def _put(found: dict[int, int], mask: int, n: int) -> None:
+    """``found[bit] = n`` for every bit of ``mask``."""
+    while mask:
+        low = mask & -mask
+        found[low] = n
+        mask ^= low
