@@ -21,76 +21,35 @@ what a crash leaves between the two (contents without a row) is deleted at ``ope
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
-import sqlite3
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from gpufleet.batches import tables
-from gpufleet.batches.records import FINISHED, UNFINISHED, BatchRecord, FileRecord, ResultRow
+from gpufleet.batches.records import BatchRecord, FileRecord, ResultRow
+from gpufleet.batches.sqlite_tables import DB_NAME, SqliteTables
 
 T = TypeVar("T")
 
-DB_NAME: Final = "batches.sqlite3"
 #: Bytes per chunk when a file's contents are read.
 READ_CHUNK: Final = 1 << 20
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    purpose TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    bytes INTEGER NOT NULL,
-    doc TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS batches (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    status TEXT NOT NULL,
-    input_file_id TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    completed INTEGER NOT NULL DEFAULT 0,
-    failed INTEGER NOT NULL DEFAULT 0,
-    doc TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS batches_status ON batches (status);
-CREATE TABLE IF NOT EXISTS results (
-    batch_id TEXT NOT NULL,
-    custom_id TEXT NOT NULL,
-    line INTEGER NOT NULL,
-    ok INTEGER NOT NULL,
-    doc BLOB NOT NULL,
-    PRIMARY KEY (batch_id, custom_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS results_line ON results (batch_id, line);
-"""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SqliteStore:
     """Files, batches and results in SQLite (WAL) under ``root``; contents in ``root/files``."""
 
     def __init__(self, root: str | Path, *, clock: Callable[[], float] = time.time) -> None:
-        self.root = Path(root).absolute()  # scratch paths are compared with tmp_dir
-        self.files_dir = self.root / "files"
-        self.tmp_dir = self.root / "tmp"
+        #: The tables, used only on ``_db_thread``.
+        self.tables = SqliteTables(root)
+        self.root = self.tables.root
+        self.files_dir = self.tables.files_dir
+        self.tmp_dir = self.tables.tmp_dir
         self._clock = clock
         self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="gpufleet-batches-db")
         self._io_thread = ThreadPoolExecutor(1, thread_name_prefix="gpufleet-batches-io")
-        self._conn: sqlite3.Connection | None = None
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -100,59 +59,18 @@ class SqliteStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._io_thread, functools.partial(fn, *args))
 
-    @property
-    def conn(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise RuntimeError("the batch store is not open")
-        return self._conn
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT``, or ``ROLLBACK`` when the block raises."""
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
     # Lifecycle ----------------------------------------------------------------------
 
     async def open(self) -> None:
         """Create or open the database; drop what a crash left half-made."""
-        await self._db(self._open)
-
-    def _open(self) -> None:
-        for folder in (self.root, self.files_dir, self.tmp_dir):
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.root / DB_NAME, isolation_level=None, timeout=30.0)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(_SCHEMA)
-        self._conn = conn
-        for leftover in self.tmp_dir.iterdir():
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
-        known = {row["id"] for row in conn.execute("SELECT id FROM files")}
-        for path in self.files_dir.iterdir():
-            if path.name not in known:  # renamed in, then the process died before its row
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+        await self._db(self.tables.open)
 
     async def aclose(self) -> None:
         """Close the database and stop the store's threads."""
-        if self._conn is not None:
-            await self._db(self._close)
+        if self.tables.is_open:
+            await self._db(self.tables.close)
         self._db_thread.shutdown(wait=True)
         self._io_thread.shutdown(wait=True)
-
-    def _close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
 
     def scratch(self) -> Path:
         """Where files are written before ``add_file`` or ``finish_batch`` keeps them."""
@@ -160,62 +78,23 @@ class SqliteStore:
 
     # Files --------------------------------------------------------------------------
 
-    def _keep(self, record: FileRecord, written: Path) -> None:
-        """Rename ``written`` into ``files/`` (fsynced), then insert its row."""
-        if written.parent != self.tmp_dir:
-            raise ValueError(f"{written} is not in the store's scratch folder")
-        os.replace(written, self.files_dir / record.id)
-        _fsync_dir(self.files_dir)
-        self.conn.execute(
-            "INSERT INTO files (id, purpose, created_at, bytes, doc) VALUES (?, ?, ?, ?, ?)",
-            tables.file_row(record),
-        )
-
     async def add_file(self, record: FileRecord, written: Path) -> None:
         """Keep ``written`` as the contents of ``record``."""
-        await self._db(self._keep, record, written)
+        await self._db(self.tables.keep, record, written)
 
     async def get_file(self, file_id: str) -> FileRecord | None:
         """The file, or None."""
-        return await self._db(self._get_file, file_id)
-
-    def _get_file(self, file_id: str) -> FileRecord | None:
-        row = self.conn.execute(
-            f"{tables.FILE_SELECT} FROM files WHERE id = ?", (file_id,)
-        ).fetchone()
-        return None if row is None else tables.file_record(row)
+        return await self._db(self.tables.get_file, file_id)
 
     async def list_files(
         self, *, purpose: str | None, limit: int, after: str | None
     ) -> tuple[list[FileRecord], bool]:
         """Files newest first after the one named ``after``; and whether more follow."""
-        return await self._db(self._list_files, purpose, limit, after)
-
-    def _list_files(
-        self, purpose: str | None, limit: int, after: str | None
-    ) -> tuple[list[FileRecord], bool]:
-        sql = f"{tables.FILE_SELECT} FROM files WHERE 1"
-        args: list[Any] = []
-        if purpose is not None:
-            sql += " AND purpose = ?"
-            args.append(purpose)
-        if after is not None:
-            sql += " AND seq < coalesce((SELECT seq FROM files WHERE id = ?), -1)"
-            args.append(after)
-        found = self.conn.execute(f"{sql} ORDER BY seq DESC LIMIT ?", (*args, limit + 1))
-        return tables.page(found.fetchall(), limit, tables.file_record)
+        return await self._db(self.tables.list_files, purpose, limit, after)
 
     async def delete_file(self, file_id: str) -> bool:
         """Delete the file's row, then its contents; False when there was none."""
-        return await self._db(self._delete_file, file_id)
-
-    def _delete_file(self, file_id: str) -> bool:
-        cur = self.conn.execute("DELETE FROM files WHERE id = ?", (file_id,))
-        if not cur.rowcount:
-            return False
-        with contextlib.suppress(FileNotFoundError):
-            (self.files_dir / file_id).unlink()
-        return True
+        return await self._db(self.tables.delete_file, file_id)
 
     async def read_file(self, file_id: str) -> AsyncGenerator[bytes, None]:
         """The file's contents in chunks (``FileNotFoundError`` when there is none)."""
@@ -230,189 +109,63 @@ class SqliteStore:
 
     async def stored_bytes(self) -> int:
         """Bytes of every file kept."""
-        return await self._db(self._stored_bytes)
-
-    def _stored_bytes(self) -> int:
-        return int(self.conn.execute("SELECT coalesce(sum(bytes), 0) FROM files").fetchone()[0])
+        return await self._db(self.tables.stored_bytes)
 
     # Batches ------------------------------------------------------------------------
 
     async def add_batch(self, record: BatchRecord) -> None:
         """Keep a new batch."""
-        await self._db(self._add_batch, record)
-
-    def _add_batch(self, record: BatchRecord) -> None:
-        self.conn.execute(
-            "INSERT INTO batches (id, status, input_file_id, created_at, completed, failed, doc)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            tables.batch_row(record),
-        )
+        await self._db(self.tables.add_batch, record)
 
     async def get_batch(self, batch_id: str) -> BatchRecord | None:
         """The batch, or None."""
-        return await self._db(self._get_batch, batch_id)
-
-    def _get_batch(self, batch_id: str) -> BatchRecord | None:
-        row = self.conn.execute(
-            f"{tables.BATCH_SELECT} FROM batches WHERE id = ?", (batch_id,)
-        ).fetchone()
-        return None if row is None else tables.batch_record(row)
+        return await self._db(self.tables.get_batch, batch_id)
 
     async def list_batches(
         self, *, limit: int, after: str | None
     ) -> tuple[list[BatchRecord], bool]:
         """Batches newest first after the one named ``after``; and whether more follow."""
-        return await self._db(self._list_batches, limit, after)
-
-    def _list_batches(self, limit: int, after: str | None) -> tuple[list[BatchRecord], bool]:
-        sql = f"{tables.BATCH_SELECT} FROM batches"
-        args: list[Any] = []
-        if after is not None:
-            sql += " WHERE seq < coalesce((SELECT seq FROM batches WHERE id = ?), -1)"
-            args.append(after)
-        found = self.conn.execute(f"{sql} ORDER BY seq DESC LIMIT ?", (*args, limit + 1))
-        return tables.page(found.fetchall(), limit, tables.batch_record)
+        return await self._db(self.tables.list_batches, limit, after)
 
     async def update_batch(self, batch_id: str, **fields: Any) -> BatchRecord | None:
         """Set ``fields`` of the batch; the batch as it is now, or None."""
-        return await self._db(self._update_batch, batch_id, fields)
-
-    def _update_batch(self, batch_id: str, fields: dict[str, Any]) -> BatchRecord | None:
-        with self._transaction():
-            return self._set(batch_id, fields)
-
-    def _set(self, batch_id: str, fields: dict[str, Any]) -> BatchRecord | None:
-        """Inside a transaction: set ``fields`` of the batch and return it."""
-        record = self._get_batch(batch_id)
-        if record is None:
-            return None
-        tables.changed(record, fields)
-        self.conn.execute(
-            "UPDATE batches SET status = ?, completed = ?, failed = ?, doc = ? WHERE id = ?",
-            (*tables.batch_changes(record), batch_id),
-        )
-        return record
+        return await self._db(self.tables.update_batch, batch_id, fields)
 
     async def unfinished_batches(self) -> list[BatchRecord]:
         """Batches still to run, finalize or cancel, oldest first."""
-        return await self._db(self._unfinished)
-
-    def _unfinished(self) -> list[BatchRecord]:
-        marks = ", ".join("?" * len(UNFINISHED))
-        found = self.conn.execute(
-            f"{tables.BATCH_SELECT} FROM batches WHERE status IN ({marks}) ORDER BY seq",
-            tuple(UNFINISHED),
-        )
-        return [tables.batch_record(r) for r in found]
+        return await self._db(self.tables.unfinished_batches)
 
     async def batch_counts(self) -> dict[str, int]:
         """How many batches are kept in each status."""
-        return await self._db(self._batch_counts)
-
-    def _batch_counts(self) -> dict[str, int]:
-        rows = self.conn.execute("SELECT status, count(*) FROM batches GROUP BY status")
-        return {row[0]: int(row[1]) for row in rows}
+        return await self._db(self.tables.batch_counts)
 
     async def file_in_use(self, file_id: str) -> bool:
         """True when an unfinished batch reads ``file_id``."""
-        return await self._db(self._in_use, file_id)
-
-    def _in_use(self, file_id: str) -> bool:
-        marks = ", ".join("?" * len(UNFINISHED))
-        row = self.conn.execute(
-            f"SELECT 1 FROM batches WHERE input_file_id = ? AND status IN ({marks}) LIMIT 1",
-            (file_id, *UNFINISHED),
-        ).fetchone()
-        return row is not None
+        return await self._db(self.tables.file_in_use, file_id)
 
     # Results ------------------------------------------------------------------------
 
     async def add_results(self, batch_id: str, rows: Sequence[ResultRow]) -> None:
         """Record results in one transaction; a ``custom_id`` already there stays as it was."""
-        await self._db(self._add_results, batch_id, rows)
-
-    def _add_results(self, batch_id: str, rows: Sequence[ResultRow]) -> None:
-        ok = failed = 0
-        with self._transaction() as conn:
-            for row in rows:
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO results (batch_id, custom_id, line, ok, doc)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (batch_id, row.custom_id, row.line, int(row.ok), row.doc),
-                )
-                if cur.rowcount == 1:
-                    if row.ok:
-                        ok += 1
-                    else:
-                        failed += 1
-            if ok or failed:
-                conn.execute(
-                    "UPDATE batches SET completed = completed + ?, failed = failed + ?"
-                    " WHERE id = ?",
-                    (ok, failed, batch_id),
-                )
+        await self._db(self.tables.add_results, batch_id, rows)
 
     async def result_ids(self, batch_id: str) -> set[str]:
         """The ``custom_id`` s of the batch that have a result."""
-        return await self._db(self._result_ids, batch_id)
-
-    def _result_ids(self, batch_id: str) -> set[str]:
-        cur = self.conn.execute("SELECT custom_id FROM results WHERE batch_id = ?", (batch_id,))
-        return {row[0] for row in cur}
+        return await self._db(self.tables.result_ids, batch_id)
 
     async def results_page(self, batch_id: str, *, after_line: int, limit: int) -> list[ResultRow]:
         """Results of the batch in input order, from the line after ``after_line``."""
-        return await self._db(self._results_page, batch_id, after_line, limit)
-
-    def _results_page(self, batch_id: str, after_line: int, limit: int) -> list[ResultRow]:
-        found = self.conn.execute(
-            "SELECT custom_id, line, ok, doc FROM results WHERE batch_id = ? AND line > ?"
-            " ORDER BY line LIMIT ?",
-            (batch_id, after_line, limit),
-        )
-        return [tables.result_row(r) for r in found]
+        return await self._db(self.tables.results_page, batch_id, after_line, limit)
 
     async def finish_batch(
         self, batch_id: str, outputs: Sequence[tuple[FileRecord, Path]], **fields: Any
     ) -> BatchRecord | None:
         """Keep ``outputs`` and set ``fields`` in one transaction."""
-        return await self._db(self._finish, batch_id, outputs, fields)
-
-    def _finish(
-        self, batch_id: str, outputs: Sequence[tuple[FileRecord, Path]], fields: dict[str, Any]
-    ) -> BatchRecord | None:
-        with self._transaction():
-            for record, written in outputs:
-                self._keep(record, written)
-            return self._set(batch_id, fields)
+        return await self._db(self.tables.finish_batch, batch_id, outputs, fields)
 
     async def sweep(self, before: int) -> tuple[int, int]:
         """Delete finished batches and files created before ``before``; (batches, files)."""
-        return await self._db(self._sweep, before)
+        return await self._db(self.tables.sweep, before)
 
-    def _sweep(self, before: int) -> tuple[int, int]:
-        conn = self.conn
-        marks = ", ".join("?" * len(FINISHED))
-        old = [
-            row[0]
-            for row in conn.execute(
-                f"SELECT id FROM batches WHERE created_at < ? AND status IN ({marks})",
-                (before, *FINISHED),
-            )
-        ]
-        for batch_id in old:
-            with self._transaction():
-                conn.execute("DELETE FROM results WHERE batch_id = ?", (batch_id,))
-                conn.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
-        marks = ", ".join("?" * len(UNFINISHED))
-        files = [
-            row[0]
-            for row in conn.execute(
-                "SELECT id FROM files WHERE created_at < ? AND id NOT IN (SELECT input_file_id"
-                f" FROM batches WHERE status IN ({marks}))",
-                (before, *UNFINISHED),
-            )
-        ]
-        for file_id in files:
-            self._delete_file(file_id)
-        return len(old), len(files)
+
+__all__ = ["DB_NAME", "READ_CHUNK", "SqliteStore"]
