@@ -198,16 +198,11 @@ class PostgresStore:
         self, *, purpose: str | None, limit: int, after: str | None
     ) -> tuple[list[FileRecord], bool]:
         """Files newest first after the one named ``after``; and whether more follow."""
-        sql = f"{tables.FILE_SELECT} FROM gpufleet_files WHERE TRUE"
-        args: list[Any] = []
-        if purpose is not None:
-            sql += " AND purpose = %s"
-            args.append(purpose)
-        if after is not None:
-            sql += " AND seq < coalesce((SELECT seq FROM gpufleet_files WHERE id = %s), -1)"
-            args.append(after)
+        sql, args = tables.page_query(
+            tables.FILE_SELECT, "gpufleet_files", "%s", limit=limit, after=after, purpose=purpose
+        )
         async with self._db.use() as conn:
-            cur = await conn.execute(f"{sql} ORDER BY seq DESC LIMIT %s", (*args, limit + 1))
+            cur = await conn.execute(sql, args)
             return tables.page(await cur.fetchall(), limit, tables.file_record)
 
     async def delete_file(self, file_id: str) -> bool:
@@ -270,13 +265,11 @@ class PostgresStore:
         self, *, limit: int, after: str | None
     ) -> tuple[list[BatchRecord], bool]:
         """Batches newest first after the one named ``after``; and whether more follow."""
-        sql = f"{tables.BATCH_SELECT} FROM gpufleet_batches"
-        args: list[Any] = []
-        if after is not None:
-            sql += " WHERE seq < coalesce((SELECT seq FROM gpufleet_batches WHERE id = %s), -1)"
-            args.append(after)
+        sql, args = tables.page_query(
+            tables.BATCH_SELECT, "gpufleet_batches", "%s", limit=limit, after=after
+        )
         async with self._db.use() as conn:
-            cur = await conn.execute(f"{sql} ORDER BY seq DESC LIMIT %s", (*args, limit + 1))
+            cur = await conn.execute(sql, args)
             return tables.page(await cur.fetchall(), limit, tables.batch_record)
 
     async def _set(self, conn: Any, batch_id: str, fields: dict[str, Any]) -> BatchRecord | None:

@@ -136,15 +136,10 @@ class SqliteTables:
     def list_files(
         self, purpose: str | None, limit: int, after: str | None
     ) -> tuple[list[FileRecord], bool]:
-        sql = f"{tables.FILE_SELECT} FROM files WHERE 1"
-        args: list[Any] = []
-        if purpose is not None:
-            sql += " AND purpose = ?"
-            args.append(purpose)
-        if after is not None:
-            sql += " AND seq < coalesce((SELECT seq FROM files WHERE id = ?), -1)"
-            args.append(after)
-        found = self.conn.execute(f"{sql} ORDER BY seq DESC LIMIT ?", (*args, limit + 1))
+        sql, args = tables.page_query(
+            tables.FILE_SELECT, "files", "?", limit=limit, after=after, purpose=purpose
+        )
+        found = self.conn.execute(sql, args)
         return tables.page(found.fetchall(), limit, tables.file_record)
 
     def delete_file(self, file_id: str) -> bool:
@@ -172,12 +167,8 @@ class SqliteTables:
         return None if row is None else tables.batch_record(row)
 
     def list_batches(self, limit: int, after: str | None) -> tuple[list[BatchRecord], bool]:
-        sql = f"{tables.BATCH_SELECT} FROM batches"
-        args: list[Any] = []
-        if after is not None:
-            sql += " WHERE seq < coalesce((SELECT seq FROM batches WHERE id = ?), -1)"
-            args.append(after)
-        found = self.conn.execute(f"{sql} ORDER BY seq DESC LIMIT ?", (*args, limit + 1))
+        sql, args = tables.page_query(tables.BATCH_SELECT, "batches", "?", limit=limit, after=after)
+        found = self.conn.execute(sql, args)
         return tables.page(found.fetchall(), limit, tables.batch_record)
 
     def update_batch(self, batch_id: str, fields: dict[str, Any]) -> BatchRecord | None:

@@ -104,6 +104,29 @@ def changed(record: BatchRecord, fields: Mapping[str, Any]) -> BatchRecord:
     return record
 
 
+def page_query(
+    select: str,
+    table: str,
+    mark: str,
+    *,
+    limit: int,
+    after: str | None,
+    purpose: str | None = None,
+) -> tuple[str, tuple[Any, ...]]:
+    """The query (with its parameter ``mark``: ``?`` or ``%s``) and arguments of a page of
+    ``table``, newest first, after the row whose id is ``after``; ``limit + 1`` rows are
+    asked for, so that ``page`` can tell whether more follow."""
+    sql = f"{select} FROM {table} WHERE 1 = 1"
+    args: list[Any] = []
+    if purpose is not None:
+        sql += f" AND purpose = {mark}"
+        args.append(purpose)
+    if after is not None:
+        sql += f" AND seq < coalesce((SELECT seq FROM {table} WHERE id = {mark}), -1)"
+        args.append(after)
+    return f"{sql} ORDER BY seq DESC LIMIT {mark}", (*args, limit + 1)
+
+
 def page(rows: Sequence[Row], limit: int, decode: Callable[[Row], T]) -> tuple[list[T], bool]:
     """The first ``limit`` of ``rows`` (``limit + 1`` were asked for) decoded; and whether
     more follow."""
@@ -125,5 +148,6 @@ __all__ = [
     "file_record",
     "file_row",
     "page",
+    "page_query",
     "result_row",
 ]
