@@ -3,8 +3,7 @@
 For fleets that outgrow one machine: files, batches, results and the files' contents all
 live in the database (contents as 1 MiB ``bytea`` chunks), so nothing of a batch is kept
 on the router's disk but the scratch folder uploads and outputs are written to before
-they are copied in. Tables are prefixed ``gpufleet_`` and created at ``open`` (under an
-advisory lock, so routers starting together do not race).
+they are copied in. The tables, the connections and the chunks are ``postgres_db``.
 
 The driver is psycopg 3 (the ``postgres`` extra), used through its asyncio connection:
 the event loop never waits on the network. Two connections: one for every change and
@@ -25,98 +24,13 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
-from gpufleet.batches import tables
+from gpufleet.batches import postgres_db, tables
+from gpufleet.batches.postgres_db import is_postgres_url
 from gpufleet.batches.records import FINISHED, UNFINISHED, BatchRecord, FileRecord, ResultRow
-
-#: Bytes per stored chunk of a file's contents (and per read from the scratch file).
-CHUNK: Final = 1 << 20
-#: ``pg_advisory_xact_lock`` key held while the schema is created.
-_SCHEMA_LOCK: Final = 0x6770666C  # "gpfl"
-#: URL schemes this store takes.
-SCHEMES: Final = ("postgresql://", "postgres://")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS gpufleet_files (
-    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    purpose TEXT NOT NULL,
-    created_at BIGINT NOT NULL,
-    bytes BIGINT NOT NULL,
-    doc TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS gpufleet_file_chunks (
-    file_id TEXT NOT NULL REFERENCES gpufleet_files (id) ON DELETE CASCADE,
-    n INTEGER NOT NULL,
-    data BYTEA NOT NULL,
-    PRIMARY KEY (file_id, n)
-);
-CREATE TABLE IF NOT EXISTS gpufleet_batches (
-    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    status TEXT NOT NULL,
-    input_file_id TEXT NOT NULL,
-    created_at BIGINT NOT NULL,
-    completed BIGINT NOT NULL DEFAULT 0,
-    failed BIGINT NOT NULL DEFAULT 0,
-    doc TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS gpufleet_batches_status ON gpufleet_batches (status);
-CREATE TABLE IF NOT EXISTS gpufleet_results (
-    batch_id TEXT NOT NULL,
-    custom_id TEXT NOT NULL,
-    line BIGINT NOT NULL,
-    ok BOOLEAN NOT NULL,
-    doc BYTEA NOT NULL,
-    PRIMARY KEY (batch_id, custom_id)
-);
-CREATE INDEX IF NOT EXISTS gpufleet_results_line ON gpufleet_results (batch_id, line);
-"""
-
-
-def is_postgres_url(store: str) -> bool:
-    """True when ``store`` names a PostgreSQL database rather than a directory."""
-    return store.startswith(SCHEMES)
-
-
-def _read_chunk(path: Path, offset: int) -> bytes:
-    with path.open("rb") as f:
-        f.seek(offset)
-        return f.read(CHUNK)
-
-
-class _Connection:
-    """One psycopg connection, used by one call at a time, opened again when broken."""
-
-    def __init__(self, url: str) -> None:
-        self._url = url
-        self._conn: Any = None
-        self._lock = asyncio.Lock()
-
-    @contextlib.asynccontextmanager
-    async def use(self) -> AsyncIterator[Any]:
-        """The connection (autocommit; group statements with ``conn.transaction()``)."""
-        import psycopg  # the optional ``postgres`` extra: imported only when used
-
-        async with self._lock:
-            if self._conn is None or self._conn.broken or self._conn.closed:
-                if self._conn is not None:
-                    # A broken connection still holds its socket until closed: close it
-                    # here, not at garbage collection (a ResourceWarning there).
-                    with contextlib.suppress(Exception):
-                        await self._conn.close()
-                    self._conn = None
-                self._conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
-            yield self._conn
-
-    async def aclose(self) -> None:
-        async with self._lock:
-            if self._conn is not None:
-                await self._conn.close()
-                self._conn = None
 
 
 class PostgresStore:
@@ -126,24 +40,18 @@ class PostgresStore:
         if not is_postgres_url(url):
             raise ValueError(f"not a PostgreSQL URL: {url!r}")
         self.url = url
-        self._db = _Connection(url)
-        self._io = _Connection(url)
+        self._db = postgres_db.Connection(url)
+        self._io = postgres_db.Connection(url)
         self._scratch: Path | None = None
 
     # Lifecycle ----------------------------------------------------------------------
 
     async def open(self) -> None:
         """Create the tables when missing; make a scratch folder for files being written."""
-        try:
-            import psycopg  # noqa: F401
-        except ImportError:
-            raise RuntimeError(
-                "a PostgreSQL batch store needs psycopg: pip install 'gpufleet[postgres]'"
-            ) from None
+        postgres_db.require_driver()
         self._scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="gpufleet-batches-"))
-        async with self._db.use() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            await conn.execute(_SCHEMA)
+        async with self._db.use() as conn:
+            await postgres_db.create_tables(conn)
 
     async def aclose(self) -> None:
         """Close both connections and remove the scratch folder."""
@@ -170,14 +78,7 @@ class PostgresStore:
             " VALUES (%s, %s, %s, %s, %s)",
             tables.file_row(record),
         )
-        offset = n = 0
-        while chunk := await asyncio.to_thread(_read_chunk, written, offset):
-            await conn.execute(
-                "INSERT INTO gpufleet_file_chunks (file_id, n, data) VALUES (%s, %s, %s)",
-                (record.id, n, chunk),
-            )
-            offset += len(chunk)
-            n += 1
+        await postgres_db.copy_in(conn, record.id, written)
 
     async def add_file(self, record: FileRecord, written: Path) -> None:
         """Keep ``written`` (in ``scratch()``) as the contents of ``record``."""
@@ -215,19 +116,8 @@ class PostgresStore:
         """The file's contents in chunks (``FileNotFoundError`` when there is none)."""
         if await self.get_file(file_id) is None:
             raise FileNotFoundError(file_id)
-        n = 0
-        while True:
-            # One chunk per query: the connection is not held between chunks.
-            async with self._io.use() as conn:
-                cur = await conn.execute(
-                    "SELECT data FROM gpufleet_file_chunks WHERE file_id = %s AND n = %s",
-                    (file_id, n),
-                )
-                row = await cur.fetchone()
-            if row is None:
-                return
-            yield bytes(row[0])
-            n += 1
+        async for chunk in postgres_db.read_chunks(self._io, file_id):
+            yield chunk
 
     async def stored_bytes(self) -> int:
         """Bytes of every file kept."""
@@ -403,3 +293,6 @@ class PostgresStore:
 def _unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+__all__ = ["PostgresStore", "is_postgres_url"]
