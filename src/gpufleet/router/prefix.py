@@ -195,6 +195,10 @@ class PrefixIndex:
             if value is None:
                 entries[key] = stamp | bit
                 added += 1
+            elif value >= stamp and value & bit:
+                # Refreshed for this upstream within this second already: a tenant's
+                # prompt arrives many times a second, and re-stamping it is the same.
+                continue
             else:
                 if not value & bit:
                     added += 1

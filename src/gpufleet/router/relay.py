@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections import deque
 from collections.abc import Callable
 from typing import Final
 
@@ -44,14 +45,20 @@ async def relay(
         ConnectionError: the client went away.
     """
     events = 0
-    tail = b""
+    # The fewest last chunks that hold ``_TAIL`` bytes, joined once at the end: not a
+    # copy of the stream's end per chunk.
+    tail: deque[bytes] = deque()
+    tail_len = 0
     first_at: float | None = None
     async for chunk in resp.iter_chunks():
         if tokens is not None:
             if first_at is None:
                 first_at = clock()
             events += chunk.count(b"data:")
-            tail = chunk if len(chunk) >= _TAIL else (tail + chunk)[-_TAIL:]
+            tail.append(chunk)
+            tail_len += len(chunk)
+            while tail_len - len(tail[0]) >= _TAIL:
+                tail_len -= len(tail.popleft())
         watch.writes += 1
         watch.writing = True
         await stream.write(chunk)
@@ -60,7 +67,7 @@ async def relay(
     if tokens is not None:
         end = clock()
         tokens().add_stream(
-            tail,
+            b"".join(tail)[-_TAIL:],
             events,
             None if first_at is None else first_at - started,
             0.0 if first_at is None else end - first_at,

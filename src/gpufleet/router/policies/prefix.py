@@ -52,9 +52,9 @@ SLACK: Final = 8.0
 #: last requests, exceeds an upstream's without it by this many requests at the fleet's
 #: mean latency: a lasting imbalance (one tenant's flood), not an engine that is empty
 #: for a moment (engines that batch finish in bursts).
-SPREAD: Final = 8.0
-#: Weight of one routing decision in each upstream's averaged load (~50 decisions).
-LOAD_ALPHA: Final = 0.02
+SPREAD: Final = 12.0
+#: Weight of one routing decision in each upstream's averaged load (~100 decisions).
+LOAD_ALPHA: Final = 0.01
 
 #: Weight of one answer's latency in an upstream's latency EWMA.
 LATENCY_ALPHA: Final = 0.1
