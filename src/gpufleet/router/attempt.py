@@ -3,9 +3,9 @@ way out.
 
 ``Attempts.run`` sends the request (``_send``), waits for the answer's head under the
 attempt's watch (``_wait_head``, which turns each way of failing into an
-``AttemptFailed`` reason, see ``retries``), then answers: a refusal or a small answer is
-read whole (``_answer_whole``), anything else streams on (``_stream``, see ``relay``).
-Nothing is retried here: the caller decides on the ``AttemptFailed``.
+``AttemptFailed`` reason, see ``retries``), then passes the answer on (``answer``: a
+refusal or a small answer read whole, anything else streamed, see ``relay``). Nothing
+is retried here: the caller decides on the ``AttemptFailed``.
 """
 
 from __future__ import annotations
@@ -15,21 +15,19 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
-from multidict import CIMultiDict, istr
 
 from gpufleet import wire
 from gpufleet.errors import NoHealthyBackend, RoutingError, UpstreamTimeout
 from gpufleet.router.admission import Admission
+from gpufleet.router.answer import Answers, Head, Held
+from gpufleet.router.answer import upstream_name as _name
 from gpufleet.router.ejection import Ejector
 from gpufleet.router.forwarded import Forwarded
-from gpufleet.router.headers import response_headers
 from gpufleet.router.http1 import AnswerBroken, Lost, NotSent, Response, UpstreamConnections
-from gpufleet.router.relay import end_broken, relay
-from gpufleet.router.retries import LOST, NOT_SENT, REFUSED, TIMEOUT, AttemptFailed
+from gpufleet.router.retries import LOST, NOT_SENT, TIMEOUT, AttemptFailed
 from gpufleet.router.stats import Totals
-from gpufleet.router.tokens import usage_of
 from gpufleet.router.upstream import Abandoned, Upstream
-from gpufleet.router.watch import AttemptWatch, ClientStalled, DeadlinePassed, FirstByteMissed, Stop
+from gpufleet.router.watch import AttemptWatch, DeadlinePassed, FirstByteMissed, Stop
 
 if TYPE_CHECKING:
     from gpufleet.router.proxy import ProxySettings
@@ -37,27 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("gpufleet.router")
 
 _TIMEOUT_LINE: Final = f"{wire.TIMEOUT_HEADER}: ".encode()
-_ATTEMPTS: Final = istr(wire.ATTEMPTS_HEADER)
-_SERVER: Final = wire.SERVER_HEADER.lower()
-_FAULT: Final = wire.FAULT_HEADER.lower()
-_ACCEL: Final = istr("X-Accel-Buffering")
-_CT: Final = istr("Content-Type")
-_CL: Final = istr("Content-Length")
-#: Answers up to this size with a Content-Length are read whole and sent in one write.
-_SMALL_BODY: Final = 256 * 1024
-
-
-class _Try:
-    """What one attempt holds until it ends (given back in ``Attempts._end``)."""
-
-    __slots__ = ("latency", "resp", "started", "watch")
-
-    def __init__(self, started: float) -> None:
-        self.started = started
-        #: Set when the attempt answered well: the upstream's latency sample.
-        self.latency: float | None = None
-        self.resp: Response | None = None
-        self.watch: AttemptWatch | None = None
 
 
 class Attempts:
@@ -77,6 +54,7 @@ class Attempts:
         self.totals = totals
         self.admissions = admissions
         self.ejector = ejector
+        self.answers = Answers(totals, ejector, clock)
         self._clock = clock
 
     async def run(
@@ -91,14 +69,14 @@ class Attempts:
         Raises:
             AttemptFailed: nothing reached the client; the caller decides whether to retry.
         """
-        attempt = _Try(self._clock())
+        held = Held(self._clock())
         try:  # from here on, ``_end`` gives the slot back whatever happens
-            resp, watch = await self._begin(attempt, request, upstream, fwd, deadline)
-            return await self._answer(request, resp, watch, upstream, fwd, attempt)
+            head = await self._begin(held, request, upstream, fwd, deadline)
+            return await self.answers.answer(request, head)
         except (Stop, AnswerBroken, Lost) as exc:
             raise self._broke(exc, upstream) from None
         finally:
-            self._end(attempt, upstream, fwd.rid)
+            self._end(held, upstream, fwd.rid)
 
     async def run_whole(self, upstream: Upstream, fwd: Forwarded, deadline: float) -> web.Response:
         """One try of a request made in this process (the Batch API's): its answer read
@@ -107,32 +85,26 @@ class Attempts:
         Raises:
             AttemptFailed: as ``run``.
         """
-        attempt = _Try(self._clock())
+        held = Held(self._clock())
         try:
-            resp, _ = await self._begin(attempt, None, upstream, fwd, deadline)
-            out = self._headers(resp, upstream, fwd)
-            if resp.status >= 500 or resp.status == 429:
-                answer = await self._answer_failure(resp, upstream, out, small=True)
-                assert answer is not None  # read whole: an answer, or AttemptFailed
-                return answer
-            return await self._read_whole(resp, upstream, fwd, attempt, out)
+            return await self.answers.whole(await self._begin(held, None, upstream, fwd, deadline))
         except (Stop, AnswerBroken, Lost) as exc:
             raise self._broke(exc, upstream) from None
         finally:
-            self._end(attempt, upstream, fwd.rid)
+            self._end(held, upstream, fwd.rid)
 
     async def _begin(
         self,
-        attempt: _Try,
+        held: Held,
         request: web.Request | None,
         upstream: Upstream,
         fwd: Forwarded,
         deadline: float,
-    ) -> tuple[Response, AttemptWatch]:
-        """Send the request and wait for its answer's head under a new watch (kept on
-        ``attempt``, so that ``_end`` stops it)."""
-        resp = attempt.resp = await self._send(upstream, fwd, deadline, attempt.started)
-        watch = attempt.watch = AttemptWatch(
+    ) -> Head:
+        """Send the request and wait for its answer's head under a new watch (kept in
+        ``held``, so that ``_end`` stops it)."""
+        resp = held.resp = await self._send(upstream, fwd, deadline, held.started)
+        watch = held.watch = AttemptWatch(
             resp,
             request,
             deadline,
@@ -140,8 +112,8 @@ class Attempts:
             self.settings.client_write_timeout_s,
             self._clock,
         )
-        await self._wait_head(resp, watch, upstream, fwd, attempt.started)
-        return resp, watch
+        await self._wait_head(resp, watch, upstream, fwd, held.started)
+        return Head(resp, watch, upstream, fwd, held)
 
     def _broke(self, exc: Stop | AnswerBroken | Lost, upstream: Upstream) -> RoutingError:
         """The head had arrived; the body broke before anything reached the client."""
@@ -247,123 +219,9 @@ class Attempts:
         )
         return AttemptFailed(TIMEOUT, error, may_retry=exc.behind)
 
-    async def _answer(
-        self,
-        request: web.Request,
-        resp: Response,
-        watch: AttemptWatch,
-        upstream: Upstream,
-        fwd: Forwarded,
-        attempt: _Try,
-    ) -> web.StreamResponse:
-        """Answer the client from ``resp``: whole when it is small, else as a stream."""
-        out = self._headers(resp, upstream, fwd)
-        length = resp.content_length
-        if fwd.no_body and resp.header("content-length") is not None:
-            out[_CL] = str(length)  # a HEAD answer's length is the GET's: keep it
-        small = length is not None and length <= _SMALL_BODY
-        status = resp.status
-        if status >= 500 or status == 429:
-            answer = await self._answer_failure(resp, upstream, out, small)
-            if answer is not None:
-                return answer
-        elif small and not out.get(_CT, "").startswith("text/event-stream"):
-            return await self._read_whole(resp, upstream, fwd, attempt, out)
-        # A stream (or a large body): pass it on chunk by chunk.
-        if resp.is_done:
-            watch.body()
-        return await self._stream(request, resp, watch, upstream, fwd, attempt, out)
-
-    @staticmethod
-    def _headers(resp: Response, upstream: Upstream, fwd: Forwarded) -> CIMultiDict[str]:
-        """The answer's headers for the client, with the attempt count."""
-        out = response_headers(resp, fwd.rid, upstream.id)
-        out[_ATTEMPTS] = str(fwd.attempts)
-        return out
-
-    async def _read_whole(
-        self,
-        resp: Response,
-        upstream: Upstream,
-        fwd: Forwarded,
-        attempt: _Try,
-        out: CIMultiDict[str],
-    ) -> web.Response:
-        """A good answer read whole: counted, its latency and its tokens noted."""
-        data = await resp.read()
-        attempt.latency = self._clock() - attempt.started
-        self.totals.count(resp.status)
-        if fwd.llm and resp.status == 200:
-            upstream.token_counts().add(usage_of(data))
-        return web.Response(status=resp.status, headers=out, body=data)
-
-    async def _answer_failure(
-        self, resp: Response, upstream: Upstream, out: CIMultiDict[str], small: bool
-    ) -> web.Response | None:
-        """A 5xx or 429 answer: a refusal raises, a small one is the answer, else ``None``.
-
-        Raises:
-            AttemptFailed: the upstream refused (``REFUSED``: it did not start the request).
-        """
-        status = resp.status
-        data = await resp.read() if small else b""
-        refused = status == 429 or (
-            status == 503 and resp.header(_SERVER) is not None and wire.is_overloaded_body(data)
-        )
-        if refused:
-            answer = web.Response(status=status, headers=out, body=data)
-            self.ejector.refused(upstream, answer.headers.get("Retry-After"))
-            raise AttemptFailed(REFUSED, None, answer)
-        fault = resp.header(_FAULT)
-        if fault == wire.FAULT_REQUEST:
-            # The upstream blames the request (a poisoned item): not its failure.
-            self.totals.request_faults += 1
-        else:
-            self.ejector.failed(upstream, input_shaped=fault != wire.FAULT_WORKER)
-        if small:
-            self.totals.count(status)
-            return web.Response(status=status, headers=out, body=data)
-        return None
-
-    async def _stream(
-        self,
-        request: web.Request,
-        resp: Response,
-        watch: AttemptWatch,
-        upstream: Upstream,
-        fwd: Forwarded,
-        attempt: _Try,
-        out: CIMultiDict[str],
-    ) -> web.StreamResponse:
-        """Stream the answer on; one that breaks now is cut so that the client can tell."""
-        status = resp.status
-        out[_ACCEL] = "no"
-        stream = web.StreamResponse(status=status, headers=out)
-        if resp.content_length is not None:
-            stream.content_length = resp.content_length
-        await stream.prepare(request)
-        self.totals.count(status)
-        tokens = upstream.token_counts if fwd.llm and status == 200 else None
-        try:
-            await relay(resp, stream, watch, tokens, attempt.started, self._clock)
-        except (Stop, AnswerBroken, Lost) as exc:
-            self.totals.broken += 1
-            if not isinstance(exc, DeadlinePassed | ClientStalled):
-                self.ejector.failed(upstream)
-            log.warning("%s: answer from %s cut: %s", fwd.rid, _name(upstream), exc)
-            await end_broken(request, stream, upstream.id, exc)
-            return stream
-        except ConnectionError:
-            # The client went away (or the watch dropped it for reading nothing, counted
-            # in ``_end``): nobody is left to tell.
-            return stream
-        if status < 500:
-            attempt.latency = self._clock() - attempt.started
-        return stream
-
-    def _end(self, attempt: _Try, upstream: Upstream, rid: str) -> None:
+    def _end(self, held: Held, upstream: Upstream, rid: str) -> None:
         """The attempt is over: stop its watch, close an unfinished answer, give the slot."""
-        watch = attempt.watch
+        watch = held.watch
         if watch is not None:
             watch.cancel()
             if watch.stalled:
@@ -374,10 +232,10 @@ class Attempts:
                     self.settings.client_write_timeout_s,
                     upstream.id,
                 )
-        resp = attempt.resp
+        resp = held.resp
         if resp is not None and not resp.is_done:
             resp.close()  # the client left, or time ran out: the upstream sees it go
-        upstream.give_back(attempt.latency)
+        upstream.give_back(held.latency)
         self._dispatch(upstream)
 
     def _dispatch(self, upstream: Upstream) -> None:
@@ -385,8 +243,3 @@ class Attempts:
         admission = self.admissions.get(upstream.pool)
         if admission is not None and admission.depth:
             admission.dispatch()
-
-
-def _name(upstream: Upstream) -> str:
-    """How an upstream is named in an error: ``w1 (http://127.0.0.1:8101)``."""
-    return f"upstream {upstream.id} ({upstream.url})"
