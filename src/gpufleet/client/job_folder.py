@@ -9,10 +9,11 @@ resume), keeps each result (its output file first, written atomically, then its 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -25,6 +26,7 @@ from gpufleet.client.outputs import (
     unique_stems,
     write_atomic,
 )
+from gpufleet.client.progress import Progress
 from gpufleet.errors import ClientError
 
 log = logging.getLogger("gpufleet.client")
@@ -75,13 +77,16 @@ class JobFolder:
             log.info("removed %d temporary file(s) left by an interrupted run", removed)
         return self.results_log.done() if resume else {}
 
-    async def open(self) -> None:
-        """Open ``results.jsonl`` for appending (``close`` closes it)."""
-        await asyncio.to_thread(self.results_log.open)
-
-    def close(self) -> None:
-        """Close ``results.jsonl``."""
-        self.results_log.close()
+    @contextlib.asynccontextmanager
+    async def running(self, progress: Progress) -> AsyncIterator[None]:
+        """``results.jsonl`` open for appending while the items run; it and ``progress``
+        are closed however the run ends."""
+        try:
+            await asyncio.to_thread(self.results_log.open)
+            yield
+        finally:
+            self.results_log.close()
+            progress.close()
 
     async def keep(self, result: Result, stem: str) -> None:
         """One finished item: its output file (an ``ok`` one), then its record; counted.
@@ -133,10 +138,11 @@ class JobFolder:
             "output_dir": self.resolved,
         }
 
-    async def write_summary(self, summary: dict[str, Any]) -> None:
-        """Write ``summary.json`` (atomically)."""
+    async def finish(self, summary: dict[str, Any], progress: Progress) -> None:
+        """Write ``summary.json`` (atomically), then show it."""
         text = json.dumps(summary, indent=2) + "\n"
         await asyncio.to_thread(write_atomic, self.out, SUMMARY_FILE, text.encode())
+        progress.finish(summary)
 
 
 def _record(result: Result, stem: str, file: str | None) -> dict[str, Any]:

@@ -46,8 +46,7 @@ async def run_job(
         )
     start = clock()
     progress.start(len(job.items), job.skipped, client.endpoints)
-    try:
-        await job.open()
+    async with job.running(progress):
         stream = client.stream([item for _, item in job.todo])
         async with contextlib.aclosing(stream) as results:
             async for result in results:
@@ -60,11 +59,7 @@ async def run_job(
             dispatch=client.config.dispatch,
             endpoints=_endpoints(client, job.succeeded, wall),
         )
-        await job.write_summary(summary)
-        progress.finish(summary)
-    finally:
-        job.close()
-        progress.close()
+        await job.finish(summary, progress)
     return summary
 
 

@@ -89,8 +89,7 @@ async def run_server_side(
     batch: BatchObject | None = None
     async with PeerClient(timeout_s=CALL_S) as http:
         api = BatchApi(http, base, cfg.timeout)
-        try:
-            await job.open()
+        async with job.running(progress):
             if job.todo:
                 batch = await _follow_or_submit(api, cfg, job.out, state, job.todo)
                 batch = await _follow(api, batch, progress, poll_s)
@@ -104,11 +103,7 @@ async def run_server_side(
                 batch_id=batch.id if batch is not None else None,
                 batch_status=batch.status if batch is not None else None,
             )
-            await job.write_summary(summary)
-            progress.finish(summary)
-        finally:
-            job.close()
-            progress.close()
+            await job.finish(summary, progress)
     return summary
 
 
