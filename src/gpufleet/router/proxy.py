@@ -17,7 +17,7 @@ import asyncio
 import hmac
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Final
 
 from aiohttp import web
@@ -26,6 +26,7 @@ from yarl import URL
 
 from gpufleet import wire
 from gpufleet._server import refuse_and_close
+from gpufleet.config.router import RouterConfig
 from gpufleet.errors import GpufleetError, PayloadTooLarge, RequestTimeout, RoutingError
 from gpufleet.router.admission import Admission
 from gpufleet.router.attempt import Attempts
@@ -65,6 +66,11 @@ class ProxySettings:
     admin_token: str | None = None
     #: Pass ``Authorization`` and ``Cookie`` on to upstreams (else they stay here).
     forward_auth: bool = False
+
+    @classmethod
+    def of(cls, cfg: RouterConfig) -> ProxySettings:
+        """The settings of ``cfg`` (each field is the router setting of the same name)."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
 
 
 class Proxy:
