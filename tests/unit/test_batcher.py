@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -206,16 +205,42 @@ async def test_next_batch_waits_for_max_wait_then_returns_a_partial_batch() -> N
     assert loop.time() - started == pytest.approx(0.030, abs=1e-6)
 
 
+@on_virtual_time
 async def test_next_batch_wakes_when_the_batch_fills() -> None:
-    b = Batcher(BatchConfig(max_batch_size=2, max_wait_ms=10_000, max_queue=10))
+    loop = asyncio.get_running_loop()
+    b = Batcher(BatchConfig(max_batch_size=2, max_wait_ms=10_000, max_queue=10), clock=loop.time)
     task = asyncio.create_task(b.next_batch())
     await asyncio.sleep(0)
-    b.put([QueuedItem(1, time.monotonic())])
-    await asyncio.sleep(0)
+    b.put([QueuedItem(1, loop.time())])
+    await asyncio.sleep(5)  # half of max_wait: one item is no batch yet
     assert not task.done()
-    b.put([QueuedItem(2, time.monotonic())])
+    b.put([QueuedItem(2, loop.time())])
     batch = await asyncio.wait_for(task, 2)
     assert [i.payload for i in batch] == [1, 2]
+    assert loop.time() == pytest.approx(5.0)  # at once when it filled, not at max_wait
+
+
+@on_virtual_time
+async def test_next_batch_drops_an_item_at_its_deadline() -> None:
+    loop = asyncio.get_running_loop()
+    dropped: list[tuple[str, float]] = []
+    b = Batcher(
+        BatchConfig(max_batch_size=2, max_wait_ms=1_000, max_queue=10),
+        clock=loop.time,
+        on_drop=lambda item, now: dropped.append((item.payload, now)),
+    )
+    task = asyncio.create_task(b.next_batch())
+    b.put([QueuedItem("late", 0.0, deadline=0.25)])
+    await asyncio.sleep(0.5)
+    # Woken at the deadline (before max_wait): the expired item left the queue then.
+    assert [p for p, _ in dropped] == ["late"]
+    assert [t for _, t in dropped] == pytest.approx([0.25])
+    assert b.depth == 0
+    assert not task.done()
+    b.put([QueuedItem("next", loop.time())])
+    batch = await asyncio.wait_for(task, 2)
+    assert [i.payload for i in batch] == ["next"]
+    assert loop.time() == pytest.approx(1.5)  # max_wait after it arrived
 
 
 def test_a_departed_caller_frees_its_slots_at_once() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -164,6 +165,7 @@ def test_the_router_is_probed_only_once_its_port_file_names_its_port(tmp_path: P
     assert fleet.failed == ["the router did not start"]
 
 
+@on_virtual_time  # the bound below fails at once on a deadlock, in no wall time
 async def test_workers_stop_after_the_router() -> None:
     stopped = asyncio.Event()
     role = WorkerRole(stopped)
@@ -271,6 +273,138 @@ async def test_a_child_that_keeps_exiting_backs_off_1_2_4_s_then_crash_loops() -
     assert 7.0 <= loop.time() - started < 7.5
 
 
+class _Hangs:
+    """A child that runs until it is stopped or killed."""
+
+    def __init__(self, spec: ChildSpec) -> None:
+        self.spec = spec
+        self.pid = 4343
+        self.url = spec.url
+        self.returncode: int | None = None
+        self.stops: list[tuple[float, float]] = []
+        self._exited = asyncio.Event()
+
+    async def wait(self) -> int:
+        await self._exited.wait()
+        assert self.returncode is not None
+        return self.returncode
+
+    def send(self, sig: int) -> None:
+        pass
+
+    async def stop(self, grace_s: float, kill_after_s: float = 0.0) -> int:
+        self.stops.append((grace_s, kill_after_s))
+        return await self.kill()
+
+    async def kill(self) -> int:
+        self.returncode = -9
+        self._exited.set()
+        return self.returncode
+
+    async def aclose(self) -> None:
+        pass
+
+
+class _HangingLauncher:
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.started: list[_Hangs] = []
+
+    async def start(self, spec: ChildSpec) -> _Hangs:
+        self.started.append(_Hangs(spec))
+        return self.started[-1]
+
+
+class _Scripted(Prober):
+    """Answers each probe from ``answer(loop time)``, and notes when it was asked."""
+
+    def __init__(self, answer: Callable[[float], int | None]) -> None:
+        self._answer = answer
+        self.asked: list[float] = []
+
+    async def probe(self, url: str, budget_s: float) -> tuple[int | None, str | None]:
+        now = asyncio.get_running_loop().time()
+        self.asked.append(now)
+        return self._answer(now), None
+
+
+async def _keep_until_backoff(
+    cfg: FleetConfig, prober: Prober, launcher: _HangingLauncher
+) -> tuple[Member, float, list[str]]:
+    """Run one keeper until its member first backs off; the member and when that was."""
+    loop = asyncio.get_running_loop()
+    stop, force = asyncio.Event(), asyncio.Event()
+    m = _member(Path("/nonexistent"))
+    backed_off: list[float] = []
+    told: list[str] = []
+
+    def changed() -> None:
+        if m.state == S.BACKOFF and not backed_off:
+            backed_off.append(loop.time())
+            stop.set()  # from here on the fleet stops: no timer of the test's own runs
+
+    async def tell(member: Member) -> None:
+        told.append(member.last_error)
+
+    fleet = Fleet(
+        cfg=cfg,
+        launcher=launcher,
+        prober=prober,
+        stop=stop,
+        force=force,
+        changed=changed,
+        crashed=stop.set,
+        report=told.append,
+        tell_start_failure=tell,
+        clock=loop.time,
+    )
+    router_stopped = asyncio.Event()
+    router_stopped.set()
+    await Keeper(m, WorkerRole(router_stopped), fleet).run()
+    assert len(backed_off) == 1
+    return m, backed_off[0], told
+
+
+@on_virtual_time
+async def test_a_child_never_ready_is_stopped_after_the_startup_timeout() -> None:
+    cfg = FleetConfig(startup_timeout_s=10.0, kill_timeout_s=3.0)
+    launcher, prober = _HangingLauncher(), _Scripted(lambda now: None)
+    m, at, told = await _keep_until_backoff(cfg, prober, launcher)
+    # Given up at the first look past its 10 s (looks are at most 1 s apart).
+    assert 10.0 < at <= 11.0
+    assert prober.asked[0] == 0.0
+    gaps = [b - a for a, b in zip(prober.asked, prober.asked[1:], strict=False)]
+    assert len(gaps) >= 10  # looked again and again, not once at the end
+    assert max(gaps) <= 1.0 + 1e-9
+    assert m.outcome == MemberOutcome.TIMEOUT
+    assert m.last_error == "not ready after 10s"
+    assert told == ["not ready after 10s"]
+    (child,) = launcher.started
+    assert child.stops == [(0.0, 3.0)]  # hung: no drain, killed after kill_timeout_s
+    assert m.state == S.STOPPED
+
+
+@on_virtual_time
+async def test_a_ready_child_that_stops_answering_is_restarted_after_its_misses() -> None:
+    cfg = FleetConfig(liveness_interval_s=5.0, liveness_failures=3)
+    # Ready at 0; then 5: silent, 10: 503 (alive: busy or loading), 15: silent, 20: a 500,
+    # 25: silent, the third miss in a row.
+    answers = {0.0: 200, 5.0: None, 10.0: 503, 15.0: None, 20.0: 500, 25.0: None}
+    prober = _Scripted(lambda now: answers[round(now, 6)])
+    launcher = _HangingLauncher()
+    m, at, told = await _keep_until_backoff(cfg, prober, launcher)
+    assert prober.asked == pytest.approx([0.0, 5.0, 10.0, 15.0, 20.0, 25.0])
+    assert at == pytest.approx(25.0)
+    assert m.outcome == MemberOutcome.UNRESPONSIVE
+    assert m.last_error == "failed 3 liveness probes of /health"
+    assert m.ever_ready
+    assert told == []  # it did start: no start failure to tell
+    (child,) = launcher.started
+    assert child.stops == [(0.0, cfg.kill_timeout_s)]
+
+
+@on_virtual_time
 async def test_changes_wake_every_reader_once_per_look() -> None:
     changes = Changes()
     assert await changes.wait(-1) == 0  # a reader that has seen nothing goes at once

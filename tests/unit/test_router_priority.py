@@ -1,9 +1,12 @@
-"""Admission's priority classes: interactive first, batch within its share of each cap."""
+"""Admission's priority classes: interactive first, batch within its share of each cap.
+
+The tests run on virtual time (``_virtual_time.VirtualTimeLoop``), the loop's clock being
+the admission's: the waits they count are exact, and take no wall time.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -14,12 +17,19 @@ from gpufleet.router.pool import Pool
 from gpufleet.router.request_head import priority as _priority
 from gpufleet.router.stats import class_stats
 from gpufleet.router.upstream import READY, Upstream
+from tests.unit._virtual_time import on_virtual_time
+
+
+def _now() -> float:
+    """The loop's (virtual) time."""
+    return asyncio.get_running_loop().time()
 
 
 def _setup(n: int = 1, cap: int = 4, share: float = 0.75) -> tuple[Pool, Admission]:
+    clock = asyncio.get_running_loop().time
     pool = Pool("default")
     for i in range(n):
-        u = Upstream(f"w{i}", f"http://127.0.0.1:{9000 + i}", max_outstanding=cap)
+        u = Upstream(f"w{i}", f"http://127.0.0.1:{9000 + i}", max_outstanding=cap, clock=clock)
         u.state = READY
         pool.members.append(u)
     pool.refresh()
@@ -29,14 +39,16 @@ def _setup(n: int = 1, cap: int = 4, share: float = 0.75) -> tuple[Pool, Admissi
         max_queue=100,
         queue_timeout_s=5.0,
         batch_share=share,
+        clock=clock,
     )
     return pool, adm
 
 
 def _far() -> float:
-    return time.monotonic() + 60
+    return _now() + 60
 
 
+@on_virtual_time
 async def test_batch_holds_at_most_its_share_of_a_cap() -> None:
     pool, adm = _setup(cap=4)
     taken = [await adm.acquire(None, (), _far(), priority=BATCH) for _ in range(3)]
@@ -58,6 +70,7 @@ async def test_batch_holds_at_most_its_share_of_a_cap() -> None:
     assert adm.depth == 0
 
 
+@on_virtual_time
 async def test_interactive_fast_path_passes_waiting_batch_requests() -> None:
     _pool, adm = _setup(cap=4, share=0.5)
     await adm.acquire(None, (), _far(), priority=BATCH)
@@ -73,6 +86,7 @@ async def test_interactive_fast_path_passes_waiting_batch_requests() -> None:
     await asyncio.gather(*queued, return_exceptions=True)
 
 
+@on_virtual_time
 async def test_a_freed_slot_goes_to_a_waiting_interactive_request_first() -> None:
     pool, adm = _setup(cap=2, share=1.0)
     held = [await adm.acquire(None, (), _far()) for _ in range(2)]
@@ -99,6 +113,7 @@ async def test_a_freed_slot_goes_to_a_waiting_interactive_request_first() -> Non
     assert pool.members[0].in_flight == 0
 
 
+@on_virtual_time
 async def test_no_batch_dispatch_while_interactive_waits() -> None:
     pool, adm = _setup(n=2, cap=2, share=1.0)
     held = [await adm.acquire(None, (), _far()) for _ in range(4)]
@@ -121,6 +136,7 @@ async def test_no_batch_dispatch_while_interactive_waits() -> None:
     assert sum(u.in_flight for u in pool.members) == 4
 
 
+@on_virtual_time
 async def test_a_cap_of_one_still_lets_batch_run() -> None:
     _pool, adm = _setup(cap=1)
     u = await adm.acquire(None, (), _far(), priority=BATCH)
@@ -128,21 +144,30 @@ async def test_a_cap_of_one_still_lets_batch_run() -> None:
     assert adm.batch_cap(u) == 1
 
 
+@on_virtual_time
 async def test_class_stats_count_waits() -> None:
     _pool, adm = _setup(cap=1, share=1.0)
     u = await adm.acquire(None, (), _far(), priority=BATCH)
-    waiter = asyncio.create_task(adm.acquire(None, (), _far()))
+    waiters = [asyncio.create_task(adm.acquire(None, (), _far()))]
     await asyncio.sleep(0.02)
+    waiters.append(asyncio.create_task(adm.acquire(None, (), _far())))
+    await asyncio.sleep(0.01)
     stats = class_stats(adm)
-    assert stats[INTERACTIVE].queue_depth == 1
+    assert stats[INTERACTIVE].queue_depth == 2
     u.give_back(0.01)
     adm.dispatch()
-    await waiter
+    first = await waiters[0]  # waited 30 ms
+    await asyncio.sleep(0.04)
+    first.give_back(0.04)
+    adm.dispatch()
+    await waiters[1]  # waited 10 + 40 ms
     stats = class_stats(adm)
     assert stats[BATCH].admitted == 1
     assert stats[BATCH].wait_p99_ms == 0.0
-    assert stats[INTERACTIVE].admitted == 1
-    assert stats[INTERACTIVE].wait_p99_ms >= 15.0
+    assert stats[INTERACTIVE].admitted == 2
+    assert stats[INTERACTIVE].wait_p50_ms == pytest.approx(30.0)
+    assert stats[INTERACTIVE].wait_p99_ms == pytest.approx(50.0)
+    assert stats[INTERACTIVE].wait_mean_ms == pytest.approx(40.0)
 
 
 def test_priority_header_values() -> None:

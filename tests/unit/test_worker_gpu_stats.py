@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import pytest
 
 from gpufleet import wire
 from gpufleet.wire import GpuReading
 from gpufleet.worker.stats import GpuSampler, NvmlReader, nvml_opener, nvml_target
+from tests.unit._virtual_time import on_virtual_time
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @pytest.mark.parametrize(
@@ -179,10 +185,21 @@ async def test_sampler_waits_for_the_device_then_reads_off_the_loop() -> None:
         opened.append(name)
         return reader
 
-    sampler = GpuSampler(lambda: device[0], open_reader, interval_s=0.05)
+    asked = 0
+    asked_thrice = asyncio.Event()
+
+    def which_device() -> str | None:
+        nonlocal asked
+        asked += 1
+        if asked == 3:
+            asked_thrice.set()
+        return device[0]
+
+    sampler = GpuSampler(which_device, open_reader, interval_s=0.05)
     task = asyncio.create_task(sampler.run())
-    await asyncio.sleep(0.1)
-    assert opened == []  # still loading: nothing opened, nothing reported
+    async with asyncio.timeout(10):
+        await asked_thrice.wait()
+    assert opened == []  # still loading after three looks: nothing opened, nothing reported
     assert sampler.latest is None
     device[0] = "cuda:0"
     async with asyncio.timeout(10):
@@ -210,18 +227,38 @@ async def test_sampler_on_a_cpu_worker_reports_nothing() -> None:
     assert sampler.latest is None
 
 
+class _CountingExecutor(ThreadPoolExecutor):
+    """The loop's default executor, counting what is handed to a thread (at once, on the loop)."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=4)
+        self.submitted = 0
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+@on_virtual_time  # the read timeout and the rounds run on the loop's virtual clock
 async def test_a_stuck_reading_is_dropped_and_not_piled_up() -> None:
+    loop = asyncio.get_running_loop()
+    threads = _CountingExecutor()
+    loop.set_default_executor(threads)
     gate = threading.Event()
     reader = FakeReader(gate)
     sampler = GpuSampler(lambda: "cuda", lambda _: reader, interval_s=0.02, read_timeout_s=0.1)
     sampler.latest = GpuReading(utilization_pct=99)  # a reading from before the driver wedged
     task = asyncio.create_task(sampler.run())
     try:
-        async with asyncio.timeout(10):
-            await sampler.settled.wait()
+        # No timer of the test's own here: the virtual clock would jump to it while the
+        # opener's thread runs (pytest-timeout bounds the test).
+        await sampler.settled.wait()
+        assert loop.time() == pytest.approx(0.1)  # given up at the read timeout
         assert sampler.latest is None  # stale numbers are not shown as current
-        await asyncio.sleep(0.3)  # several rounds while the first reading is stuck
-        assert reader.n == 1
+        await asyncio.sleep(0.3)  # 15 rounds while the first reading is stuck
+        assert threads.submitted == 2  # the opener and the one stuck read, no more
+        assert reader.n <= 1
+        assert sampler.latest is None
     finally:
         gate.set()
         task.cancel()
