@@ -9,7 +9,8 @@ from a body decoded into something looser is turned into the same error.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar, overload
+import json
+from typing import Any, Final, TypeVar, overload
 
 import msgspec
 
@@ -53,4 +54,57 @@ def to_builtins(value: object) -> Any:
     return msgspec.to_builtins(value)
 
 
-__all__ = ["WireDecodeError", "decode", "encode", "to_builtins"]
+# JSON from another process, read loosely --------------------------------------------
+
+#: Deepest nesting of arrays and objects accepted in JSON from a socket (serde_json's).
+MAX_JSON_DEPTH: Final = 128
+
+
+class JSONTooDeep(ValueError):
+    """JSON nested deeper than ``MAX_JSON_DEPTH`` (arrays and objects)."""
+
+
+def decode_json(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` with bounded nesting: what every reader of a peer's JSON uses.
+
+    Raises:
+        ValueError: not JSON (``json.JSONDecodeError``), not UTF-8 (``UnicodeDecodeError``)
+            or nested deeper than ``max_depth`` (``JSONTooDeep``), never RecursionError.
+    """
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise JSONTooDeep(f"JSON nested deeper than {max_depth} levels") from None
+    # Nesting needs an opening bracket per level: most bodies are shallow by this count,
+    # and the walk below is skipped.
+    if isinstance(raw, bytes):
+        opened = raw.count(b"[") + raw.count(b"{")
+    else:
+        opened = raw.count("[") + raw.count("{")
+    if opened > max_depth and _is_deeper(data, max_depth):
+        raise JSONTooDeep(f"JSON nested deeper than {max_depth} levels")
+    return data
+
+
+def _is_deeper(data: Any, max_depth: int) -> bool:
+    """True when arrays and objects nest more than ``max_depth`` levels (no recursion)."""
+    stack = [(data, 1)] if isinstance(data, list | dict) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            return True
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, list | dict):
+                stack.append((child, depth + 1))
+    return False
+
+
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "JSONTooDeep",
+    "WireDecodeError",
+    "decode",
+    "decode_json",
+    "encode",
+    "to_builtins",
+]
