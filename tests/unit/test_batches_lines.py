@@ -1,15 +1,13 @@
-"""Batch input lines checked with their numbers; output lines in OpenAI's shape; the window."""
+"""Batch input lines checked with their numbers; output lines in OpenAI's shape."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
 
 from gpufleet.batches.jsonl import LineChecker, LineError
 from gpufleet.batches.output import result_line
-from gpufleet.batches.window import Window
 
 
 def _line(custom_id: str, url: str = "/predict", **body: object) -> bytes:
@@ -82,34 +80,3 @@ def test_result_lines_have_openai_shape() -> None:
     assert failed["response"] is None
     assert failed["error"] == {"code": "x", "message": "m"}
     assert b"\n" not in result_line("r", "c", status=200, body=b'{"a":\n"\\n"}')
-
-
-async def test_window_hands_places_out_in_order_and_follows_its_limit() -> None:
-    window = Window(2)
-    await window.take()
-    await window.take()
-    order: list[int] = []
-
-    async def take(i: int) -> None:
-        await window.take()
-        order.append(i)
-
-    tasks = [asyncio.create_task(take(i)) for i in range(3)]
-    await asyncio.sleep(0)
-    assert window.waiting == 3
-    window.give()
-    await asyncio.sleep(0)
-    assert order == [0]
-    window.set_limit(4)  # room for two more at once
-    await asyncio.sleep(0)
-    assert order == [0, 1, 2]
-    assert window.in_flight == 4
-    window.pause()
-    for _ in range(4):
-        window.give()
-    late = asyncio.create_task(window.take())
-    await asyncio.sleep(0.01)
-    assert not late.done()
-    late.cancel()
-    await asyncio.gather(*tasks, late, return_exceptions=True)
-    assert window.in_flight == 0

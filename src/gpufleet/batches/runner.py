@@ -5,11 +5,22 @@ Each request is handed to the router's proxy in this process (``Proxy.call``) wi
 (admission, policy, retries, body limit, prefix index, token counts, stats) in the
 ``batch`` class, without crossing the router's own socket twice (a loopback POST cost
 the router about 1 ms of CPU per request): it is dispatched only when no interactive
-request waits, and holds at most ``batch_share`` of an upstream's cap. Dispatch is
-pull-based: a batch sends its next request when its pool's ``Window`` has room; the
-window's limit follows the pool's batch capacity (the ready upstreams' batch caps plus a
-quarter, up to ``batch_max_in_flight``), looked up again whenever a request is about to
-go or has come back, so it grows as workers join or learn larger caps.
+request waits, and holds at most ``batch_share`` of an upstream's cap.
+
+Dispatch is the client's: each batch is one job of ``client.dispatch.Dispatcher``
+(pull-based, retries with back-off, pause on "busy", cool-down and probe), not a copy of
+it. Its one endpoint is the pool, reached through ``Proxy.call``; the batches of a pool
+share that ``Endpoint`` and its condition, as concurrent jobs of one ``Client`` share
+theirs. Why one endpoint for the pool and not one per upstream: placing a request on an
+upstream is the router's admission and policy's job (the batch share, prefix affinity,
+retries on another upstream, a slow upstream taking fewer because its slots free up
+later: pull-based per upstream slot); pinning batch requests to upstreams from here would
+be a second placement that bypasses them. What the dispatcher adds on top is what a
+client of a router needs: how many to keep in flight, what to do with each answer. The
+endpoint's ``slots`` follow the pool's batch capacity (the ready upstreams' batch caps
+plus a quarter, up to ``batch_max_in_flight``), set again whenever a request is about to
+go or has come back, so it grows as workers join or learn larger caps; it learns no cap
+of its own from "busy" answers (``learns_cap``), since the capacity is known here.
 
 Each result is handed to the ``ResultWriter`` as soon as it is read (one stored row per
 ``custom_id``; a second one for the same id is ignored), and the output files are
@@ -22,8 +33,9 @@ Outcomes of one request:
 - a 2xx answer: the output file; any other answer the upstream gave for good (a 4xx; a
   5xx the worker blamed on the request): the error file, with its ``response``;
 - "not now" (503 with ``Retry-After``: the router's queue was full or nothing is ready;
-  429): sent again after that wait, without counting as an attempt, until the batch
-  expires;
+  429): ``ServerBusy`` to the dispatcher, which pauses the pool's endpoint for that wait
+  and sends it again without counting an attempt (``busy_is_attempt=False``), until the
+  batch expires;
 - a failure that may pass (another 5xx, 408, no connection): sent again with a back-off,
   at most ``MAX_ATTEMPTS`` times, then recorded as failed with its last answer or error.
 """
@@ -34,6 +46,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -64,9 +77,13 @@ from gpufleet.batches.records import (
     new_id,
 )
 from gpufleet.batches.store import BatchStore
-from gpufleet.batches.window import Window
 from gpufleet.batches.writer import ResultWriter
+from gpufleet.client.dispatch import Dispatcher, ProbeOutcome, ServerBusy
+from gpufleet.client.endpoints import Endpoint
+from gpufleet.client.items import Answer, Item, Result
+from gpufleet.config.client import ClientConfig
 from gpufleet.config.router import RouterConfig
+from gpufleet.errors import RequestFailed
 from gpufleet.router.admission import BATCH, Admission
 from gpufleet.router.app import openai_shaped
 from gpufleet.router.pool import Registry
@@ -127,20 +144,43 @@ class _Run:
         }
 
 
-class _Retry(Exception):
+class _Retry(RequestFailed):
     """An attempt failed in a way that may pass; ``line`` keeps its answer, if any."""
 
     def __init__(self, reason: str, line: bytes | None = None) -> None:
-        super().__init__(reason)
+        super().__init__(reason, retryable=True)
         self.line = line
 
 
-class _NotNow(Exception):
-    """The router did not start the request: try again after ``wait_s``."""
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """What the dispatcher carries for one request: it, and its row id (one per request)."""
 
-    def __init__(self, wait_s: float) -> None:
-        super().__init__(f"not started; again in {wait_s:g}s")
-        self.wait_s = wait_s
+    request: Request
+    row_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """A request's final answer: for the output file (``ok``) or the error file."""
+
+    ok: bool
+    line: bytes
+
+
+class _Lane:
+    """One pool's dispatch, shared by its running batches: the endpoint and its condition."""
+
+    def __init__(self, pool: str) -> None:
+        self.endpoint = Endpoint(f"pool {pool}", 0, 1, learns_cap=False)
+        self.cond = asyncio.Condition()
+        #: The batches (dispatcher jobs) running over this pool now.
+        self.jobs: set[Dispatcher] = set()
+
+    @property
+    def queued(self) -> int:
+        """Requests of the running batches not sent yet (or back for a retry)."""
+        return sum(job.pending for job in self.jobs)
 
 
 class BatchRunner:
@@ -168,7 +208,7 @@ class BatchRunner:
         self.writer = ResultWriter(store)
         self._runs: dict[str, _Run] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._windows: dict[str, Window] = {}
+        self._lanes: dict[str, _Lane] = {}
         self._background: list[asyncio.Task[None]] = []
         self._listening = False
         self._draining = False
@@ -214,8 +254,8 @@ class BatchRunner:
     def drain(self) -> None:
         """The router drains: send no more requests (those in flight finish)."""
         self._draining = True
-        for window in self._windows.values():
-            window.pause()
+        for lane in self._lanes.values():
+            lane.endpoint.paused_until = math.inf
 
     async def aclose(self) -> None:
         """Stop every batch where it is (they resume at the next start), store what came."""
@@ -257,8 +297,12 @@ class BatchRunner:
             "in_progress": len(self._runs),
             "batches": [run.progress() for run in self._runs.values()],
             "windows": {
-                name: {"limit": w.limit, "in_flight": w.in_flight, "waiting": w.waiting}
-                for name, w in self._windows.items()
+                name: {
+                    "limit": lane.endpoint.slots,
+                    "in_flight": lane.endpoint.in_flight,
+                    "queued": lane.queued,
+                }
+                for name, lane in self._lanes.items()
             },
             "by_status": dict(sorted(self._by_status.items())),
             "requests": {"completed": self.requests_completed, "failed": self.requests_failed},
@@ -283,8 +327,8 @@ class BatchRunner:
             "Batch requests sent and not yet answered, by pool.",
             labels=["pool"],
         )
-        for name, window in sorted(self._windows.items()):
-            in_flight.add_metric([name], window.in_flight)
+        for name, lane in sorted(self._lanes.items()):
+            in_flight.add_metric([name], lane.endpoint.in_flight)
         yield from (by_status, requests, in_flight)
 
     async def _recount(self) -> None:
@@ -375,76 +419,78 @@ class BatchRunner:
         return COMPLETED, []
 
     async def _feed(self, run: _Run, todo: list[Request], left: set[str]) -> None:
-        """Pull-based: the next request goes out whenever the pool's window has room."""
-        window = self._window(run.pool)
-        tasks: set[asyncio.Task[None]] = set()
-        try:
-            for request in todo:
-                self._follow(window, run.pool)
-                await window.take()
-                task = asyncio.create_task(self._one(run, request, window, left))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            while tasks:
-                await asyncio.wait(set(tasks))
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        """Send ``todo`` as one job of the pool's dispatcher; record each outcome as it comes."""
+        lane = self._lane(run.pool)
+        self._follow(lane, run.pool)
+        items = [Item(_Sent(r, new_id("batch_req_")), id=r.custom_id) for r in todo]
+        #: The last answer of a request that failed in a way that may pass.
+        last: dict[str, bytes] = {}
 
-    async def _one(self, run: _Run, request: Request, window: Window, left: set[str]) -> None:
-        """Send one request until it has an outcome; the window place is held while sent."""
-        row_id = new_id("batch_req_")
-        held = True
-        attempts = 0
-        last: bytes | None = None
-        run.in_flight += 1
-        try:
-            while True:
-                try:
-                    ok, line = await self._attempt(run, request, row_id)
-                    self._record(run, request, ok, line, left)
-                    return
-                except _NotNow as exc:
-                    wait_s = exc.wait_s
-                except _Retry as exc:
-                    attempts += 1
-                    last = exc.line or last
-                    if attempts >= MAX_ATTEMPTS:
-                        error = {
-                            "code": "request_failed",
-                            "message": f"{exc} (gave up after {attempts} attempts)",
-                        }
-                        line = last or output.result_line(row_id, request.custom_id, error=error)
-                        self._record(run, request, False, line, left)
-                        return
-                    wait_s = min(BACKOFF_BASE_S * 2 ** (attempts - 1), BACKOFF_MAX_S)
-                    wait_s *= 0.5 + self._rng.random() / 2
-                    log.info(
-                        "batch %s: %s failed (%s); again in %.2fs",
-                        run.record.id,
-                        request.custom_id,
-                        exc,
-                        wait_s,
-                    )
-                # Waiting holds no place: other requests go meanwhile.
-                held = False
+        async def attempt(ep: Endpoint, item: Item, budget_s: float) -> Answer:
+            sent: _Sent = item.input
+            run.in_flight += 1
+            self._follow(lane, run.pool)
+            try:
+                ok, line = await self._attempt(run, sent.request, sent.row_id)
+            except _Retry as exc:
+                if exc.line is not None:
+                    last[sent.request.custom_id] = exc.line
+                raise
+            finally:
                 run.in_flight -= 1
-                self._follow(window, run.pool)
-                window.give()
-                await asyncio.sleep(wait_s)
-                await window.take()
-                held = True
-                run.in_flight += 1
-        finally:
-            if held:
-                run.in_flight -= 1
-                self._follow(window, run.pool)
-                window.give()
+                self._follow(lane, run.pool)
+            return Answer(_Outcome(ok, line))
 
-    def _record(self, run: _Run, request: Request, ok: bool, line: bytes, left: set[str]) -> None:
+        async def probe(ep: Endpoint) -> ProbeOutcome:
+            pool = self.registry.pools.get(run.pool)
+            running = self._proxy() is not None and self._listening
+            return "up" if running and pool is not None and pool.ready else "down"
+
+        # The batch waits for its completion window, not for the client's default.
+        window_s = max(1.0, run.record.expires_at - self._clock())
+        cfg = ClientConfig(
+            max_attempts=MAX_ATTEMPTS,
+            retry_base_s=BACKOFF_BASE_S,
+            retry_max_s=BACKOFF_MAX_S,
+            unavailable_timeout=window_s,
+        )
+        job = Dispatcher(
+            [lane.endpoint],
+            cfg,
+            attempt,
+            probe,
+            rng=self._rng,
+            cond=lane.cond,
+            fresh=not lane.jobs,
+            busy_is_attempt=False,
+        )
+        lane.jobs.add(job)
+        try:
+            async with contextlib.aclosing(job.run(items)) as results:
+                async for result in results:
+                    self._record(run, todo[result.index], items[result.index], result, last, left)
+        finally:
+            lane.jobs.discard(job)
+
+    def _record(
+        self,
+        run: _Run,
+        request: Request,
+        item: Item,
+        result: Result,
+        last: dict[str, bytes],
+        left: set[str],
+    ) -> None:
         left.discard(request.custom_id)
         run.done_here += 1
+        answer = result.output
+        if isinstance(answer, _Outcome):
+            ok, line = answer.ok, answer.line
+        else:  # failed after its attempts: its last answer, else why
+            ok = False
+            kept = last.pop(request.custom_id, None)
+            error = {"code": "request_failed", "message": result.error or "failed"}
+            line = kept or output.result_line(item.input.row_id, request.custom_id, error=error)
         if ok:
             run.completed += 1
             self.requests_completed += 1
@@ -454,8 +500,8 @@ class BatchRunner:
         self.writer.add(run.record.id, ResultRow(request.custom_id, request.line, ok, line))
 
     async def _attempt(self, run: _Run, request: Request, row_id: str) -> tuple[bool, bytes]:
-        """One request through the router's proxy: (ok, the result line), or
-        ``_NotNow``/``_Retry``."""
+        """One request through the router's proxy: (ok, the result line); ``ServerBusy``
+        when it was not started, ``_Retry`` when it failed in a way that may pass."""
         proxy = self._proxy()
         if proxy is None or not self._listening:
             raise _Retry("the router is not running")
@@ -479,7 +525,8 @@ class BatchRunner:
             return True, line
         retry_after = wire.parse_retry_after(answer_headers.get("Retry-After"))
         if status == 429 or (status == 503 and retry_after is not None and _not_now(data)):
-            raise _NotNow(min(max(retry_after or 1.0, BUSY_MIN_S), BUSY_MAX_S))
+            wait_s = min(max(retry_after or 1.0, BUSY_MIN_S), BUSY_MAX_S)
+            raise ServerBusy(f"HTTP {status}: not started", status=status, retry_after_s=wait_s)
         blamed = answer_headers.get(wire.FAULT_HEADER) == wire.FAULT_REQUEST
         if (status >= 500 and not blamed) or status == 408:
             raise _Retry(f"HTTP {status}", line)
@@ -532,22 +579,20 @@ class BatchRunner:
 
     # Capacity and retention ---------------------------------------------------------
 
-    def _window(self, pool: str) -> Window:
-        window = self._windows.get(pool)
-        if window is None:
-            window = self._windows[pool] = Window(self._capacity(pool))
+    def _lane(self, pool: str) -> _Lane:
+        lane = self._lanes.get(pool)
+        if lane is None:
+            lane = self._lanes[pool] = _Lane(pool)
             if self._draining:
-                window.pause()
-        return window
+                lane.endpoint.paused_until = math.inf
+        return lane
 
-    def _follow(self, window: Window, pool: str) -> None:
-        """Set the window's limit to what the pool can take now."""
-        limit = self._capacity(pool)
-        if limit != window.limit:
-            window.set_limit(limit)
+    def _follow(self, lane: _Lane, pool: str) -> None:
+        """Set the pool endpoint's slots to what the pool can take now."""
+        lane.endpoint.slots = self._capacity(pool)
 
     def _capacity(self, pool_name: str) -> int:
-        """What the pool's batch window may hold: its batch caps plus a quarter."""
+        """What the pool's batch requests in flight may be: its batch caps plus a quarter."""
         pool = self.registry.pools.get(pool_name)
         admission = self.admissions.get(pool_name)
         if pool is None or admission is None:

@@ -1,12 +1,19 @@
-"""Pull-based dispatch: every endpoint slot takes the next item when it is free.
+"""Pull-based dispatch: every endpoint takes the next item whenever it has a free slot.
 
-One shared queue holds the items. Each endpoint runs ``slots`` tasks; a task takes the
-next ready item, sends it, and comes back for another, so a fast endpoint does more and a
-slow one never holds a backlog. A retryable failure puts the item back at the front of
-the queue with an exponential back-off, preferring another endpoint; an endpoint that
-fails ``failure_threshold`` times in a row is cooled down and must pass a ``GET /health``
+One shared queue holds the items. Each endpoint has one puller task per job: while the
+endpoint has room (``slots``, or the cap it learnt from "busy" answers) it takes the next
+ready item and sends it in a task of its own, so a fast endpoint does more and a slow one
+never holds a backlog. ``slots`` is read each time, so its owner may change it while a
+job runs (the batch runner follows its pool's capacity). A completion wakes one puller
+per endpoint and job, not one task per slot. A retryable failure puts the item back at
+the front of the queue with an exponential back-off, preferring another endpoint; an
+endpoint that fails ``failure_threshold`` times in a row is cooled down and must pass a
 probe before it takes items again. Near the end of a job a slow endpoint declines an item
 that the faster ones would finish sooner (the straggler problem of static splits).
+
+Two users drive it: ``Client`` (endpoints are URLs, the attempt an HTTP POST) and the
+router's ``batches.runner.BatchRunner`` (one endpoint per pool, the attempt a call into
+the router's own proxy; a "busy" answer there is not an attempt, ``busy_is_attempt``).
 
 ``round_robin.RoundRobinDispatcher`` is the old ``itertools.cycle`` split, kept for
 comparison: the same machinery with another ``_choose``.
@@ -17,13 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gpufleet.client._transport import ServerBusy
+from gpufleet.client._transport import ServerBusy as ServerBusy  # attempts raise it
 from gpufleet.client.endpoints import Endpoint
 from gpufleet.client.items import Answer, Item, Result
 from gpufleet.config.client import ClientConfig
@@ -60,8 +68,11 @@ class Dispatcher:
     """Runs one job's items over ``endpoints``, each free slot pulling the next; single use.
 
     ``cond`` is shared by concurrent jobs over the same ``Endpoint`` objects; ``fresh``
-    says that no other job is running, so per-job endpoint state may be reset. Made in a
-    running loop, whose ``time`` is the clock unless one is given.
+    says that no other job is running, so per-job endpoint state may be reset. With
+    ``busy_is_attempt`` False a "busy" answer (``ServerBusy``: the request was not
+    started) pauses the endpoint but costs the item no attempt: it waits for room for as
+    long as the job lasts. Made in a running loop, whose ``time`` is the clock unless one
+    is given.
     """
 
     def __init__(
@@ -75,6 +86,7 @@ class Dispatcher:
         rng: random.Random | None = None,
         cond: asyncio.Condition | None = None,
         fresh: bool = True,
+        busy_is_attempt: bool = True,
     ) -> None:
         self._eps = endpoints
         self._cfg = cfg
@@ -85,9 +97,10 @@ class Dispatcher:
         self._clock = clock or asyncio.get_running_loop().time
         self._rng = rng or random.Random()
         # Shared by every job of one Client, so that the endpoints' slots are shared too:
-        # a completion in one job wakes the slots of the others.
+        # a completion in one job wakes the pullers of the others.
         self._cond = cond or asyncio.Condition()
         self._fresh = fresh
+        self._busy_is_attempt = busy_is_attempt
         self._pending: deque[_Work] = deque()
         self._results: asyncio.Queue[Result | BaseException] = asyncio.Queue()
         self._left = 0
@@ -105,13 +118,11 @@ class Dispatcher:
         if self._fresh:  # no other job of this client is running: forget stale state
             for ep in self._eps:
                 ep.probing, ep.limit, ep.since_limit = False, None, 0
-        # Slots start interleaved (each endpoint's first, then each one's second, ...), so
-        # the first items spread over every endpoint instead of filling the first one's slots.
+        # One puller per endpoint; each yields after a take, so the first items spread
+        # over every endpoint instead of filling the first one's slots.
         tasks = [
-            asyncio.create_task(self._guard(self._slot(ep)), name=f"gpufleet-slot-{ep.url}")
-            for k in range(max(ep.slots for ep in self._eps))
+            asyncio.create_task(self._guard(self._pull(ep)), name=f"gpufleet-pull-{ep.url}")
             for ep in self._eps
-            if k < ep.slots
         ]
         tasks.append(asyncio.create_task(self._guard(self._watchdog()), name="gpufleet-watch"))
         emitted = 0
@@ -127,6 +138,11 @@ class Dispatcher:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    @property
+    def pending(self) -> int:
+        """Items queued and not yet sent (or back for a retry)."""
+        return len(self._pending)
+
     async def _guard(self, coro: Coroutine[Any, Any, None]) -> None:
         # A bug in a slot must end the job loudly rather than leave it waiting forever.
         try:
@@ -136,18 +152,35 @@ class Dispatcher:
             self._results.put_nowait(exc)
 
     async def _wait(self, wait_s: float | None) -> None:
+        if wait_s is not None and math.isinf(wait_s):
+            wait_s = None  # paused for good (a draining router): only a change wakes it
         if wait_s is not None:
             wait_s = max(wait_s, _MIN_WAIT_S)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait_s):
                 await self._cond.wait()
 
-    async def _slot(self, ep: Endpoint) -> None:
-        while (work := await self._take(ep)) is not None:
-            try:
-                await self._send(ep, work)
-            finally:
-                ep.in_flight -= 1
+    async def _pull(self, ep: Endpoint) -> None:
+        """Take items for ``ep`` while it has room; each is sent in a task of its own."""
+        sends: set[asyncio.Task[None]] = set()
+        try:
+            while (work := await self._take(ep)) is not None:
+                send = asyncio.create_task(self._send_held(ep, work))
+                sends.add(send)
+                send.add_done_callback(sends.discard)
+                await asyncio.sleep(0)  # the other endpoints' pullers take their turn
+            while sends:  # every item is done; nothing is left in flight, but be sure
+                await asyncio.wait(set(sends))
+        finally:
+            for send in sends:
+                send.cancel()
+            await asyncio.gather(*sends, return_exceptions=True)
+
+    async def _send_held(self, ep: Endpoint, work: _Work) -> None:
+        try:
+            await self._guard(self._send(ep, work))
+        finally:
+            ep.in_flight -= 1
 
     async def _take(self, ep: Endpoint) -> _Work | None:
         while True:
@@ -273,6 +306,12 @@ class Dispatcher:
         if isinstance(exc, ServerBusy):
             # The endpoint is up but full: it said when to come back.
             ep.record_busy(now, exc.retry_after_s or cfg.retry_base_s)
+            if not self._busy_is_attempt:
+                # Not started, so not an attempt: back to the front, once the pause ends.
+                work.attempts -= 1
+                work.not_before = ep.paused_until
+                self._pending.appendleft(work)
+                return
         elif exc.retryable:
             cooled = ep.record_failure(
                 exc.message,

@@ -58,6 +58,9 @@ class Endpoint:
     latency_s: float | None = None
     busy_s: float = 0.0
     last_error: str | None = None
+    #: False where the owner sets ``slots`` from a capacity it knows (the batch runner's
+    #: pool): a "busy" answer then pauses the endpoint without lowering its cap.
+    learns_cap: bool = True
 
     def is_usable(self, now: float) -> bool:
         """True when the endpoint may take items now (not cooling, probing or paused)."""
@@ -76,7 +79,7 @@ class Endpoint:
         self.failed_attempts += 1
         self.paused_until = max(self.paused_until, now + wait_s)
         accepted = max(1, self.in_flight - 1)
-        if accepted < (self.limit or self.slots):
+        if self.learns_cap and accepted < (self.limit or self.slots):
             self.limit = accepted
             self.since_limit = 0
             log.info(
