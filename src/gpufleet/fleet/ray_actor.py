@@ -14,7 +14,8 @@ starts a fresh worker through it; when only the worker exits, the same actor sta
 again, on the same GPU.
 
 This module runs on the cluster's nodes; it imports Ray only inside the actor, so it can
-be imported (and unit-tested) where Ray is not installed.
+be imported (and unit-tested) where Ray is not installed. What it does on the node
+besides (placeholders, ports, the death signal, work folders) is ``ray_node``.
 """
 
 from __future__ import annotations
@@ -22,28 +23,31 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ctypes
 import importlib
 import os
-import re
 import shutil
 import signal
 import socket
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: What the actor fills in on its node; other braces (JSON arguments, say) stay as they are.
-NODE_PLACEHOLDERS = ("python", "host", "port", "port_file", "gpu", "index", "config")
-_PLACEHOLDER = re.compile(r"\{(" + "|".join(NODE_PLACEHOLDERS) + r")\}")
-_PR_SET_PDEATHSIG = 1
+from gpufleet.fleet.ray_node import (
+    NODE_PLACEHOLDERS,
+    WORKDIR_PREFIX,
+    death_signal_setter,
+    fill_placeholders,
+    pick_free_port,
+    read_port_file,
+    sweep_stale_workdirs,
+)
+
 #: Output of the worker kept in the actor for the driver's log file (oldest dropped past it).
 _OUTPUT_BUFFER_BYTES = 4 * 1024 * 1024
 _CHUNK = 64 * 1024
-_WORKDIR_PREFIX = "gpufleet-ray-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,80 +92,6 @@ class RayWorkerInfo:
     def gpu(self) -> str:
         """The GPUs of this worker, as one label (``"0"``, ``"2,3"``, ``"-"`` for none)."""
         return ",".join(self.gpu_ids) or "-"
-
-
-def sweep_stale_workdirs(root: Path) -> list[Path]:
-    """Remove the work folders of actors that are gone (their pid is in the name)."""
-    removed = []
-    for folder in root.glob(f"{_WORKDIR_PREFIX}*"):
-        pid = folder.name[len(_WORKDIR_PREFIX) :].split("-", 1)[0]
-        if not pid.isdigit() or _is_running(int(pid)):
-            continue
-        shutil.rmtree(folder, ignore_errors=True)
-        removed.append(folder)
-    return removed
-
-
-def _is_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's
-    return True
-
-
-def fill_placeholders(argv: Sequence[str], values: Mapping[str, str]) -> list[str]:
-    """Replace the node placeholders (``{host}``, ``{port}``, …) inside each argument."""
-    return [_PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), a) for a in argv]
-
-
-def pick_free_port(host: str) -> int:
-    """A port free on ``host`` a moment ago (for servers that cannot take port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def death_signal_setter() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that has the child SIGKILLed when the thread that forked it dies.
-
-    Linux only (None elsewhere). libc is looked up here, in the parent: between fork and
-    exec in a threaded process (a Ray actor) the child must do as little as possible.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    parent = os.getpid()
-
-    def set_death_signal() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        # The parent may have died between fork and prctl: then nobody will signal us.
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return set_death_signal
-
-
-async def read_port_file(path: Path, proc: asyncio.subprocess.Process, timeout_s: float) -> int:
-    """Wait for the worker to write its bound port to ``path``.
-
-    Raises:
-        RuntimeError: the process exited first.
-        TimeoutError: no port within ``timeout_s``.
-    """
-    async with asyncio.timeout(timeout_s):
-        while True:
-            if proc.returncode is not None:
-                raise RuntimeError(f"worker exited with status {proc.returncode} before binding")
-            with contextlib.suppress(FileNotFoundError, ValueError):
-                text = (await asyncio.to_thread(path.read_text)).strip()
-                if text:
-                    return int(text)
-            # The file appears without an event to wait on; the child's exit cuts this short.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(proc.wait()), 0.05)
 
 
 class OutputBuffer:
@@ -218,7 +148,7 @@ class WorkerActor:
         # on the node can remove what a killed one left.
         root = Path(tempfile.gettempdir())
         sweep_stale_workdirs(root)
-        self._workdir = Path(tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-", dir=root))
+        self._workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-", dir=root))
 
     async def launch(self) -> RayWorkerInfo:
         """Start the worker unless it runs; where it serves, once its port is known.
