@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
+from gpufleet.fleet.rundir import is_alive
+
 #: What the actor fills in on its node; other braces (JSON arguments, say) stay as they are.
 NODE_PLACEHOLDERS = ("python", "host", "port", "port_file", "gpu", "index", "config")
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(NODE_PLACEHOLDERS) + r")\}")
@@ -34,21 +36,11 @@ def sweep_stale_workdirs(root: Path) -> list[Path]:
     removed = []
     for folder in root.glob(f"{WORKDIR_PREFIX}*"):
         pid = folder.name[len(WORKDIR_PREFIX) :].split("-", 1)[0]
-        if not pid.isdigit() or _is_running(int(pid)):
+        if not pid.isdigit() or is_alive(int(pid)):
             continue
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
     return removed
-
-
-def _is_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's
-    return True
 
 
 def fill_placeholders(argv: Sequence[str], values: Mapping[str, str]) -> list[str]:
