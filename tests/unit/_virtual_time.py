@@ -5,7 +5,10 @@ next timer when nothing is (as trio's ``MockClock(autojump_threshold=0)`` and lo
 do): a test of a 5 s timeout takes no wall time, and what it measures with
 ``loop.time()`` is exact, whatever the machine's load. Real I/O still wakes the loop,
 but a thread's work does not hold the clock: run only code that waits on the loop's own
-timers and futures on it.
+timers and futures on it. A thread (``asyncio.to_thread``) is safe only while no timer
+is pending, the loop then blocking until the thread's result wakes it; with a timer
+pending, the clock jumps to it first (so such a test has no ``asyncio.timeout`` of its
+own around a thread's work: pytest-timeout bounds it).
 
 ``on_virtual_time`` turns an ``async def`` test into a plain one that runs it on a fresh
 ``VirtualTimeLoop`` (closed afterwards, async generators shut down).

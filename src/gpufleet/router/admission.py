@@ -76,7 +76,11 @@ class _Waiter:
 
 
 class Admission:
-    """The admission queue and dispatch of one pool."""
+    """The admission queue and dispatch of one pool.
+
+    ``clock`` is the only time it reads (the clock of the deadlines it is given, monotonic);
+    its waits are the running loop's timers, so a test on a virtual loop passes its ``time``.
+    """
 
     def __init__(
         self,

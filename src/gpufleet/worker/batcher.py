@@ -5,8 +5,10 @@ way: a batch takes the interactive items queued first, then batch ones, each in 
 
 The decision is a pure function of the queue and a time (``Batcher.poll(now)``), so it is
 tested on a fake clock; ``Batcher.next_batch()`` is the thin async wrapper the worker's
-batch loop awaits. ``max_wait`` counts from the oldest queued item: when the device was
-busy and the head already waited that long, a batch leaves at once with what is there.
+batch loop awaits. ``clock`` is the only time it reads; ``next_batch`` waits on the
+running loop's timers, so a test on a virtual loop passes the loop's ``time``.
+``max_wait`` counts from the oldest queued item: when the device was busy and the head
+already waited that long, a batch leaves at once with what is there.
 
 Dead items (caller gone, deadline passed) never hold a slot of ``max_queue``: a caller that
 leaves takes its items out with ``discard`` at once (not when the running batch ends and
