@@ -463,6 +463,7 @@ class BatchRunner:
             cond=lane.cond,
             fresh=not lane.jobs,
             busy_is_attempt=False,
+            item_log_level=logging.DEBUG,
         )
         lane.jobs.add(job)
         try:

@@ -87,6 +87,7 @@ class Dispatcher:
         cond: asyncio.Condition | None = None,
         fresh: bool = True,
         busy_is_attempt: bool = True,
+        item_log_level: int = logging.INFO,
     ) -> None:
         self._eps = endpoints
         self._cfg = cfg
@@ -101,6 +102,9 @@ class Dispatcher:
         self._cond = cond or asyncio.Condition()
         self._fresh = fresh
         self._busy_is_attempt = busy_is_attempt
+        #: Level of the lines logged per item sent, done or retried (the router's batch
+        #: runner: DEBUG; two INFO lines per request cost its process CPU it lacks).
+        self._item_level = item_log_level
         self._pending: deque[_Work] = deque()
         self._results: asyncio.Queue[Result | BaseException] = asyncio.Queue()
         self._left = 0
@@ -286,7 +290,7 @@ class Dispatcher:
         timeout = self._cfg.timeout
         if self._deadline is not None:
             timeout = max(0.001, min(timeout, self._deadline - start))
-        log.info("item %s → %s (attempt %d)", work.item.id, ep.url, work.attempts)
+        log.log(self._item_level, "item %s → %s (attempt %d)", work.item.id, ep.url, work.attempts)
         try:
             answer = await self._attempt(ep, work.item, timeout)
         except RequestFailed as exc:
@@ -295,7 +299,9 @@ class Dispatcher:
                 self._cond.notify_all()
             return
         end = self._clock()
-        log.info("item %s [%s] completed in %.2fs", work.item.id, ep.url, end - start)
+        log.log(
+            self._item_level, "item %s [%s] completed in %.2fs", work.item.id, ep.url, end - start
+        )
         async with self._cond:
             ep.record_success(end - start)
             self._finish(work, "ok", ep.url, end, answer=answer)
@@ -335,7 +341,8 @@ class Dispatcher:
         work.not_before = now + backoff
         self._retry_elsewhere(work, ep, now, backoff)
         self._pending.appendleft(work)
-        log.info(
+        log.log(
+            self._item_level,
             "item %s failed on %s (%s); retry %d/%d in %.2fs",
             work.item.id,
             ep.url,
