@@ -132,15 +132,21 @@ def test_a_worker_dies_with_the_actor_that_started_it(tmp_path: Path) -> None:
 
 HEAD_IP, NODE_IP = "127.0.0.2", "127.0.0.3"
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
+# The head declares a node dead after 3 failed health checks 1 s apart (Ray's defaults:
+# 5, 3 s apart), so a lost node is noticed in seconds; each check still waits Ray's
+# default 10 s for an answer, so a slow but live node is not declared dead.
+HEAD_ENV = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
 needs_ray = pytest.mark.skipif(
     importlib.util.find_spec("ray") is None, reason="needs Ray: pip install 'gpufleet[ray]'"
 )
 
 
-def _ray(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _ray(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(Path(sys.executable).with_name("ray")), *args],
-        env={**os.environ, **RAY_ENV},
+        env={**os.environ, **RAY_ENV, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -178,6 +184,7 @@ def ray_cluster() -> Iterator[str]:
             "--disable-usage-stats",
             "--object-store-memory=100000000",
             f"--temp-dir={temp}",
+            env=HEAD_ENV,
         )
         assert started.returncode == 0, started.stdout + started.stderr
         yield (Path(temp) / "ray_current_cluster").read_text().strip()
