@@ -2,7 +2,7 @@
 
 The run reads the target's /stats first (the model's kind picks the default payload; a
 router's per-worker counts are read before and after, giving each worker's share and
-batch size), sends the load, and returns a :class:`BenchResult` that the CLI prints,
+batch size: ``shares``), sends the load, and returns a :class:`BenchResult` that the CLI prints,
 writes as JSON, or draws in an HTML report.
 """
 
@@ -14,7 +14,6 @@ import datetime as dt
 import json
 import random
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,8 @@ import aiohttp
 from gpufleet.config.operate import BenchConfig
 from gpufleet.errors import ConfigError, RequestFailed
 from gpufleet.operate import load
-from gpufleet.operate.fleetview import FleetView, WorkerView, read_fleet
+from gpufleet.operate.fleetview import FleetView, read_fleet
+from gpufleet.operate.shares import WorkerShare, shares_between, shares_from_headers
 from gpufleet.operate.summary import LoadSummary, TimelinePoint, summarize, timeline
 from gpufleet.wire.http import PeerClient
 
@@ -39,18 +39,6 @@ DEFAULT_INPUTS: dict[str, list[str]] = {
     "chat": [f"In one sentence, what is a GPU? ({i})" for i in range(16)],
     "generic": [f"bench-{i}" for i in range(16)],
 }
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerShare:
-    """How much of the run one worker served, and the batches it formed meanwhile."""
-
-    id: str
-    url: str
-    served: int
-    share: float
-    batches: int | None = None
-    avg_batch_size: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,57 +107,6 @@ def default_bodies(kind: str | None) -> list[bytes]:
     """``{"input": …}`` bodies that fit the model's kind."""
     inputs = DEFAULT_INPUTS.get(kind or "generic", DEFAULT_INPUTS["generic"])
     return [json.dumps({"input": x}).encode() for x in inputs]
-
-
-def _restarted(now: WorkerView, then: WorkerView) -> bool:
-    """True when a counter of the worker went down: it restarted, and counts from zero."""
-    if now.pid is not None and then.pid is not None and now.pid != then.pid:
-        return True
-    pairs = ((now.served, then.served), (now.batches, then.batches), (now.items, then.items))
-    return any(a is not None and b is not None and a < b for a, b in pairs)
-
-
-def shares_between(before: FleetView, after: FleetView) -> list[WorkerShare]:
-    """Each worker's part of what was served between two views of the fleet.
-
-    A worker restarted in between counts from zero again (everything it counts now is
-    new), so no delta is ever negative and its batches and items agree.
-    """
-    old = before.by_id()
-    rows: list[tuple[str, str, int, int | None, int | None]] = []
-    for w in after.workers:
-        prev = old.get(w.id)
-        if prev is None or _restarted(w, prev):
-            base = WorkerView(w.id, w.url, served=0, batches=0, items=0)
-            known = prev is not None
-        else:
-            base, known = prev, True
-        served = (w.served or 0) - (base.served or 0)
-        batches = items = None
-        if known and w.batches is not None and base.batches is not None:
-            batches = w.batches - base.batches
-        if known and w.items is not None and base.items is not None:
-            items = w.items - base.items
-        rows.append((w.id, w.url, max(0, served), batches, items))
-    total = sum(r[2] for r in rows)
-    return [
-        WorkerShare(
-            id=wid,
-            url=url,
-            served=served,
-            share=served / total if total else 0.0,
-            batches=batches,
-            avg_batch_size=(items / batches) if items is not None and batches else None,
-        )
-        for wid, url, served, batches, items in rows
-    ]
-
-
-def shares_from_headers(samples: list[load.Sample]) -> list[WorkerShare]:
-    """Shares counted from the router's upstream header on each answer."""
-    counts = Counter(s.upstream for s in samples if s.ok and s.upstream)
-    total = sum(counts.values())
-    return [WorkerShare(u, u, n, n / total) for u, n in sorted(counts.items())]
 
 
 def progress_line(cfg: BenchConfig, tally: load.Tally, elapsed_s: float) -> str:
@@ -341,3 +278,20 @@ def settings_of(cfg: BenchConfig) -> dict[str, Any]:
         scaling=cfg.scaling,
     )
     return out
+
+
+__all__ = [
+    "DEFAULT_INPUTS",
+    "BenchResult",
+    "ScalingStep",
+    "WorkerShare",
+    "connector_limit",
+    "default_bodies",
+    "progress_line",
+    "read_bodies",
+    "run_bench",
+    "run_load",
+    "settings_of",
+    "shares_between",
+    "shares_from_headers",
+]
