@@ -446,8 +446,9 @@ class BatchRunner:
             running = self._proxy() is not None and self._listening
             return "up" if running and pool is not None and pool.ready else "down"
 
-        # The batch waits for its completion window, not for the client's default.
-        window_s = max(1.0, run.record.expires_at - self._clock())
+        # The batch waits for its completion window, not for the client's default; a
+        # minute past it, so that the expiry (``_send_all``), not this, ends the wait.
+        window_s = max(1.0, run.record.expires_at - self._clock()) + 60.0
         cfg = ClientConfig(
             max_attempts=MAX_ATTEMPTS,
             retry_base_s=BACKOFF_BASE_S,

@@ -122,8 +122,10 @@ class Dispatcher:
         if self._fresh:  # no other job of this client is running: forget stale state
             for ep in self._eps:
                 ep.probing, ep.limit, ep.since_limit = False, None, 0
-        # One puller per endpoint; each yields after a take, so the first items spread
-        # over every endpoint instead of filling the first one's slots.
+        # One puller per endpoint; with several, each yields after a take, so the first
+        # items spread over every endpoint instead of filling the first one's slots. With
+        # one it fills every free slot at once (yielding after each take held a batch
+        # runner's refill after a device batch back by one loop turn per request).
         tasks = [
             asyncio.create_task(self._guard(self._pull(ep)), name=f"gpufleet-pull-{ep.url}")
             for ep in self._eps
@@ -172,7 +174,8 @@ class Dispatcher:
                 send = asyncio.create_task(self._send_held(ep, work))
                 sends.add(send)
                 send.add_done_callback(sends.discard)
-                await asyncio.sleep(0)  # the other endpoints' pullers take their turn
+                if len(self._eps) > 1:  # the other endpoints' pullers take their turn
+                    await asyncio.sleep(0)
             while sends:  # every item is done; nothing is left in flight, but be sure
                 await asyncio.wait(set(sends))
         finally:
