@@ -3,12 +3,12 @@
 ``VirtualTimeLoop``'s clock stands still while anything is ready to run and jumps to the
 next timer when nothing is (as trio's ``MockClock(autojump_threshold=0)`` and looptime
 do): a test of a 5 s timeout takes no wall time, and what it measures with
-``loop.time()`` is exact, whatever the machine's load. Real I/O still wakes the loop,
-but a thread's work does not hold the clock: run only code that waits on the loop's own
-timers and futures on it. A thread (``asyncio.to_thread``) is safe only while no timer
-is pending, the loop then blocking until the thread's result wakes it; with a timer
-pending, the clock jumps to it first (so such a test has no ``asyncio.timeout`` of its
-own around a thread's work: pytest-timeout bounds it).
+``loop.time()`` is exact, whatever the machine's load. Real I/O still wakes the loop.
+Work handed to a thread with ``run_in_executor`` (``asyncio.to_thread``) holds the
+clock: while any is in flight the loop waits for it in real time and no timer fires, as
+if the thread's work took no time. A test whose subject is a thread that never returns
+sets ``threads_hold_the_clock = False``: the clock then jumps to the next timer while a
+thread works. A thread started any other way never holds it.
 
 ``on_virtual_time`` turns an ``async def`` test into a plain one that runs it on a fresh
 ``VirtualTimeLoop`` (closed afterwards, async generators shut down).
@@ -19,7 +19,11 @@ from __future__ import annotations
 import asyncio
 import selectors
 from collections.abc import Callable, Coroutine
-from typing import Any
+from concurrent.futures import Executor
+from typing import Any, TypeVar, TypeVarTuple
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
 class _JumpingSelector(selectors.DefaultSelector):
@@ -33,9 +37,13 @@ class _JumpingSelector(selectors.DefaultSelector):
         ready: list[tuple[selectors.SelectorKey, int]] = super().select(0)
         if ready or timeout == 0:
             return ready
+        assert self.loop is not None
+        if (
+            self.loop.threads_in_flight and self.loop.threads_hold_the_clock
+        ):  # a thread's result will wake the loop: wait for it
+            return list(super().select(None))
         if timeout is None:  # no timer: only I/O (or another thread) can wake the loop
             return list(super().select(None))
-        assert self.loop is not None
         self.loop.advance(timeout)
         return []
 
@@ -48,9 +56,24 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         super().__init__(selector)
         selector.loop = self
         self._virtual_now = 0.0
+        #: Executor calls not yet answered: the clock stands still until they are.
+        self.threads_in_flight = 0
+        self.threads_hold_the_clock = True
 
     def time(self) -> float:
         return self._virtual_now
+
+    def run_in_executor(
+        self, executor: Executor | None, func: Callable[[*Ts], T], *args: *Ts
+    ) -> asyncio.Future[T]:
+        future = super().run_in_executor(executor, func, *args)
+        self.threads_in_flight += 1
+
+        def answered(_: asyncio.Future[T]) -> None:
+            self.threads_in_flight -= 1
+
+        future.add_done_callback(answered)
+        return future
 
     def advance(self, seconds: float) -> None:
         """Move the clock ``seconds`` ahead (the selector does, when nothing is ready)."""

@@ -14,7 +14,7 @@ import pytest
 from gpufleet import wire
 from gpufleet.wire import GpuReading
 from gpufleet.worker.stats import GpuSampler, NvmlReader, nvml_opener, nvml_target
-from tests.unit._virtual_time import on_virtual_time
+from tests.unit._virtual_time import VirtualTimeLoop, on_virtual_time
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -242,6 +242,8 @@ class _CountingExecutor(ThreadPoolExecutor):
 @on_virtual_time  # the read timeout and the rounds run on the loop's virtual clock
 async def test_a_stuck_reading_is_dropped_and_not_piled_up() -> None:
     loop = asyncio.get_running_loop()
+    assert isinstance(loop, VirtualTimeLoop)
+    loop.threads_hold_the_clock = False  # the read never returns: time must go on meanwhile
     threads = _CountingExecutor()
     loop.set_default_executor(threads)
     gate = threading.Event()

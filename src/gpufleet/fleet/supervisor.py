@@ -16,7 +16,7 @@ import logging
 import re
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ import aiohttp
 
 from gpufleet.config.fleet import FleetConfig
 from gpufleet.errors import AdminError
-from gpufleet.fleet.admin import Membership, PoolSync
+from gpufleet.fleet.admin import Membership, PoolSync, SyncResult
 from gpufleet.fleet.keeper import Fleet, Keeper, Prober, describe_exit
 from gpufleet.fleet.launcher import Launcher
 from gpufleet.fleet.logfile import last_lines
@@ -36,6 +36,9 @@ from gpufleet.wire.http import PeerClient
 from gpufleet.wire.states import FleetPhase, MemberState
 
 log = logging.getLogger("gpufleet.fleet")
+
+#: Brings the router at the URL in step with the members (``PoolSync.sync``'s shape).
+PoolSyncFn = Callable[[str, list[Membership]], Awaitable[SyncResult]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +65,12 @@ class Supervisor:
         router_launch: RouterLaunch,
         output: Output | None = None,
         clock: Callable[[], float] = time.monotonic,
+        prober: Prober | None = None,
+        pool_sync: PoolSyncFn | None = None,
     ) -> None:
+        """``clock``, ``prober`` and ``pool_sync`` are seams for tests (a virtual loop's
+        time, scripted probe answers, a recorded router pool); by default the monotonic
+        clock, probes and admin calls over HTTP on the supervisor's own session."""
         self.cfg = cfg
         self.workers = list(workers)
         self.router = router
@@ -70,6 +78,8 @@ class Supervisor:
         self._launch = router_launch
         self._out = output or Output()
         self._clock = clock
+        self._prober = prober
+        self._pool_sync = pool_sync
         self.router_port = cfg.port
         self.phase = FleetPhase.STARTING
         self.forced = False
@@ -141,7 +151,7 @@ class Supervisor:
         fleet = Fleet(
             cfg=self.cfg,
             launcher=self._launcher,
-            prober=Prober(http),
+            prober=self._prober or Prober(http),
             stop=self._stop,
             force=self._force,
             changed=self._touch,
@@ -243,8 +253,10 @@ class Supervisor:
         return Membership(m.url, m.router_pool, m.state == MemberState.READY, labels)
 
     async def _sync_loop(self, http: aiohttp.ClientSession) -> None:
-        admin = PeerClient(session=http)  # the supervisor's session: closed by it
-        pool = PoolSync(admin, self._launch.token, stale_drain_s=self.cfg.drain_timeout_s)
+        sync = self._pool_sync
+        if sync is None:
+            admin = PeerClient(session=http)  # the supervisor's session: closed by it
+            sync = PoolSync(admin, self._launch.token, stale_drain_s=self.cfg.drain_timeout_s).sync
         recheck: float | None = None
         seen = -1  # the first round at once
         while not self._stop.is_set():
@@ -253,7 +265,7 @@ class Supervisor:
             if self._stop.is_set() or self.router.state != MemberState.READY:
                 continue
             try:
-                done = await pool.sync(self.endpoint, [self._membership(m) for m in self.workers])
+                done = await sync(self.endpoint, [self._membership(m) for m in self.workers])
             except AdminError as exc:
                 log.warning("could not update the router's pool: %s; retrying", exc)
                 await first(self._stop.wait(), within=1.0)
@@ -286,4 +298,11 @@ class Supervisor:
             await first(self._done.wait(), within=0.2)
 
 
-__all__ = ["Output", "RouterLaunch", "RouterSpecFactory", "Supervisor", "describe_exit"]
+__all__ = [
+    "Output",
+    "PoolSyncFn",
+    "RouterLaunch",
+    "RouterSpecFactory",
+    "Supervisor",
+    "describe_exit",
+]
