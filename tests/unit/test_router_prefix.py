@@ -8,7 +8,7 @@ import tracemalloc
 from collections import Counter
 
 from gpufleet.router.policies import make_policy
-from gpufleet.router.policies.prefix import BALANCE, SLACK, Prefix
+from gpufleet.router.policies.prefix import BALANCE, PLACE_SLACK, SLACK, Prefix
 from gpufleet.router.pool import Pool
 from gpufleet.router.prefix import (
     BLOCK_CHARS,
@@ -228,11 +228,12 @@ def test_a_new_prefix_goes_where_the_index_holds_least() -> None:
     policy = make_policy("prefix", pool, random.Random(12))
     assert isinstance(policy, Prefix)
     w0, w1, w2, w3 = pool.members
-    # w1 holds the least, although it is not the least loaded (w3 is idle).
+    # w1 holds the least, although it is not the least loaded (w3 is): within
+    # PLACE_SLACK requests of the least loaded, what the index holds decides.
     for i, (u, tenants) in enumerate(((w0, 3), (w1, 1), (w2, 2), (w3, 3))):
         for t in range(tenants):
             policy.index.record(_tenant(100 + 10 * i + t, 0), u.id)
-    for u, n in ((w0, 4), (w1, 6), (w2, 4), (w3, 0)):
+    for u, n in ((w0, 4), (w1, 2), (w2, 4), (w3, 1)):
         for _ in range(n):
             u.take()
     assert policy.choose(pool.ready, None, 1, 0.0, _tenant(7, 0)) is w1
@@ -243,6 +244,20 @@ def test_a_new_prefix_goes_where_the_index_holds_least() -> None:
     assert isinstance(policy, Prefix)
     homes = Counter(_run(policy, pool, [_tenant(t, 0) for t in range(16)]))
     assert sorted(homes.values()) == [4, 4, 4, 4], homes
+
+
+def test_prompts_that_share_nothing_still_go_by_load() -> None:
+    # w3 holds least, but a stream of new prompts must not pile up there: placement by
+    # holdings only picks among the upstreams about as little loaded as the least.
+    pool = _pool(10.0, 10.0, 10.0, 10.0)
+    policy = make_policy("prefix", pool, random.Random(15))
+    assert isinstance(policy, Prefix)
+    for i, u in enumerate(pool.members[:3]):
+        for t in range(20):
+            policy.index.record(_tenant(300 + 20 * i + t, 0), u.id)
+    _run(policy, pool, [_tenant(1000 + i, 0) for i in range(40)])
+    loads = [u.in_flight for u in pool.members]
+    assert max(loads) - min(loads) <= PLACE_SLACK + 1, loads
 
 
 def test_a_new_prefix_skips_an_upstream_past_the_load_guard() -> None:

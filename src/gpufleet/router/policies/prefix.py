@@ -18,9 +18,10 @@ becomes one more holder. So a flood spreads evenly over every GPU, each with the
 prompt cached, while a tenant of many keeps one home.
 
 A new prefix (no upstream holds any of it) goes where the index holds the fewest blocks
-per unit of speed, among the upstreams within the load guard: the KV caches fill evenly
-(as the SGLang gateway places one on the smallest tree) rather than by which engine
-happened to be least loaded at a tenant's first request.
+per unit of speed, among the upstreams whose load is within ``PLACE_SLACK`` requests of
+the least loaded one: the KV caches fill evenly (as the SGLang gateway places one on the
+smallest tree) rather than by which engine happened to be least loaded at a tenant's
+first request, and a stream of new prompts (nothing shared) still goes by load.
 
 Why latency and not the capacity policy's measured rate: an engine that batches finishes
 more requests per second the more it runs, so ``(in_flight + 1) / rate`` stays flat as it
@@ -53,6 +54,11 @@ SLACK: Final = 8.0
 #: mean latency: a lasting imbalance (one tenant's flood), not an engine that is empty
 #: for a moment (engines that batch finish in bursts).
 SPREAD: Final = 12.0
+#: A new prefix goes where the index holds least among the upstreams at most this many
+#: requests (at the fleet's mean latency) above the least loaded one. Within the whole
+#: load guard instead, prompts that share nothing piled up on the engines that held
+#: least: 22.1 vs 34.0 req/s, engine queues of seconds (docs/performance.md).
+PLACE_SLACK: Final = 2.0
 #: Weight of one routing decision in each upstream's averaged load (~100 decisions).
 LOAD_ALPHA: Final = 0.01
 
@@ -190,12 +196,13 @@ class Prefix:
             return best, best is not None and best is holder
         # A new prefix: where the index holds least per unit of speed (as the SGLang
         # gateway places one on the smallest tree), so that no engine's cache holds more
-        # than its share; only among upstreams within the load guard.
+        # than its share; only among upstreams about as little loaded as the least.
         place: Upstream | None = None
         place_key = (0.0, 0.0)
         held = self.index.held
+        near = best_score + PLACE_SLACK * mean_lat
         for u, x, score, _ in scored:
-            if score > guard:
+            if score > near:
                 continue
             k = (held(bit(u.id)) * x, score)
             if place is None or k < place_key:
