@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from gpufleet.client.outputs import (
     MAX_STEM,
+    ResultRecord,
     ResultsLog,
     encode_output,
     extension_for,
@@ -99,10 +100,10 @@ def test_results_log_done_needs_record_and_file(tmp_path: Path) -> None:
     assert log.done() == {}
     (tmp_path / "a.json").write_text("{}")
     (tmp_path / "c.json").write_text("{}")
-    log.append({"id": "a", "key": "a", "file": "a.json", "status": "ok"})
-    log.append({"id": "b", "key": "b", "file": "b.json", "status": "ok"})  # file lost
-    log.append({"id": "c", "key": "c", "file": None, "status": "failed"})
-    log.append({"id": "x", "key": "x", "file": "../escape.json", "status": "ok"})
+    log.append(ResultRecord("a", "a", "a.json", "ok"))
+    log.append(ResultRecord("b", "b", "b.json", "ok"))  # file lost
+    log.append(ResultRecord("c", "c", None, "failed"))
+    log.append(ResultRecord("x", "x", "../escape.json", "ok"))
     with log.path.open("a") as fh:
         fh.write('{"id": "d", "key": "d", "fi')  # a line cut short by SIGKILL
     assert log.done() == {"a": "a.json"}
@@ -142,6 +143,6 @@ def test_a_linked_results_log_is_neither_read_nor_appended_to(tmp_path: Path) ->
     log.open()
     (out / "results.jsonl").unlink()  # a link planted after the open is not followed either
     (out / "results.jsonl").symlink_to(outside)
-    log.append({"key": "b", "file": "b.json", "status": "ok"})
+    log.append(ResultRecord("b", "b", "b.json", "ok"))
     log.close()
     assert outside.read_text().count("\n") == 1

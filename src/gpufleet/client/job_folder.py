@@ -20,6 +20,7 @@ from typing import Any, Final
 from gpufleet.client.items import Item, Result, as_items
 from gpufleet.client.outputs import (
     SUMMARY_FILE,
+    ResultRecord,
     ResultsLog,
     encode_output,
     remove_stale_temporaries,
@@ -145,20 +146,20 @@ class JobFolder:
         progress.finish(summary)
 
 
-def _record(result: Result, stem: str, file: str | None) -> dict[str, Any]:
+def _record(result: Result, stem: str, file: str | None) -> ResultRecord:
     """A ``results.jsonl`` line."""
-    return {
-        "id": result.id,
-        "key": stem,
-        "file": file,
-        "status": result.status,
-        "endpoint": result.endpoint,
-        "upstream": result.upstream,
-        "attempts": result.attempts,
-        "seconds": round(result.seconds, 4),
-        "seed": result.seed,
-        "error": result.error,
-    }
+    return ResultRecord(
+        id=result.id,
+        key=stem,
+        file=file,
+        status=result.status,
+        endpoint=result.endpoint,
+        upstream=result.upstream,
+        attempts=result.attempts,
+        seconds=round(result.seconds, 4),
+        seed=result.seed,
+        error=result.error,
+    )
 
 
 def _now() -> str:

@@ -27,6 +27,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from gpufleet import _files
 from gpufleet.errors import ClientError
 
@@ -140,6 +142,34 @@ def encode_output(output: Any, content_type: str) -> tuple[bytes, str]:
     return text.encode("utf-8"), ".json"
 
 
+class ResultRecord(msgspec.Struct):
+    """One line of ``results.jsonl``: what became of one item (the keys in this order)."""
+
+    id: str
+    #: The item's output stem.
+    key: str
+    #: Its output file in the folder (None when it failed).
+    file: str | None
+    status: str
+    endpoint: str | None = None
+    upstream: str | None = None
+    attempts: int = 0
+    seconds: float = 0.0
+    seed: int | None = None
+    error: str | None = None
+
+
+class _OkLine(msgspec.Struct):
+    """What a resume reads of a ``results.jsonl`` line."""
+
+    key: str
+    file: str | None
+    status: str
+
+
+_OK_LINE = msgspec.json.Decoder(_OkLine)
+
+
 class ResultsLog:
     """``results.jsonl``: one line per finished item, appended and flushed to disk."""
 
@@ -182,16 +212,11 @@ class ResultsLog:
         found = []
         for line in lines:
             try:
-                rec = json.loads(line)
-            except (ValueError, RecursionError):
-                continue  # a line cut short by a kill
-            if not isinstance(rec, dict):
-                continue
-            stem, file = rec.get("key"), rec.get("file")
-            if not isinstance(stem, str) or not isinstance(file, str):
-                continue
-            if rec.get("status") == "ok":
-                found.append((stem, file))
+                rec = _OK_LINE.decode(line)
+            except msgspec.DecodeError:
+                continue  # a line cut short by a kill, or not a record
+            if rec.status == "ok" and rec.file is not None:
+                found.append((rec.key, rec.file))
         return found
 
     def open(self) -> None:
@@ -226,12 +251,13 @@ class ResultsLog:
             os.close(self._fd)
             self._fd = None
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: ResultRecord) -> None:
         """Append one record and fsync, so a kill never loses a finished item (blocking)."""
         if self._fd is None:
             self.open()
         assert self._fd is not None
-        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        line = json.dumps(msgspec.structs.asdict(record), ensure_ascii=False)
+        data = (line + "\n").encode("utf-8")
         while data:
             data = data[os.write(self._fd, data) :]
         os.fsync(self._fd)
