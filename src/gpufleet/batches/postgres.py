@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gpufleet.batches import postgres_db, tables
-from gpufleet.batches.postgres_db import is_postgres_url
+from gpufleet.batches.postgres_db import PgConnection, is_postgres_url
 from gpufleet.batches.records import FINISHED, UNFINISHED, BatchRecord, FileRecord, ResultRow
 
 
@@ -69,7 +69,7 @@ class PostgresStore:
 
     # Files --------------------------------------------------------------------------
 
-    async def _keep(self, conn: Any, record: FileRecord, written: Path) -> None:
+    async def _keep(self, conn: PgConnection, record: FileRecord, written: Path) -> None:
         """Inside a transaction: insert the file's row and copy ``written`` in, then delete it."""
         if written.parent != self.scratch():
             raise ValueError(f"{written} is not in the store's scratch folder")
@@ -124,6 +124,7 @@ class PostgresStore:
         async with self._db.use() as conn:
             cur = await conn.execute("SELECT coalesce(sum(bytes), 0) FROM gpufleet_files")
             row = await cur.fetchone()
+        assert row is not None  # an aggregate always answers one row
         return int(row[0])
 
     # Batches ------------------------------------------------------------------------
@@ -139,7 +140,7 @@ class PostgresStore:
             )
 
     async def _get_batch(
-        self, conn: Any, batch_id: str, *, lock: bool = False
+        self, conn: PgConnection, batch_id: str, *, lock: bool = False
     ) -> BatchRecord | None:
         sql = f"{tables.BATCH_SELECT} FROM gpufleet_batches WHERE id = %s"
         cur = await conn.execute(sql + (" FOR UPDATE" if lock else ""), (batch_id,))
@@ -162,7 +163,9 @@ class PostgresStore:
             cur = await conn.execute(sql, args)
             return tables.page(await cur.fetchall(), limit, tables.batch_record)
 
-    async def _set(self, conn: Any, batch_id: str, fields: dict[str, Any]) -> BatchRecord | None:
+    async def _set(
+        self, conn: PgConnection, batch_id: str, fields: dict[str, Any]
+    ) -> BatchRecord | None:
         """Inside a transaction: set ``fields`` of the batch (row locked) and return it."""
         record = await self._get_batch(conn, batch_id, lock=True)
         if record is None:

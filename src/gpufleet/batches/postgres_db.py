@@ -12,7 +12,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final, TypeAlias
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+    from psycopg.rows import TupleRow
+
+#: A psycopg connection whose rows are tuples (its default).
+PgConnection: TypeAlias = "AsyncConnection[TupleRow]"
 
 #: Bytes per stored chunk of a file's contents (and per read from the scratch file).
 CHUNK: Final = 1 << 20
@@ -69,11 +76,11 @@ class Connection:
 
     def __init__(self, url: str) -> None:
         self._url = url
-        self._conn: Any = None
+        self._conn: PgConnection | None = None
         self._lock = asyncio.Lock()
 
     @contextlib.asynccontextmanager
-    async def use(self) -> AsyncIterator[Any]:
+    async def use(self) -> AsyncIterator[PgConnection]:
         """The connection (autocommit; group statements with ``conn.transaction()``)."""
         import psycopg  # the optional ``postgres`` extra: imported only when used
 
@@ -106,14 +113,14 @@ def require_driver() -> None:
         ) from None
 
 
-async def create_tables(conn: Any) -> None:
+async def create_tables(conn: PgConnection) -> None:
     """Create the tables that are missing, one router at a time."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
         await conn.execute(_SCHEMA)
 
 
-async def copy_in(conn: Any, file_id: str, path: Path) -> None:
+async def copy_in(conn: PgConnection, file_id: str, path: Path) -> None:
     """Copy the file at ``path`` into ``file_id``'s chunks (inside the caller's transaction)."""
     offset = n = 0
     while chunk := await asyncio.to_thread(_read_chunk, path, offset):
@@ -152,6 +159,7 @@ __all__ = [
     "CHUNK",
     "SCHEMES",
     "Connection",
+    "PgConnection",
     "copy_in",
     "create_tables",
     "is_postgres_url",
