@@ -20,8 +20,6 @@ the counts move only by the rows actually inserted, in the same transaction; and
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import shutil
 import tempfile
 from collections.abc import AsyncGenerator, Sequence
@@ -266,7 +264,7 @@ class PostgresStore:
                 await self._keep(conn, record, written)
             result = await self._set(conn, batch_id, fields)
         for _, written in outputs:
-            await asyncio.to_thread(_unlink, written)
+            await asyncio.to_thread(written.unlink, missing_ok=True)
         return result
 
     async def sweep(self, before: int) -> tuple[int, int]:
@@ -291,11 +289,6 @@ class PostgresStore:
             )
             files = await cur.fetchall()
         return len(old), len(files)
-
-
-def _unlink(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
 
 
 __all__ = ["PostgresStore", "is_postgres_url"]
