@@ -6,8 +6,6 @@ at fault), so the official ``openai`` client raises its own matching error.
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 
@@ -26,7 +24,7 @@ class Refused(Exception):
     ) -> None:
         super().__init__(message)
         self.status = status
-        self.body: dict[str, Any] = {
+        self.body: dict[str, str | int | None] = {
             "message": message,
             "type": kind,
             "param": param,

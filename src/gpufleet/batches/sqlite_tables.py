@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from gpufleet.batches import tables
 from gpufleet.batches.records import FINISHED, UNFINISHED, BatchRecord, FileRecord, ResultRow
@@ -171,11 +171,11 @@ class SqliteTables:
         found = self.conn.execute(sql, args)
         return tables.page(found.fetchall(), limit, tables.batch_record)
 
-    def update_batch(self, batch_id: str, fields: dict[str, Any]) -> BatchRecord | None:
+    def update_batch(self, batch_id: str, fields: Mapping[str, object]) -> BatchRecord | None:
         with self._transaction():
             return self._set(batch_id, fields)
 
-    def _set(self, batch_id: str, fields: dict[str, Any]) -> BatchRecord | None:
+    def _set(self, batch_id: str, fields: Mapping[str, object]) -> BatchRecord | None:
         """Inside a transaction: set ``fields`` of the batch and return it."""
         record = self.get_batch(batch_id)
         if record is None:
@@ -241,7 +241,10 @@ class SqliteTables:
         return [tables.result_row(r) for r in found]
 
     def finish_batch(
-        self, batch_id: str, outputs: Sequence[tuple[FileRecord, Path]], fields: dict[str, Any]
+        self,
+        batch_id: str,
+        outputs: Sequence[tuple[FileRecord, Path]],
+        fields: Mapping[str, object],
     ) -> BatchRecord | None:
         with self._transaction():
             for record, written in outputs:

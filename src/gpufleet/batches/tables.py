@@ -46,7 +46,7 @@ _BATCH_DOC: Final = tuple(
 )
 
 
-def file_row(record: FileRecord) -> tuple[Any, ...]:
+def file_row(record: FileRecord) -> tuple[object, ...]:
     """``record``'s values for ``FILE_COLUMNS``."""
     doc = {name: getattr(record, name) for name in _FILE_DOC}
     return (record.id, record.purpose, record.created_at, record.bytes, json.dumps(doc))
@@ -60,7 +60,7 @@ def file_record(row: Row) -> FileRecord:
     )
 
 
-def batch_row(record: BatchRecord) -> tuple[Any, ...]:
+def batch_row(record: BatchRecord) -> tuple[object, ...]:
     """``record``'s values for ``BATCH_COLUMNS``."""
     return (
         record.id,
@@ -71,7 +71,7 @@ def batch_row(record: BatchRecord) -> tuple[Any, ...]:
     )
 
 
-def batch_changes(record: BatchRecord) -> tuple[Any, ...]:
+def batch_changes(record: BatchRecord) -> tuple[object, ...]:
     """``record``'s values for ``BATCH_UPDATED``: what an update may change."""
     doc = {name: getattr(record, name) for name in _BATCH_DOC}
     return (record.status, record.completed, record.failed, json.dumps(doc))
@@ -97,7 +97,7 @@ def result_row(row: Row) -> ResultRow:
     return ResultRow(custom_id, int(line), bool(ok), bytes(doc))
 
 
-def changed(record: BatchRecord, fields: Mapping[str, Any]) -> BatchRecord:
+def changed(record: BatchRecord, fields: Mapping[str, object]) -> BatchRecord:
     """``record`` with ``fields`` set (in place: the record was just read for this)."""
     for name, value in fields.items():
         setattr(record, name, value)
@@ -112,12 +112,12 @@ def page_query(
     limit: int,
     after: str | None,
     purpose: str | None = None,
-) -> tuple[str, tuple[Any, ...]]:
+) -> tuple[str, tuple[object, ...]]:
     """The query (with its parameter ``mark``: ``?`` or ``%s``) and arguments of a page of
     ``table``, newest first, after the row whose id is ``after``; ``limit + 1`` rows are
     asked for, so that ``page`` can tell whether more follow."""
     sql = f"{select} FROM {table} WHERE 1 = 1"
-    args: list[Any] = []
+    args: list[object] = []
     if purpose is not None:
         sql += f" AND purpose = {mark}"
         args.append(purpose)

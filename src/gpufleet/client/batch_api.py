@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Final, TypeVar
+from typing import Final, TypeVar
 
 import aiohttp
 
@@ -34,7 +34,7 @@ class BatchApi:
         into: type[T],
         *,
         data: aiohttp.FormData | None = None,
-        json_body: Any = None,
+        json_body: object = None,
         budget: float = CALL_S,
     ) -> T:
         """One call that must answer 2xx, its JSON decoded into ``into``."""

@@ -13,7 +13,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -117,8 +117,8 @@ class JobFolder:
         *,
         seed: int | None,
         dispatch: str,
-        endpoints: dict[str, dict[str, Any]],
-        **more: Any,
+        endpoints: Mapping[str, object],
+        **more: object,
     ) -> dict[str, Any]:
         """What ``summary.json`` holds (``more`` after ``dispatch``)."""
         return {
