@@ -1,4 +1,5 @@
-"""The worker's core, below HTTP: state, the bounded queue, the batch loop, the counters.
+"""The worker's core, below HTTP: state, the bounded queue, the counters (the batch loop
+that feeds the device is ``batch_loop``).
 
 ``WorkerService.submit`` is what every route calls: it queues one item per input, waits
 for their answers (each caller gets exactly its own, in order) and takes them out of the
@@ -18,10 +19,11 @@ from typing import Any
 
 from gpufleet import wire
 from gpufleet.config.worker import WorkerConfig
-from gpufleet.errors import DeadlineExceeded, ModelError, WorkerOverloaded, WorkerUnavailable
+from gpufleet.errors import DeadlineExceeded, WorkerOverloaded, WorkerUnavailable
+from gpufleet.worker.batch_loop import BatchLoop
 from gpufleet.worker.batcher import Batcher, QueuedItem
 from gpufleet.worker.metrics import WorkerMetrics
-from gpufleet.worker.runner import ItemFailed, ModelInfo, Runner
+from gpufleet.worker.runner import ModelInfo, Runner
 from gpufleet.worker.stall import Stall, find_stall
 from gpufleet.worker.stats import WorkerCounters
 
@@ -49,6 +51,7 @@ class WorkerService:
         self.runner.on_oom = self._on_oom_from_thread
         self.counters = WorkerCounters()
         self.metrics = WorkerMetrics(cfg.model)
+        self.batch_loop = BatchLoop(self.runner, self.counters, self.metrics, clock)
         self.info: ModelInfo | None = None
         self.batcher: Batcher | None = None
         self.started_at = clock()
@@ -73,9 +76,9 @@ class WorkerService:
             raise
         self.info = info
         batch_cfg = self.cfg.batch(info.max_batch_size)
-        self.batcher = Batcher(batch_cfg, clock=self.clock, on_drop=self._on_drop)
+        self.batcher = Batcher(batch_cfg, clock=self.clock, on_drop=self.batch_loop.on_drop)
         self.metrics.max_batch_size.set(batch_cfg.max_batch_size)
-        self._task = asyncio.create_task(self._batch_loop(self.batcher), name="batch-loop")
+        self._task = asyncio.create_task(self.batch_loop.run(self.batcher), name="batch-loop")
         if self.state == wire.WorkerState.LOADING:
             self.state = wire.WorkerState.READY
             self.metrics.ready.set(1)
@@ -273,56 +276,7 @@ class WorkerService:
         items_per_s = self.counters.batched_items / elapsed
         return min(30.0, max(1.0, self.batcher.depth / max(items_per_s, 1e-3)))
 
-    # the batch loop ----------------------------------------------------------------------
-
-    async def _batch_loop(self, batcher: Batcher) -> None:
-        while True:
-            batch = await batcher.next_batch()
-            self.metrics.queue_depth.set(batcher.depth)
-            try:
-                await self._run_batch(batch)
-            except Exception as exc:
-                # The loop must outlive any one batch: fail its callers, keep serving.
-                log.exception("batch of %d failed outside predict", len(batch))
-                for item in batch:
-                    if item.future is not None and not item.future.done():
-                        item.future.set_exception(ModelError(f"{type(exc).__name__}: {exc}"))
-
-    async def _run_batch(self, batch: list[QueuedItem]) -> None:
-        started = self.clock()
-        for item in batch:
-            self.metrics.queue_time.observe(started - item.enqueued_at)
-        self.counters.record_batch(len(batch))
-        self.metrics.batch_size.observe(len(batch))
-        try:
-            outputs = await self.runner.predict([i.payload for i in batch])
-        except ModelError as exc:
-            log.error("predict failed for a batch of %d: %s", len(batch), exc.message)
-            self.counters.failed_items += len(batch)
-            for item in batch:
-                if item.future is not None and not item.future.done():
-                    item.future.set_exception(
-                        ModelError(exc.message, request_fault=exc.request_fault)
-                    )
-            return
-        finally:
-            self.metrics.compute_time.observe(self.clock() - started)
-        for item, out in zip(batch, outputs, strict=True):
-            if isinstance(out, ItemFailed):
-                self.counters.failed_items += 1
-                if item.future is not None and not item.future.done():
-                    item.future.set_exception(
-                        ModelError(out.message, request_fault=out.request_fault)
-                    )
-            elif item.future is not None and not item.future.done():
-                item.future.set_result(out)
-
-    def _on_drop(self, item: QueuedItem, now: float) -> None:
-        reason = "cancelled" if item.cancelled else "expired"
-        self.counters.dropped += 1
-        self.metrics.dropped.labels(reason=reason).inc()
-        if item.future is not None and not item.future.done():
-            item.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+    # the device ------------------------------------------------------------------------
 
     def _on_oom_from_thread(self, new_max: int) -> None:
         # Called on the device thread: hop to the loop before touching shared state.
