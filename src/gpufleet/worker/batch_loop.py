@@ -4,11 +4,12 @@ device thread (``Runner.predict``), each caller's future given its output or its
 A batch whose ``predict`` raised fails every item in it (``ModelError``, with whether
 the input looks to blame); an item the model failed alone (``ItemFailed``) fails only its
 caller; the loop outlives any one batch. Queue time, compute time and batch sizes are
-counted here.
+counted here, and an out-of-memory split lowers the queue's batch size for good.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -35,9 +36,13 @@ class BatchLoop:
         self.counters = counters
         self.metrics = metrics
         self.clock = clock
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._batcher: Batcher | None = None
 
     async def run(self, batcher: Batcher) -> None:
         """Run batches as the queue forms them, until cancelled."""
+        self._loop = asyncio.get_running_loop()
+        self._batcher = batcher
         while True:
             batch = await batcher.next_batch()
             self.metrics.queue_depth.set(batcher.depth)
@@ -86,6 +91,21 @@ class BatchLoop:
         self.metrics.dropped.labels(reason=reason).inc()
         if item.future is not None and not item.future.done():
             item.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+
+    def on_oom_from_thread(self, new_max: int) -> None:
+        """The device ran out of memory and split a batch (called on the device thread)."""
+        # Hop to the loop before touching shared state.
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._lower_max_batch, new_max)
+
+    def _lower_max_batch(self, new_max: int) -> None:
+        self.counters.oom_splits += 1
+        self.metrics.oom.inc()
+        batcher = self._batcher
+        if batcher is not None and new_max < batcher.max_batch_size:
+            batcher.max_batch_size = max(1, new_max)
+            self.metrics.max_batch_size.set(batcher.max_batch_size)
+            log.warning("effective max batch size lowered to %d", batcher.max_batch_size)
 
 
 __all__ = ["BatchLoop"]

@@ -24,7 +24,7 @@ from gpufleet.worker.batch_loop import BatchLoop
 from gpufleet.worker.batcher import Batcher, QueuedItem
 from gpufleet.worker.metrics import WorkerMetrics
 from gpufleet.worker.runner import ModelInfo, Runner
-from gpufleet.worker.stall import Stall, find_stall
+from gpufleet.worker.stall import Stall, StallWatch
 from gpufleet.worker.stats import WorkerCounters
 
 log = logging.getLogger("gpufleet.worker")
@@ -48,26 +48,25 @@ class WorkerService:
             isolate_failures=cfg.isolate_failures,
             clock=clock,
         )
-        self.runner.on_oom = self._on_oom_from_thread
         self.counters = WorkerCounters()
         self.metrics = WorkerMetrics(cfg.model)
         self.batch_loop = BatchLoop(self.runner, self.counters, self.metrics, clock)
+        self.runner.on_oom = self.batch_loop.on_oom_from_thread
+        self.stall_watch = StallWatch(
+            self.runner, cfg.stall_timeout_s, clock, self.counters, self.metrics
+        )
         self.info: ModelInfo | None = None
         self.batcher: Batcher | None = None
         self.started_at = clock()
         self.load_error: BaseException | None = None
         self._idle = asyncio.Event()
         self._idle.set()
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
-        #: The stall seen by the last check (None: making progress, or not checked yet).
-        self._stall: Stall | None = None
 
     # lifecycle ---------------------------------------------------------------------------
 
     async def load(self) -> None:
         """Load the model off the loop; on success start the batch loop and turn ready."""
-        self._loop = asyncio.get_running_loop()
         try:
             info = await self.runner.load()
         except Exception as exc:
@@ -134,35 +133,8 @@ class WorkerService:
             raise WorkerUnavailable(f"the worker is stalled: {stall.reason}")
 
     def check_stall(self) -> Stall | None:
-        """The device thread's stall, if it has one now; logs and counts the turns.
-
-        Cheap and on the loop: it reads what the runner and the batcher noted, never waits
-        for the device thread. Only a loaded worker can stall (loading runs on that
-        thread); a draining one still can (a drain does not unwedge a device).
-        """
-        stall = None
-        if self.batcher is not None:
-            busy_since = self.runner.busy_since  # before last_finished_at: see Runner
-            stall = find_stall(
-                now=self.clock(),
-                timeout_s=self.cfg.stall_timeout_s,
-                busy_since=busy_since,
-                last_finished_at=self.runner.last_finished_at,
-                oldest_waiting_at=self.batcher.oldest_enqueued_at(),
-                waiting=self.batcher.depth,
-            )
-        if (stall is None) != (self._stall is None):
-            if stall is not None:
-                self.counters.stalls += 1
-                self.metrics.stalls.inc()
-                log.warning(
-                    "stalled: %s (--stall-timeout %gs)", stall.reason, self.cfg.stall_timeout_s
-                )
-            else:
-                log.info("no longer stalled: no call on the device thread is overdue")
-            self.metrics.stalled.set(0 if stall is None else 1)
-        self._stall = stall
-        return stall
+        """The device thread's stall, if it has one now (see ``stall.StallWatch``)."""
+        return self.stall_watch.check(self.batcher)
 
     @contextlib.contextmanager
     def request(self) -> Any:
@@ -277,19 +249,6 @@ class WorkerService:
         return min(30.0, max(1.0, self.batcher.depth / max(items_per_s, 1e-3)))
 
     # the device ------------------------------------------------------------------------
-
-    def _on_oom_from_thread(self, new_max: int) -> None:
-        # Called on the device thread: hop to the loop before touching shared state.
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._lower_max_batch, new_max)
-
-    def _lower_max_batch(self, new_max: int) -> None:
-        self.counters.oom_splits += 1
-        self.metrics.oom.inc()
-        if self.batcher is not None and new_max < self.batcher.max_batch_size:
-            self.batcher.max_batch_size = max(1, new_max)
-            self.metrics.max_batch_size.set(self.batcher.max_batch_size)
-            log.warning("effective max batch size lowered to %d", self.batcher.max_batch_size)
 
     # /stats ------------------------------------------------------------------------------
 
