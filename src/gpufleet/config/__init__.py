@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gpufleet.config._load import as_dict, build, check_section, coerce, read_yaml
+from gpufleet.config._load import as_dict, build, check_section, coerce
+from gpufleet.config._yaml import read_yaml
 from gpufleet.config.worker import BatchConfig, WorkerConfig
 
 T = TypeVar("T")

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gpufleet.config._load import Located, LogLevel, build, gpu_ids, read_yaml
+from gpufleet.config._load import LogLevel, build, gpu_ids
 from gpufleet.config._setting import setting
+from gpufleet.config._yaml import Located, read_yaml
 from gpufleet.config.router import PolicyName
 from gpufleet.errors import ConfigError
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from gpufleet.config._load import build, read_yaml
+from gpufleet.config._load import build
 from gpufleet.config._setting import setting
+from gpufleet.config._yaml import read_yaml
 from gpufleet.errors import ConfigError
 
 #: Env of this section: ``GPUFLEET_RAY_ADDRESS``, ``GPUFLEET_RAY_WORKERS`` … (plain
