@@ -12,21 +12,30 @@ metavar, help, and the default its help shows all come from the field:
   in the help when they are many), else a plain word for what it takes (``SECONDS``,
   ``N``, ``PORT``, ``PATH``…), none for an on/off flag;
 - the default shown: the field's own (``[default: 600]``), ``--x`` for a flag that is on.
+
+How each is spelled is ``_spelling``; here the options are made and read back.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-import re
-import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 
-from gpufleet.config._setting import Flag, default_of, flag_of
+from gpufleet.cli._spelling import (
+    choices,
+    help_text,
+    kind_of,
+    metavar,
+    option_names,
+    shown_default,
+    strip_optional,
+)
+from gpufleet.config._setting import Flag, flag_of
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -35,29 +44,6 @@ FlagValues = dict[str, Any]
 
 #: The attribute of a decorated command listing its generated options (param -> option).
 OPTIONS_ATTR = "gpufleet_options"
-
-#: Choices wider than this are listed in the help text instead (``NAME`` as metavar).
-_MAX_CHOICES_WIDTH = 30
-_UNITS = (
-    ("_ms", "MS"),
-    ("_mb", "MB"),
-    ("_gb", "GB"),
-    ("_kb", "KB"),
-    ("_h", "HOURS"),
-    ("_percent", "PERCENT"),
-)
-_SECONDS = re.compile(r"(^|_)(timeout|backoff|deadline|duration|interval|ttl|s)$")
-#: Plain words for what a string setting takes, by the last word of its name.
-_WORDS = {
-    "host": "HOST",
-    "hosts": "HOST",
-    "port": "PORT",
-    "file": "PATH",
-    "dir": "PATH",
-    "path": "PATH",
-    "url": "URL",
-    "token": "TOKEN",
-}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -86,100 +72,12 @@ def _hints(cls: type[Any]) -> dict[str, Any]:
     return _HINTS[cls]
 
 
-def _strip_optional(tp: Any) -> Any:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return tp
-
-
-def _kind(tp: Any) -> Literal["value", "list", "pairs", "switch"]:
-    inner = _strip_optional(tp)
-    origin = typing.get_origin(inner)
-    if inner is bool:
-        return "switch"
-    if origin is tuple:
-        return "list"
-    if origin is dict:
-        return "pairs"
-    return "value"
-
-
-def option_names(field: dataclasses.Field[Any], tp: Any, flag: Flag) -> tuple[str, ...]:
-    """The option names of ``field`` (its :class:`Flag`'s, else from its name)."""
-    if flag.names:
-        return flag.names
-    name = field.name.removesuffix("_s") if field.name.endswith("_s") else field.name
-    if _kind(tp) in ("list", "pairs"):
-        name = name.removesuffix("s")
-    dashed = name.replace("_", "-")
-    if _kind(tp) == "switch":
-        return (f"--{dashed}/--no-{dashed}",)
-    return (f"--{dashed}",)
-
-
-def choices(tp: Any) -> tuple[str, ...]:
-    """The values a ``Literal`` setting takes (empty for any other type)."""
-    inner = _strip_optional(tp)
-    if typing.get_origin(inner) is Literal:
-        return tuple(str(a) for a in typing.get_args(inner))
-    return ()
-
-
-def metavar(name: str, tp: Any, flag: Flag) -> str:
-    """The word ``--help`` shows for what setting ``name`` of type ``tp`` takes."""
-    if flag.metavar is not None:
-        return flag.metavar
-    kind = _kind(tp)
-    if kind == "switch":
-        return ""
-    listed = choices(tp)
-    if listed:
-        shown = "[" + "|".join(listed) + "]"
-        return shown if len(shown) <= _MAX_CHOICES_WIDTH else "NAME"
-    for suffix, word in _UNITS:
-        if name.endswith(suffix):
-            return word
-    last = name.rsplit("_", 1)[-1]
-    if kind in ("list", "pairs"):
-        last = last.removesuffix("s")
-    inner = _strip_optional(tp)
-    if last in _WORDS:
-        return _WORDS[last]
-    if inner is float and _SECONDS.search(name):
-        return "SECONDS"
-    if inner in (int, float):
-        return "N"
-    return last.upper()
-
-
-def shown_default(field: dataclasses.Field[Any], names: tuple[str, ...]) -> str | None:
-    """The default ``--help`` shows for ``field``; None when there is none worth showing."""
-    value = default_of(field)
-    if value is dataclasses.MISSING or value is None or value in ((), {}, ""):
-        return None
-    if isinstance(value, bool):  # the form that sets it: isolate-failures, no-retry-lost
-        on, _, off = names[0].partition("/")
-        return (on if value else off).lstrip("-") or None
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def _help(flag: Flag, tp: Any) -> str:
-    listed = choices(tp)
-    if listed and metavar("", tp, flag) == "NAME":
-        return f"{flag.help.rstrip('.')}. Choices: {', '.join(listed)}."
-    return flag.help
-
-
 def _cli_type(kind: str, tp: Any) -> Any:
     if kind == "switch":
         return bool | None
     if kind in ("list", "pairs"):
         return list[str] | None
-    inner = _strip_optional(tp)
+    inner = strip_optional(tp)
     if inner in (int, float):
         return inner | None
     return str | None
@@ -201,7 +99,7 @@ def options_of(cls: type[Any], only: Iterable[str] | None = None) -> dict[str, O
         out[name] = Option(
             field=name,
             names=option_names(field, hints[name], flag),
-            kind=_kind(hints[name]),
+            kind=kind_of(hints[name]),
             flag=flag,
         )
     return out
@@ -216,7 +114,7 @@ def _parameters(cls: type[Any], options: Mapping[str, Option]) -> list[inspect.P
         shown = shown_default(field, option.names)
         info = typer.Option(
             *option.names,
-            help=_help(option.flag, tp),
+            help=help_text(option.flag, tp),
             metavar=metavar(name, tp, option.flag),
             show_default=shown if shown is not None else False,
             rich_help_panel=option.flag.panel,
