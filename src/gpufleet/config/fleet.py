@@ -1,7 +1,7 @@
 """Settings of ``gpufleet up``: which devices, what runs on each, how it is kept alive.
 
 Everything a flag of ``gpufleet up`` holds is a field of :class:`FleetConfig`; the YAML
-``fleet:`` section may also define several :class:`PoolConfig` (``pools:``), each with its
+``fleet:`` section may also define several ``pool.PoolConfig`` (``pools:``), each with its
 own model or command, GPUs and path prefix. Worker batching settings are not copied here:
 the fleet passes ``--config FILE`` to every ``gpufleet worker`` it starts, which reads its
 own ``worker:`` section (and the inherited ``GPUFLEET_*`` env) like a worker started by hand.
@@ -14,94 +14,21 @@ reaches the router through ``router_args`` or the same ``--config FILE``.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from gpufleet.config._load import LogLevel, build, gpu_ids
 from gpufleet.config._setting import setting
 from gpufleet.config._yaml import Located, read_yaml
+from gpufleet.config.pool import CMD_PLACEHOLDERS, PLACEHOLDER, PoolConfig, check_cmd, check_gpus
 from gpufleet.config.router import PolicyName
 from gpufleet.errors import ConfigError
 
-#: Placeholders a ``cmd`` template may use.
-CMD_PLACEHOLDERS = ("port", "gpu", "index", "host")
-#: ``{name}`` in a cmd template; other braces (JSON arguments, say) are left alone.
-PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 #: ``gpufleet up --help`` lists its options in these panels.
 _RUNS, _DEVICES, _LISTENS = "What runs", "Devices", "Where it listens"
 _ROUTER, _SUPERVISION, _FILES = "The router", "Supervision", "Files and logs"
-
-
-def check_gpus(spec: str) -> str:
-    """Validate a GPU selection: ``all``, ``none``, ``N`` (a count) or ``0,2`` / UUIDs.
-
-    A single index needs a trailing comma (``3,``) to be told apart from a count.
-    """
-    text = spec.strip()
-    if text in {"all", "none"} or text.isdigit():
-        return text
-    items = [i.strip() for i in text.split(",") if i.strip()]
-    if not items:
-        raise ConfigError(f"gpus: cannot read {spec!r}; use all, none, N, or a list like 0,2")
-    for item in items:
-        if not (item.isdigit() or item.startswith(("GPU-", "MIG-"))):
-            raise ConfigError(f"gpus: {item!r} is neither a GPU index nor a GPU UUID")
-    # Keep a lone index a list ("3,"): "3" alone would mean "the first three".
-    return ",".join(items) + ("," if len(items) == 1 else "")
-
-
-def _check_cmd(cmd: str | None, where: str) -> None:
-    if cmd is None:
-        return
-    if not cmd.strip():
-        raise ConfigError(f"{where}: cmd must not be empty")
-    names = set(PLACEHOLDER.findall(cmd))
-    unknown = sorted(names - set(CMD_PLACEHOLDERS))
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)} "
-            f"in cmd; known: {', '.join('{' + p + '}' for p in CMD_PLACEHOLDERS)}"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class PoolConfig:
-    """One group of identical workers: a model (or a command), its GPUs, its path prefix."""
-
-    name: str = "default"
-    #: A gpufleet model (built-in name, ``package.module:Class`` or ``file.py:Class``) …
-    model: str | None = None
-    model_args: dict[str, str] = field(default_factory=dict)
-    #: … or any server command per device, with ``{port}`` ``{gpu}`` ``{index}`` ``{host}``.
-    cmd: str | None = None
-    #: None: the fleet's ``gpus``.
-    gpus: str | None = None
-    workers_per_gpu: int | None = None
-    cpu_workers: int | None = None
-    #: Requests under this path prefix go to this pool (stripped before proxying).
-    prefix: str | None = None
-    #: Extra arguments for each ``gpufleet worker`` of this pool.
-    worker_args: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
-            raise ConfigError(f"pool name {self.name!r}: use letters, digits, '_', '.', '-'")
-        where = f"pool {self.name}"
-        if self.model is not None and self.cmd is not None:
-            raise ConfigError(f"{where}: give model or cmd, not both")
-        _check_cmd(self.cmd, where)
-        if self.gpus is not None:
-            object.__setattr__(self, "gpus", check_gpus(self.gpus))
-        if self.workers_per_gpu is not None and self.workers_per_gpu < 1:
-            raise ConfigError(f"{where}: workers_per_gpu must be >= 1")
-        if self.cpu_workers is not None and self.cpu_workers < 0:
-            raise ConfigError(f"{where}: cpu_workers must be >= 0")
-        if self.prefix is not None and (not self.prefix.startswith("/") or self.prefix == "/"):
-            raise ConfigError(f"{where}: prefix must start with '/' and not be '/' alone")
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +153,7 @@ class FleetConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gpus", check_gpus(self.gpus))
-        _check_cmd(self.cmd, "fleet")
+        check_cmd(self.cmd, "fleet")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be in 0..65535, got {self.port}")
         if not 0 <= self.worker_base_port <= 65535:
