@@ -34,6 +34,7 @@ from gpufleet.router.pool import (
     check_url,
     parse_weight,
 )
+from gpufleet.router.stats import upstream_view
 from gpufleet.router.upstream import Upstream
 from gpufleet.wire import UpstreamState
 
@@ -119,7 +120,7 @@ class AdminAPI:
 
     async def list(self, request: web.Request) -> web.Response:
         """``GET /admin/workers``."""
-        return _answer(wire.UpstreamList([u.snapshot() for u in self.registry.all()]))
+        return _answer(wire.UpstreamList([upstream_view(u) for u in self.registry.all()]))
 
     async def add(self, request: web.Request) -> web.StreamResponse:
         """``POST /admin/workers`` ``{"url", "weight"?, "pool"?, "labels"?}``."""
@@ -153,11 +154,11 @@ class AdminAPI:
             if existing.state == UpstreamState.DRAINING:  # added again: back into rotation
                 self.registry.set_state(existing, UpstreamState.STARTING)
                 self._on_add(existing)
-            return _answer(existing.snapshot(), status=200)
+            return _answer(upstream_view(existing), status=200)
         upstream = self.registry.add(WorkerSpec(url, pool, weight_value))
         upstream.labels = dict(labels or {})
         self._on_add(upstream)
-        return _answer(upstream.snapshot(), status=201)
+        return _answer(upstream_view(upstream), status=201)
 
     async def _target_problem(self, url: str) -> str | None:
         """Why the admin API will not add ``url`` (what its host resolves to), or None.
@@ -196,7 +197,7 @@ class AdminAPI:
         if upstream is None:
             return _error(404, ErrorCode.NOT_FOUND, f"no worker {request.match_info['id']!r}")
         self.registry.set_state(upstream, UpstreamState.DRAINING)
-        return _answer(upstream.snapshot())
+        return _answer(upstream_view(upstream))
 
     async def remove(self, request: web.Request) -> web.Response:
         """``DELETE /admin/workers/{id}``: out of the pool now; in-flight ones finish."""
@@ -206,7 +207,7 @@ class AdminAPI:
         self.registry.remove(upstream)
         if self._on_remove is not None:
             self._on_remove(upstream)
-        return _answer(upstream.snapshot())
+        return _answer(upstream_view(upstream))
 
 
 async def _read_body(request: web.Request) -> bytes | web.StreamResponse:

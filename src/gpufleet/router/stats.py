@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 
@@ -10,6 +11,7 @@ from gpufleet._percentile import percentile_ms
 from gpufleet.router.admission import PRIORITIES, Admission
 from gpufleet.router.policies.prefix import Prefix
 from gpufleet.router.pool import Registry
+from gpufleet.router.upstream import Upstream
 
 
 class Totals:
@@ -85,7 +87,7 @@ def stats_payload(
         policy=policy,
         state=state,
         uptime_s=round(now - totals.started, 3),
-        workers=[u.snapshot() for u in ups],
+        workers=[upstream_view(u) for u in ups],
         pools={
             name: wire.PoolStats(
                 workers=[u.id for u in pool.members],
@@ -156,3 +158,40 @@ def _prefix_stats(admission: Admission | None) -> wire.PrefixStats | None:
         affine=policy.affine,
         by_load=policy.by_load,
     )
+
+
+def upstream_view(u: Upstream) -> wire.UpstreamView:
+    """``u`` as a ``/stats`` ``workers`` entry (and an admin answer)."""
+    lat = sorted(u.latencies)
+    return wire.UpstreamView(
+        id=u.id,
+        url=u.url,
+        pool=u.pool,
+        state=wire.UpstreamState(u.state),
+        in_flight=u.in_flight,
+        served=u.served,
+        errors=u.errors,
+        ejections=u.ejections,
+        latency_ms=wire.LatencyMs(p50=percentile_ms(lat, 0.50), p99=percentile_ms(lat, 0.99)),
+        rate=round(u.rate, 3),
+        weight=u.weight,
+        max_outstanding=u.max_outstanding,
+        first_byte_timeout_s=_finite(u.first_byte_timeout_s),
+        busy_after_s=_finite(u.busy_after_s),
+        waiting=len(u.waiting),
+        suspect=u.suspect,
+        gpufleet_worker=u.is_gpufleet,
+        engine=u.engine or None,
+        tokens=None if u.tokens is None else u.tokens.snapshot(),
+        engine_load=(
+            None
+            if u.engine_load is None
+            else wire.EngineLoad(running=u.engine_load[0], waiting=u.engine_load[1])
+        ),
+        labels=dict(u.labels),
+    )
+
+
+def _finite(value: float) -> float | None:
+    """``value`` rounded, or None while it is not learned (inf)."""
+    return None if math.isinf(value) else round(value, 3)

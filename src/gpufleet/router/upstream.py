@@ -20,9 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol
 
-from gpufleet._percentile import percentile_ms
 from gpufleet.router.limit import GradientLimit
-from gpufleet.wire import EngineLoad, LatencyMs, UpstreamState, UpstreamView
 
 if TYPE_CHECKING:
     from gpufleet.router.tokens import TokenCounts
@@ -300,39 +298,3 @@ class Upstream:
     def is_selectable(self) -> bool:
         """True when new requests may go here (ready, not draining or ejected)."""
         return self.state == READY
-
-    def snapshot(self) -> UpstreamView:
-        """This upstream as a ``/stats`` ``workers`` entry (and an admin answer)."""
-        lat = sorted(self.latencies)
-        return UpstreamView(
-            id=self.id,
-            url=self.url,
-            pool=self.pool,
-            state=UpstreamState(self.state),
-            in_flight=self.in_flight,
-            served=self.served,
-            errors=self.errors,
-            ejections=self.ejections,
-            latency_ms=LatencyMs(p50=percentile_ms(lat, 0.50), p99=percentile_ms(lat, 0.99)),
-            rate=round(self.rate, 3),
-            weight=self.weight,
-            max_outstanding=self.max_outstanding,
-            first_byte_timeout_s=_finite(self.first_byte_timeout_s),
-            busy_after_s=_finite(self.busy_after_s),
-            waiting=len(self.waiting),
-            suspect=self.suspect,
-            gpufleet_worker=self.is_gpufleet,
-            engine=self.engine or None,
-            tokens=None if self.tokens is None else self.tokens.snapshot(),
-            engine_load=(
-                None
-                if self.engine_load is None
-                else EngineLoad(running=self.engine_load[0], waiting=self.engine_load[1])
-            ),
-            labels=dict(self.labels),
-        )
-
-
-def _finite(value: float) -> float | None:
-    """``value`` rounded, or None while it is not learned (inf)."""
-    return None if math.isinf(value) else round(value, 3)
