@@ -22,6 +22,7 @@ import openai
 import pytest
 from openai.types import Batch
 
+from gpufleet.batches.runner import LOOK_EVERY_S
 from gpufleet.testing import ServerProcess, run_router, run_worker
 from tests._postgres import new_database, running_postgres
 from tests.integration._openai import openai_client
@@ -294,6 +295,55 @@ def test_kill9_mid_batch_then_restart_finishes_exactly_once(store_at: str) -> No
             assert "resuming 1 unfinished batch" in again.log()
         # Sent twice: at most what was in flight (the window) when the router died.
         extra = _served(urls) - n
+        assert 0 <= extra <= window, (extra, window)
+
+
+@pytest.mark.parametrize("store_at", ["postgres"], indirect=True)
+def test_routers_sharing_a_store_run_a_batch_once_and_take_over_from_a_killed_one(
+    store_at: str,
+) -> None:
+    # Two routers on one PostgreSQL store (a fleet of machines), each in front of workers
+    # of its own, so each worker's count says which router sent what.
+    n = 600
+    # A's workers are slow (20 requests/s each), so the batch still runs through B's first
+    # look; B's is fast, so B finishes the rest at once.
+    slow = ("--model-arg", "base_ms=100", "--max-batch-size", "2")
+    with _workers(2, *slow) as mine, _workers(1, "--model-arg", "base_ms=5") as theirs:
+        a_urls, b_urls = [w.url for w in mine], [w.url for w in theirs]
+        with run_router(a_urls, "--batch-store", store_at) as a:
+            client = _client(a)
+            uploaded = client.files.create(file=("in.jsonl", _jsonl(n)), purpose="batch")
+            batch = client.batches.create(
+                input_file_id=uploaded.id,
+                endpoint="/predict",  # type: ignore[arg-type]
+                completion_window="24h",
+            )
+            _wait(client, batch.id, lambda x: x.request_counts.completed > 0, within=30)
+            with run_router(b_urls, "--batch-store", store_at) as b:
+                # B tried to resume the batch as it started, and tries again at each look:
+                # through its first look it sends nothing of the batch A holds.
+                b_looked = time.monotonic() + 1.5 * LOOK_EVERY_S
+                while time.monotonic() < b_looked:
+                    assert _served(b_urls) == 0, "the second router ran a batch A holds"
+                    time.sleep(0.2)
+                progress = client.batches.retrieve(batch.id).request_counts
+                assert progress is not None
+                assert progress.completed < n, "make the batch longer: it must still run"
+                stats = asyncio.run(get_json(a.url + "/stats"))
+                window = stats["batches"]["windows"]["default"]["limit"]
+                a.kill()  # kill -9: its claim ends with it; B takes the batch at a look
+                client = _client(b)
+                done = _wait(
+                    client, batch.id, lambda x: x.status in FINAL, within=90, what="taken over"
+                )
+                assert done.status == "completed"
+                assert done.request_counts is not None
+                assert done.request_counts.completed == n
+                ids = [line["custom_id"] for line in _output(client, done.output_file_id)]
+                assert ids == [f"req-{i}" for i in range(n)]
+                assert _served(b_urls) > 0
+        # Sent twice: at most what was in flight on A when it died.
+        extra = _served(a_urls) + _served(b_urls) - n
         assert 0 <= extra <= window, (extra, window)
 
 

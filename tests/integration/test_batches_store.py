@@ -3,9 +3,11 @@ atomically, one result per custom_id (also across a restart), finish all at once
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sqlite3
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -226,3 +228,80 @@ async def test_batches_list_newest_first_with_a_cursor(store: BatchStore) -> Non
     assert not more
     await store.update_batch("batch_0", status=COMPLETED)
     assert await store.batch_counts() == {IN_PROGRESS: 4, COMPLETED: 1}
+
+
+# Claims: which router runs a batch, when several share one store ----------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """One storage: a folder, or a fresh PostgreSQL database's URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store")
+    return new_database(request.getfixturevalue("postgres_url"), "t" + os.urandom(6).hex())
+
+
+def _store_at(where: str) -> BatchStore:
+    return PostgresStore(where) if where.startswith("postgresql") else SqliteStore(where)
+
+
+async def test_a_batch_is_claimed_by_one_store_at_a_time(where: str) -> None:
+    a, b = _store_at(where), _store_at(where)
+    await a.open()
+    await b.open()
+    try:
+        assert await a.claim("batch_1")
+        assert await a.claim("batch_1")  # held already: still ours
+        assert not await b.claim("batch_1")
+        assert await b.claim("batch_2")
+        assert not await a.claim("batch_2")
+        await a.release("batch_1")
+        assert await b.claim("batch_1")
+        assert not await a.claim("batch_1")
+        await b.aclose()  # a store that closes lets go of every claim it holds
+        assert await a.claim("batch_1")
+        assert await a.claim("batch_2")
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+_HOLDER = """
+import asyncio, sys
+from gpufleet.batches.postgres import PostgresStore
+from gpufleet.batches.sqlite import SqliteStore
+
+async def main() -> None:
+    where = sys.argv[1]
+    store = PostgresStore(where) if where.startswith("postgresql") else SqliteStore(where)
+    await store.open()
+    assert await store.claim("batch_1")
+    print("held", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_claim_ends_with_a_holder_killed_9(where: str) -> None:
+    # A router killed mid-batch (kill -9) must not keep its batches from the others.
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _HOLDER, where, stdout=asyncio.subprocess.PIPE
+    )
+    store = _store_at(where)
+    await store.open()
+    try:
+        assert holder.stdout is not None
+        async with asyncio.timeout(60):
+            assert (await holder.stdout.readline()).strip() == b"held"
+        assert not await store.claim("batch_1")
+        holder.kill()
+        await holder.wait()
+        async with asyncio.timeout(20):  # the server notices the closed connection
+            while not await store.claim("batch_1"):  # noqa: ASYNC110 (polls the store)
+                await asyncio.sleep(0.05)
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+            await holder.wait()
+        await store.aclose()

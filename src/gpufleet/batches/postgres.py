@@ -8,8 +8,9 @@ they are copied in. The tables, the connections and the chunks are ``postgres_db
 The driver is psycopg 3 (the ``postgres`` extra), used through its asyncio connection:
 the event loop never waits on the network. Two connections: one for every change and
 lookup, one that streams file contents, so a long download never delays the recording
-of results. Each is used by one call at a time (an ``asyncio.Lock``); a broken one is
-opened again at its next use.
+of results; a third holds the claims of the batches this router runs (session advisory
+locks, ``batches/claims.py``), so they end with it. Each is used by one call at a time
+(an ``asyncio.Lock``); a broken one is opened again at its next use.
 
 The exactly-once contract holds as with SQLite: ``results`` has ``(batch_id,
 custom_id)`` as its key and a second result is ignored (``ON CONFLICT DO NOTHING``);
@@ -20,6 +21,7 @@ the counts move only by the rows actually inserted, in the same transaction; and
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import tempfile
 from collections.abc import AsyncGenerator, Sequence
@@ -29,6 +31,12 @@ from typing import Any
 from gpufleet.batches import postgres_db, tables
 from gpufleet.batches.postgres_db import PgConnection, is_postgres_url
 from gpufleet.batches.records import FINISHED, UNFINISHED, BatchRecord, FileRecord, ResultRow
+
+log = logging.getLogger("gpufleet.batches")
+
+#: The first key of every advisory lock gpufleet takes ("gp"), the second the batch id's
+#: hash: apart from other applications' locks in the same database.
+_LOCK_SPACE = 0x6770
 
 
 class PostgresStore:
@@ -40,6 +48,10 @@ class PostgresStore:
         self.url = url
         self._db = postgres_db.Connection(url)
         self._io = postgres_db.Connection(url)
+        self._locks = postgres_db.Connection(url)
+        #: Claims held, and the connection that holds them (a new one holds none).
+        self._held: set[str] = set()
+        self._held_on: object | None = None
         self._scratch: Path | None = None
 
     # Lifecycle ----------------------------------------------------------------------
@@ -55,9 +67,46 @@ class PostgresStore:
         """Close both connections and remove the scratch folder."""
         await self._db.aclose()
         await self._io.aclose()
+        await self._locks.aclose()  # the claims end with their session
+        self._held.clear()
         if self._scratch is not None:
             await asyncio.to_thread(shutil.rmtree, self._scratch, True)
             self._scratch = None
+
+    async def claim(self, batch_id: str) -> bool:
+        """Take the batch's claim (an advisory lock of this store's claim session); False
+        while another session holds it."""
+        async with self._locks.use() as conn:
+            if conn is not self._held_on:  # opened again: the old session's locks are gone
+                if self._held:
+                    log.warning(
+                        "the batch store's claim connection was lost: %d batch claim(s) with"
+                        " it; another router may take those batches over",
+                        len(self._held),
+                    )
+                self._held.clear()
+                self._held_on = conn
+            if batch_id in self._held:
+                return True
+            cur = await conn.execute(
+                "SELECT pg_try_advisory_lock(%s, hashtext(%s))", (_LOCK_SPACE, batch_id)
+            )
+            row = await cur.fetchone()
+            if row is None or not row[0]:
+                return False
+            self._held.add(batch_id)
+            return True
+
+    async def release(self, batch_id: str) -> None:
+        """Give up the batch's claim."""
+        if batch_id not in self._held:
+            return
+        async with self._locks.use() as conn:
+            if conn is self._held_on:
+                await conn.execute(
+                    "SELECT pg_advisory_unlock(%s, hashtext(%s))", (_LOCK_SPACE, batch_id)
+                )
+            self._held.discard(batch_id)
 
     def scratch(self) -> Path:
         """A local folder where files are written before ``add_file``/``finish_batch``."""

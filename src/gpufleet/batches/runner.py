@@ -28,6 +28,14 @@ assembled from those rows when the batch finishes. After a ``kill -9`` the route
 resumes every unfinished batch at start: requests with a stored result are not sent
 again; the ones in flight at the crash are.
 
+Routers sharing one store (PostgreSQL, or one SQLite folder) run each batch once: a
+router runs a batch only while it holds the batch's claim (``BatchStore.claim``: an
+``flock`` or a PostgreSQL advisory lock, which end with the process or its connection,
+``batches/claims.py``). Every ``LOOK_EVERY_S`` each router tries to claim the unfinished
+batches it does not run — those of a router that died are free at once, so another takes
+them over within that time — and stops a batch of its own that was cancelled through
+another router.
+
 Outcomes of one request:
 
 - a 2xx answer: the output file; any other answer the upstream gave for good (a 4xx; a
@@ -98,6 +106,9 @@ BACKOFF_MAX_S: Final = 30.0
 #: A "not now" answer is retried after its Retry-After, within these bounds.
 BUSY_MIN_S: Final = 0.05
 BUSY_MAX_S: Final = 10.0
+#: How often a router looks for batches left by another (sharing its store) and for
+#: cancellations of its own batches asked of another router.
+LOOK_EVERY_S: Final = 5.0
 #: Error names of a 503 that mean "not started, come back" (the request never ran).
 _NOT_NOW: Final = frozenset(
     {
@@ -226,6 +237,7 @@ class BatchRunner:
         for coro, name in (
             (self.writer.run(), "gpufleet-batch-writer"),
             (self._sweep(), "gpufleet-batch-sweep"),
+            (self._look(), "gpufleet-batch-look"),
         ):
             self._background.append(asyncio.create_task(_logged(coro, name), name=name))
         await self._recount()
@@ -343,6 +355,19 @@ class BatchRunner:
     # One batch ----------------------------------------------------------------------
 
     async def _run(self, run: _Run) -> None:
+        if not await self.store.claim(run.record.id):
+            return  # another router runs it (a store shared by several routers)
+        try:
+            # Read again under the claim: the router that held it may have moved it on.
+            fresh = await self.store.get_batch(run.record.id)
+            if fresh is not None and fresh.status in UNFINISHED:
+                run.record = fresh
+                await self._run_claimed(run)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.store.release(run.record.id))
+
+    async def _run_claimed(self, run: _Run) -> None:
         record = run.record
         try:
             status = record.status
@@ -601,6 +626,21 @@ class BatchRunner:
             return 1
         caps = sum(admission.batch_cap(u) for u in pool.ready)
         return max(1, min(self.cfg.batch_max_in_flight, caps + max(2, caps // 4)))
+
+    async def _look(self) -> None:
+        """Now and then: take over the unfinished batches no router holds (their router
+        died, or stopped), and stop ours that another router was asked to cancel."""
+        while True:
+            await asyncio.sleep(LOOK_EVERY_S)
+            if self._draining:
+                continue
+            for record in await self.store.unfinished_batches():
+                run = self._runs.get(record.id)
+                if run is None:
+                    self.launch(record)  # runs it only if its claim is free
+                elif record.status == CANCELLING and not run.stop.is_set():
+                    run.record = record
+                    run.stop.set()
 
     async def _sweep(self) -> None:
         """Delete files and finished batches past the retention time, now and then."""

@@ -5,6 +5,7 @@ Layout of the store's directory::
     batches.sqlite3 (+ -wal, -shm)   files, batches, results (WAL mode)
     files/<file id>                  file contents, written atomically
     tmp/                             files being written (emptied at open)
+    locks/<batch id>                 the claim of the router running the batch (flock)
 
 Every SQLite call runs on one thread of its own (a single-thread executor): the event
 loop never waits on the disk, and the connection is only ever used from that thread.
@@ -29,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from gpufleet.batches.claims import FileClaims
 from gpufleet.batches.records import BatchRecord, FileRecord, ResultRow
 from gpufleet.batches.sqlite_tables import DB_NAME, SqliteTables
 
@@ -48,6 +50,7 @@ class SqliteStore:
         self.files_dir = self.tables.files_dir
         self.tmp_dir = self.tables.tmp_dir
         self._clock = clock
+        self._claims = FileClaims(self.root / "locks")
         self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="gpufleet-batches-db")
         self._io_thread = ThreadPoolExecutor(1, thread_name_prefix="gpufleet-batches-io")
 
@@ -68,9 +71,18 @@ class SqliteStore:
     async def aclose(self) -> None:
         """Close the database and stop the store's threads."""
         if self.tables.is_open:
+            await self._io(self._claims.release_all)
             await self._db(self.tables.close)
         self._db_thread.shutdown(wait=True)
         self._io_thread.shutdown(wait=True)
+
+    async def claim(self, batch_id: str) -> bool:
+        """Take the batch's claim (an ``flock`` in ``locks/``); False while another holds it."""
+        return await self._io(self._claims.claim, batch_id)
+
+    async def release(self, batch_id: str) -> None:
+        """Give up the batch's claim."""
+        await self._io(self._claims.release, batch_id)
 
     def scratch(self) -> Path:
         """Where files are written before ``add_file`` or ``finish_batch`` keeps them."""

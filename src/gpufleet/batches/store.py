@@ -7,7 +7,9 @@ or network, so each is a coroutine; implementations keep that work off the event
 
 The contract that makes ``kill -9`` safe: ``add_results`` records each ``custom_id`` of a
 batch at most once (a second result for it is ignored), and ``finish_batch`` makes the
-output files and the batch's final state visible together or not at all.
+output files and the batch's final state visible together or not at all. A router runs
+a batch only while it holds the batch's ``claim``, so routers sharing a store never run
+one batch together, and the claim of a router that died is free at once.
 """
 
 from __future__ import annotations
@@ -96,6 +98,15 @@ class BatchStore(Protocol):
 
     async def file_in_use(self, file_id: str) -> bool:
         """True when an unfinished batch reads ``file_id``."""
+        ...
+
+    async def claim(self, batch_id: str) -> bool:
+        """Take the right to run the batch; False while another router holds it. The claim
+        ends at ``release``, at ``aclose``, or when this process dies (``batches/claims.py``)."""
+        ...
+
+    async def release(self, batch_id: str) -> None:
+        """Give up the batch's claim (it has finished, or this router stops running it)."""
         ...
 
     # Results ------------------------------------------------------------------------
