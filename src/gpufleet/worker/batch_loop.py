@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from gpufleet.errors import DeadlineExceeded, ModelError
 from gpufleet.worker.batcher import Batcher, QueuedItem
@@ -22,22 +23,17 @@ from gpufleet.worker.stats import WorkerCounters
 log = logging.getLogger("gpufleet.worker")
 
 
+@dataclass(eq=False, slots=True)
 class BatchLoop:
     """Runs the queue's batches on the device and resolves their callers' futures."""
 
-    def __init__(
-        self,
-        runner: Runner,
-        counters: WorkerCounters,
-        metrics: WorkerMetrics,
-        clock: Callable[[], float],
-    ) -> None:
-        self.runner = runner
-        self.counters = counters
-        self.metrics = metrics
-        self.clock = clock
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._batcher: Batcher | None = None
+    runner: Runner
+    counters: WorkerCounters
+    metrics: WorkerMetrics
+    clock: Callable[[], float]
+    #: The loop and queue ``run`` serves (set when it starts).
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False)
+    _batcher: Batcher | None = field(default=None, init=False)
 
     async def run(self, batcher: Batcher) -> None:
         """Run batches as the queue forms them, until cancelled."""
