@@ -7,6 +7,7 @@ Nothing on the hot path touches prometheus-client: a collector reads the same co
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Final
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -19,6 +20,41 @@ from gpufleet.router.stats import Totals
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STATES = ("ready", "starting", "ejected", "draining")
+
+
+#: ``Totals`` counters with no labels: (metric, help, ``Totals`` attribute), in output order.
+_PLAIN_TOTALS: Final = (
+    (
+        "gpufleet_router_retry_budget_exhausted",
+        "Retries the retry budget refused (the failure was answered instead).",
+        "budget_exhausted",
+    ),
+    (
+        "gpufleet_router_broken_answers",
+        "Answers cut after they began (upstream broke or went silent, deadline).",
+        "broken",
+    ),
+    (
+        "gpufleet_router_clients_stalled",
+        "Clients dropped for reading nothing within --client-write-timeout.",
+        "client_stalled",
+    ),
+    (
+        "gpufleet_router_request_faults",
+        "5xx answers the upstream blamed on the request (not counted against it).",
+        "request_faults",
+    ),
+    (
+        "gpufleet_router_ejections_held",
+        "Passive ejections not made (--max-ejection-percent, or the last ready upstream).",
+        "ejections_held",
+    ),
+    (
+        "gpufleet_router_bad_requests",
+        "Malformed requests refused by the HTTP parser (400, connection closed).",
+        "bad_requests",
+    ),
+)
 
 
 class RouterCollector(Collector):
@@ -120,36 +156,6 @@ class RouterCollector(Collector):
         )
         for reason, n in sorted(totals.retries_by.items()):
             retries.add_metric([reason], n)
-        exhausted = CounterMetricFamily(
-            "gpufleet_router_retry_budget_exhausted",
-            "Retries the retry budget refused (the failure was answered instead).",
-        )
-        exhausted.add_metric([], totals.budget_exhausted)
-        broken = CounterMetricFamily(
-            "gpufleet_router_broken_answers",
-            "Answers cut after they began (upstream broke or went silent, deadline).",
-        )
-        broken.add_metric([], totals.broken)
-        stalled = CounterMetricFamily(
-            "gpufleet_router_clients_stalled",
-            "Clients dropped for reading nothing within --client-write-timeout.",
-        )
-        stalled.add_metric([], totals.client_stalled)
-        request_faults = CounterMetricFamily(
-            "gpufleet_router_request_faults",
-            "5xx answers the upstream blamed on the request (not counted against it).",
-        )
-        request_faults.add_metric([], totals.request_faults)
-        held = CounterMetricFamily(
-            "gpufleet_router_ejections_held",
-            "Passive ejections not made (--max-ejection-percent, or the last ready upstream).",
-        )
-        held.add_metric([], totals.ejections_held)
-        bad = CounterMetricFamily(
-            "gpufleet_router_bad_requests",
-            "Malformed requests refused by the HTTP parser (400, connection closed).",
-        )
-        bad.add_metric([], totals.bad_requests)
         depth = GaugeMetricFamily(
             "gpufleet_router_queue_depth", "Requests waiting for a slot.", labels=["pool"]
         )
@@ -187,8 +193,12 @@ class RouterCollector(Collector):
                 waits = sorted(c.waits)
                 for q in (0.5, 0.99):
                     wait_q.add_metric([name, p, str(q)], percentile_ms(waits, q) / 1000.0)
-        yield from (requests, responses, retries, exhausted, broken, stalled, request_faults, held)
-        yield from (bad, depth, rejected, class_depth, admitted, waited, wait_q)
+        yield from (requests, responses, retries)
+        for name, text, attr in _PLAIN_TOTALS:
+            family = CounterMetricFamily(name, text)
+            family.add_metric([], getattr(totals, attr))
+            yield family
+        yield from (depth, rejected, class_depth, admitted, waited, wait_q)
         for part in self.parts:
             yield from part()
 
