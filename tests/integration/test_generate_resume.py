@@ -55,6 +55,26 @@ def _generate(prompts: Path, out: Path, urls: list[str], *extra: str) -> list[st
     return cmd + [a for u in urls for a in ("--endpoint", u)]
 
 
+def _started(
+    prompts: Path, out: Path, urls: list[str], *, completed_items: int
+) -> subprocess.Popen[str]:
+    """``gpufleet generate -v`` started, returned once its log says ``completed_items``
+    items completed (or it ended first)."""
+    proc = subprocess.Popen(
+        _generate(prompts, out, urls, "-v"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    completed = 0
+    for line in proc.stderr:
+        completed += "completed in" in line
+        if completed >= completed_items:
+            break
+    return proc
+
+
 def test_sigkill_half_way_then_rerun(tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"prompt number {i}\n" for i in range(N)))
@@ -63,20 +83,10 @@ def test_sigkill_half_way_then_rerun(tmp_path: Path) -> None:
     with run_worker("synthetic", *args) as w1, run_worker("synthetic", *args) as w2:
         workers, urls = [w1, w2], [w1.url, w2.url]
         served_0 = _settled_served(workers)
-        proc = subprocess.Popen(
-            _generate(prompts, out, urls, "-v"),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert proc.stderr is not None
-        completed = 0
-        for line in proc.stderr:
-            completed += "completed in" in line
-            if completed >= N // 2:
-                os.kill(proc.pid, signal.SIGKILL)
-                break
+        proc = _started(prompts, out, urls, completed_items=N // 2)
+        os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+        assert proc.stderr is not None
         proc.stderr.close()
         assert proc.returncode == -signal.SIGKILL
 
@@ -119,19 +129,9 @@ def test_sigterm_stops_cleanly_and_the_rerun_finishes(tmp_path: Path) -> None:
     prompts.write_text("".join(f"p{i}\n" for i in range(60)))
     out = tmp_path / "out"
     with run_worker("synthetic", "--model-arg", "base_ms=40", "--max-batch-size", "1") as w:
-        proc = subprocess.Popen(
-            _generate(prompts, out, [w.url], "-v"),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = _started(prompts, out, [w.url], completed_items=10)
+        proc.terminate()
         assert proc.stderr is not None
-        completed = 0
-        for line in proc.stderr:
-            completed += "completed in" in line
-            if completed == 10:
-                proc.terminate()
-                break
         tail = proc.stderr.read()
         proc.wait(timeout=15)
         proc.stderr.close()
