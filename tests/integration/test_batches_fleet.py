@@ -1,6 +1,6 @@
 """Batches a ``gpufleet up`` fleet keeps in its run directory: through a SIGKILL of the whole
-fleet and ``up`` again, driven by the ``openai`` client and ``gpufleet batches``; and a batch
-of ``/v1/embeddings`` on a real minilm worker."""
+fleet and ``up`` again, driven by the ``openai`` client and ``gpufleet batches``. (A batch of
+``/v1/embeddings`` on a real minilm worker is in test_minilm.py, on that module's worker.)"""
 
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import openai
-
-from gpufleet.testing import run_router, run_server, run_worker
+from gpufleet.testing import run_server
 from tests.integration._fleet import is_alive, wait_state
 from tests.integration.test_batches import FINAL, _client, _jsonl, _output, _served, _wait
 
@@ -95,39 +93,3 @@ def test_a_fleet_killed_mid_batch_finishes_it_after_up_again(tmp_path: Path) -> 
         assert f"{batch.id}_output.jsonl" in got
         downloaded = (tmp_path / "dl" / f"{batch.id}_output.jsonl").read_text().splitlines()
         assert [json.loads(line) for line in downloaded] == lines
-
-
-def test_an_embeddings_batch_on_minilm(tmp_path: Path) -> None:
-    texts = [f"sentence number {i}" for i in range(24)]
-    data = "".join(
-        json.dumps(
-            {
-                "custom_id": f"e{i}",
-                "method": "POST",
-                "url": "/v1/embeddings",
-                "body": {"input": text, "model": "minilm"},
-            }
-        )
-        + "\n"
-        for i, text in enumerate(texts)
-    ).encode()
-    with (
-        run_worker("minilm", timeout=120) as worker,
-        run_router([worker.url], "--batch-store", str(tmp_path / "store")) as router,
-    ):
-        client = _client(router)
-        uploaded = client.files.create(file=("emb.jsonl", data), purpose="batch")
-        batch = client.batches.create(
-            input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h"
-        )
-        done = _wait(client, batch.id, lambda b: b.status in FINAL, within=120, what="done")
-        assert done.status == "completed"
-        lines = _output(client, done.output_file_id)
-        assert [line["custom_id"] for line in lines] == [f"e{i}" for i in range(24)]
-        for line in lines:
-            body = line["response"]["body"]
-            assert body["object"] == "list"
-            assert len(body["data"][0]["embedding"]) == 384
-        assert _served([worker.url]) == 24
-        # The same client reads it back as OpenAI's types.
-        assert isinstance(client.batches.retrieve(batch.id), openai.types.Batch)

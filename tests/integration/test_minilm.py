@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
+import openai
 import pytest
 
 from gpufleet.models.minilm import MiniLM
-from gpufleet.testing import ServerProcess, run_worker
+from gpufleet.testing import ServerProcess, run_router, run_worker
+from tests.integration.test_batches import FINAL, _client, _output, _served, _wait
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +97,39 @@ async def test_bad_embedding_requests_are_422_or_400(worker: ServerProcess) -> N
         async with s.post(worker.url + "/predict", json={"input": 5}) as r:
             assert r.status == 422  # well-formed JSON of the wrong shape
             assert "strings" in (await r.json())["message"]
+
+
+def test_an_embeddings_batch_on_minilm(worker: ServerProcess, tmp_path: Path) -> None:
+    """A batch of ``/v1/embeddings`` through a router's Batch API, on this module's worker
+    (one MiniLM start for the module: a start costs about 10 CPU-seconds)."""
+    texts = [f"sentence number {i}" for i in range(24)]
+    data = "".join(
+        json.dumps(
+            {
+                "custom_id": f"e{i}",
+                "method": "POST",
+                "url": "/v1/embeddings",
+                "body": {"input": text, "model": "minilm"},
+            }
+        )
+        + "\n"
+        for i, text in enumerate(texts)
+    ).encode()
+    served_before = _served([worker.url])
+    with run_router([worker.url], "--batch-store", str(tmp_path / "store")) as router:
+        client = _client(router)
+        uploaded = client.files.create(file=("emb.jsonl", data), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h"
+        )
+        done = _wait(client, batch.id, lambda b: b.status in FINAL, within=120, what="done")
+        assert done.status == "completed"
+        lines = _output(client, done.output_file_id)
+        assert [line["custom_id"] for line in lines] == [f"e{i}" for i in range(24)]
+        for line in lines:
+            body = line["response"]["body"]
+            assert body["object"] == "list"
+            assert len(body["data"][0]["embedding"]) == 384
+        assert _served([worker.url]) - served_before == 24
+        # The same client reads it back as OpenAI's types.
+        assert isinstance(client.batches.retrieve(batch.id), openai.types.Batch)
